@@ -1,0 +1,516 @@
+//! The configuration file: one TOML document, typed, unknown keys refused.
+//!
+//! Loading is two steps: serde reads the file (a syntax error or unknown key
+//! names the key and line), then [`Config::validate`] checks what types
+//! cannot (forms that make sense, secrets that resolve) and reports every
+//! problem at once, so an operator fixes the file in one go.
+
+pub mod units;
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub use units::{ByteSize, HumanDuration};
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The public HTTP listener (forms and raw mail).
+    #[serde(default)]
+    pub http: HttpConfig,
+    /// Where accepted items are written.
+    pub redis: RedisConfig,
+    /// `POST /v1/messages`, used by `intake mailgate`.
+    #[serde(default)]
+    pub messages: MessagesConfig,
+    /// The web forms the shop posts to, as `[[form]]` tables.
+    #[serde(default, rename = "form")]
+    pub forms: Vec<FormConfig>,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address of the public listener.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Serve HTTPS (HTTP/1.1 and HTTP/2 by ALPN) with this certificate.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// How long a client may take to send its request headers; guards
+    /// against slow-loris clients holding connections open.
+    #[serde(default = "default_header_timeout")]
+    pub header_timeout: HumanDuration,
+    /// How long one request may take from first byte to answer, body
+    /// upload included.
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout: HumanDuration,
+    /// Connections served at once; further clients wait in the kernel's
+    /// accept queue instead of exhausting memory or file descriptors.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// What `Retry-After` says when an item cannot be stored right now.
+    #[serde(default = "default_retry_after")]
+    pub retry_after: HumanDuration,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: default_listen(),
+            tls: None,
+            header_timeout: default_header_timeout(),
+            request_timeout: default_request_timeout(),
+            max_connections: default_max_connections(),
+            retry_after: default_retry_after(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://host:port/db` or `rediss://` for TLS. Put the password in
+    /// `password`, not here.
+    pub url: String,
+    /// Redis password (ACL user from the URL, if any).
+    #[serde(default)]
+    pub password: Option<Secret>,
+    /// Prefix of every stream and key: `<prefix>:desk`, ...
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+    /// Longest wait for one Redis command (connect included); past it the
+    /// item is not acknowledged and the client is told to retry.
+    #[serde(default = "default_redis_timeout")]
+    pub timeout: HumanDuration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MessagesConfig {
+    /// Bearer token `intake mailgate` must present. Without it,
+    /// `POST /v1/messages` is switched off (404).
+    #[serde(default)]
+    pub token: Option<Secret>,
+    /// Largest raw message accepted.
+    #[serde(default = "default_message_max_size")]
+    pub max_size: ByteSize,
+    /// Keep the original message in the envelope's `raw` field.
+    #[serde(default = "default_true")]
+    pub keep_raw: bool,
+}
+
+impl Default for MessagesConfig {
+    fn default() -> Self {
+        MessagesConfig {
+            token: None,
+            max_size: default_message_max_size(),
+            keep_raw: true,
+        }
+    }
+}
+
+/// One web form a shop page posts to `POST /v1/forms/{id}`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FormConfig {
+    /// The `{form}` in the URL: letters, digits, `-` and `_`.
+    pub id: String,
+    /// Fields that must be present and not blank.
+    #[serde(default)]
+    pub required: Vec<String>,
+    /// The field holding the customer's address (`_replyto` is used when
+    /// the form has none).
+    #[serde(default = "default_email_field")]
+    pub email_field: String,
+    /// The field holding the customer's name.
+    #[serde(default = "default_name_field")]
+    pub name_field: String,
+    /// The field holding the message text.
+    #[serde(default = "default_message_field")]
+    pub message_field: String,
+    /// Subject used when the post has no `_subject`.
+    #[serde(default)]
+    pub subject: Option<String>,
+    /// Where a plain browser post is sent after success (303), unless the
+    /// post names an allowed `_next`.
+    #[serde(default)]
+    pub redirect: Option<String>,
+    /// Origins (`https://shop.example`) allowed to post. Empty allows any
+    /// origin, which suits only forms posted by servers, not browsers.
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
+    /// Largest request body accepted, uploads included.
+    #[serde(default = "default_form_max_size")]
+    pub max_size: ByteSize,
+    /// Most files one post may upload; 0 refuses uploads.
+    #[serde(default = "default_max_files")]
+    pub max_files: usize,
+    /// Most fields one post may carry.
+    #[serde(default = "default_max_fields")]
+    pub max_fields: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` for people, `json` for log collectors.
+    #[serde(default)]
+    pub format: LogFormat,
+    /// A tracing filter, e.g. `info` or `intake=debug,info`; the
+    /// `RUST_LOG` environment variable overrides it.
+    #[serde(default = "default_log_level")]
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            level: default_log_level(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// A secret, never written inline: `{ env = "NAME" }` or `{ file = "path" }`
+/// (a relative path is read relative to the config file).
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Secret {
+    #[serde(default)]
+    pub env: Option<String>,
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+}
+
+impl fmt::Debug for Secret {
+    // Only where the secret comes from, never its value.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Secret")
+            .field("env", &self.env)
+            .field("file", &self.file)
+            .finish()
+    }
+}
+
+/// A secret's value, read once at start-up. Its `Debug` hides the value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretValue(String);
+
+impl SecretValue {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SecretValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SecretValue(***)")
+    }
+}
+
+impl Secret {
+    /// Reads the secret, trimming the trailing newline editors add.
+    pub fn resolve(&self) -> Result<SecretValue, String> {
+        let value = match (&self.env, &self.file) {
+            (Some(var), None) => {
+                std::env::var(var).map_err(|_| format!("environment variable {var} is not set"))?
+            }
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?,
+            _ => return Err("give exactly one of `env` or `file`".into()),
+        };
+        let value = value.trim_end_matches(['\r', '\n']).to_string();
+        if value.trim().is_empty() {
+            return Err("the secret is empty".into());
+        }
+        Ok(SecretValue(value))
+    }
+}
+
+/// Every problem found in a config file, one per line.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("config file {path} has {} problem(s):\n  {}", problems.len(), problems.join("\n  "))]
+    Invalid {
+        path: PathBuf,
+        problems: Vec<String>,
+    },
+}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let mut config = Config::from_toml(&text).map_err(|message| ConfigError::Syntax {
+            path: path.to_owned(),
+            message,
+        })?;
+        config.resolve_paths(base);
+        config.validate().map_err(|problems| ConfigError::Invalid {
+            path: path.to_owned(),
+            problems,
+        })?;
+        Ok(config)
+    }
+
+    /// Parses TOML text; the error names the key and line.
+    pub fn from_toml(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())
+    }
+
+    /// Makes relative paths relative to the config file's folder, so a
+    /// config works whatever the daemon's working directory.
+    fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        if let Some(tls) = &mut self.http.tls {
+            fix(&mut tls.cert);
+            fix(&mut tls.key);
+        }
+        for secret in [&mut self.redis.password, &mut self.messages.token]
+            .into_iter()
+            .flatten()
+        {
+            if let Some(file) = &mut secret.file {
+                fix(file);
+            }
+        }
+    }
+
+    /// Checks everything serde cannot; returns every problem found.
+    pub fn validate(&self) -> Result<(), Vec<String>> {
+        let mut problems = Vec::new();
+        if !(self.redis.url.starts_with("redis://")
+            || self.redis.url.starts_with("rediss://")
+            || self.redis.url.starts_with("unix://"))
+        {
+            problems.push(format!(
+                "redis.url: `{}` must start with redis://, rediss:// or unix://",
+                self.redis.url
+            ));
+        }
+        if self.redis.prefix.is_empty() || self.redis.prefix.contains(['{', '}', ' ']) {
+            problems.push("redis.prefix: must be non-empty, without spaces or braces".into());
+        }
+        if self.redis.timeout.0 < Duration::from_millis(10) {
+            problems.push("redis.timeout: must be at least 10ms".into());
+        }
+        if let Some(secret) = &self.redis.password {
+            if let Err(e) = secret.resolve() {
+                problems.push(format!("redis.password: {e}"));
+            }
+        }
+        if let Some(secret) = &self.messages.token {
+            if let Err(e) = secret.resolve() {
+                problems.push(format!("messages.token: {e}"));
+            }
+        }
+        if self.http.max_connections == 0 {
+            problems.push("http.max_connections: must be at least 1".into());
+        }
+        if let Some(tls) = &self.http.tls {
+            for (key, path) in [("http.tls.cert", &tls.cert), ("http.tls.key", &tls.key)] {
+                if !path.is_file() {
+                    problems.push(format!("{key}: {} is not a readable file", path.display()));
+                }
+            }
+        }
+        let mut seen = HashSet::new();
+        for (i, form) in self.forms.iter().enumerate() {
+            let at = format!("form[{i}] ({})", form.id);
+            if form.id.is_empty()
+                || !form
+                    .id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                problems.push(format!("{at}.id: use only letters, digits, `-` and `_`"));
+            }
+            if !seen.insert(form.id.as_str()) {
+                problems.push(format!("{at}.id: declared twice"));
+            }
+            if let Some(redirect) = &form.redirect {
+                if !(redirect.starts_with("http://") || redirect.starts_with("https://")) {
+                    problems.push(format!("{at}.redirect: must be an http(s) URL"));
+                }
+            }
+            for origin in &form.allowed_origins {
+                if !(origin.starts_with("http://") || origin.starts_with("https://"))
+                    || origin.trim_end_matches('/').matches('/').count() != 2
+                {
+                    problems.push(format!(
+                        "{at}.allowed_origins: `{origin}` must be scheme and host only, like https://shop.example"
+                    ));
+                }
+            }
+            if form.max_size.bytes() == 0 {
+                problems.push(format!("{at}.max_size: must be above 0"));
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
+    }
+
+    pub fn form(&self, id: &str) -> Option<&FormConfig> {
+        self.forms.iter().find(|f| f.id == id)
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+fn default_header_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(10))
+}
+fn default_request_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(60))
+}
+fn default_max_connections() -> usize {
+    1024
+}
+fn default_retry_after() -> HumanDuration {
+    HumanDuration(Duration::from_secs(30))
+}
+fn default_prefix() -> String {
+    "intake".into()
+}
+fn default_redis_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(2))
+}
+fn default_message_max_size() -> ByteSize {
+    ByteSize(50_000_000)
+}
+fn default_form_max_size() -> ByteSize {
+    ByteSize(10_000_000)
+}
+fn default_max_files() -> usize {
+    5
+}
+fn default_max_fields() -> usize {
+    100
+}
+fn default_email_field() -> String {
+    "email".into()
+}
+fn default_name_field() -> String {
+    "name".into()
+}
+fn default_message_field() -> String {
+    "message".into()
+}
+fn default_log_level() -> String {
+    "info".into()
+}
+fn default_true() -> bool {
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "[redis]\nurl = \"redis://127.0.0.1:16379\"\n";
+
+    #[test]
+    fn minimal_config_gets_sensible_defaults() {
+        let c = Config::from_toml(MINIMAL).expect("minimal config parses");
+        assert_eq!(c.http.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.redis.prefix, "intake");
+        assert_eq!(c.messages.max_size.bytes(), 50_000_000);
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn unknown_key_is_refused_by_name() {
+        let err = Config::from_toml(&format!("{MINIMAL}[http]\nlisten_on = \"x\"\n"))
+            .expect_err("unknown key must be refused");
+        assert!(
+            err.contains("listen_on"),
+            "error should name the key: {err}"
+        );
+    }
+
+    #[test]
+    fn bad_duration_names_key_and_shape() {
+        let err = Config::from_toml(&format!("{MINIMAL}[http]\nheader_timeout = \"soon\"\n"))
+            .expect_err("bad duration must be refused");
+        assert!(err.contains("header_timeout"), "names the key: {err}");
+        assert!(err.contains("30s"), "shows an example: {err}");
+    }
+
+    #[test]
+    fn every_semantic_problem_is_reported_at_once() {
+        let text = r#"
+            [redis]
+            url = "http://wrong"
+            [[form]]
+            id = "contact us"
+            redirect = "javascript:alert(1)"
+            [[form]]
+            id = "contact us"
+            allowed_origins = ["https://shop.example/path"]
+        "#;
+        let c = Config::from_toml(text).expect("syntax is fine");
+        let problems = c.validate().expect_err("must be invalid");
+        assert_eq!(problems.len(), 6, "one line per problem: {problems:#?}");
+    }
+
+    #[test]
+    fn secret_needs_exactly_one_source() {
+        let s = Secret {
+            env: None,
+            file: None,
+        };
+        assert!(s.resolve().is_err());
+        let s = Secret {
+            env: Some("INTAKE_TEST_SURELY_UNSET_VAR".into()),
+            file: None,
+        };
+        assert!(s.resolve().unwrap_err().contains("not set"));
+    }
+}

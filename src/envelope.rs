@@ -1,0 +1,240 @@
+//! Envelope v1: the JSON document every stream entry carries, and the one
+//! contract the desk integrates against. Field names follow the inbound-parse
+//! services desk integrators already know (Postmark, Mailgun, CloudMailin).
+//!
+//! `schema/envelope-v1.json` is the same contract as a JSON Schema; a test
+//! validates real output against it, so change both together.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::submission::ReceiptId;
+
+/// The envelope format version; bumped only for incompatible changes.
+pub const ENVELOPE_VERSION: u8 = 1;
+
+/// One customer message, as the desk receives it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Envelope {
+    /// Always [`ENVELOPE_VERSION`].
+    pub version: u8,
+    /// The receipt id (a ULID) the customer or mail server was given.
+    pub id: ReceiptId,
+    /// When the gateway accepted the item.
+    #[serde(with = "time::serde::rfc3339")]
+    pub received_at: OffsetDateTime,
+    pub channel: Channel,
+    /// Where the item came in.
+    pub source: Source,
+    /// Who the desk should answer.
+    pub customer: Customer,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<Address>,
+    #[serde(default)]
+    pub to: Vec<Address>,
+    #[serde(default)]
+    pub cc: Vec<Address>,
+    #[serde(default)]
+    pub reply_to: Vec<Address>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// The message's own `Date:` (RFC 3339), when it had a readable one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub date: Option<String>,
+    /// Message-ID without angle brackets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<String>,
+    #[serde(default)]
+    pub in_reply_to: Vec<String>,
+    #[serde(default)]
+    pub references: Vec<String>,
+    /// Every header, in order, values decoded (RFC 2047) and unfolded.
+    #[serde(default)]
+    pub headers: Vec<Header>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub html: Option<String>,
+    /// The new part of a reply: quoted history and signature removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stripped_text: Option<String>,
+    /// Form fields as posted, reserved `_` fields removed. Empty for mail.
+    #[serde(default)]
+    pub fields: BTreeMap<String, FieldValue>,
+    #[serde(default)]
+    pub attachments: Vec<Attachment>,
+    pub scan: ScanReport,
+    pub abuse: AbuseReport,
+    /// The original message, base64, so nothing the parser missed is lost.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Channel {
+    Email,
+    Form,
+}
+
+/// Where an item came in; `type` tells which door.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Source {
+    /// Polled from an IMAP mailbox.
+    Imap {
+        account: String,
+        mailbox: String,
+        uidvalidity: u32,
+        uid: u32,
+    },
+    /// Handed over by a mail server through `intake mailgate` (or any other
+    /// client of `POST /v1/messages`).
+    Mailgate {
+        /// Envelope sender (`MAIL FROM`); empty for a bounce (`<>`); absent
+        /// when the client did not say.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sender: Option<String>,
+        #[serde(default)]
+        recipients: Vec<String>,
+        /// The address of the client that posted it.
+        ip: String,
+    },
+    /// Delivered over LMTP.
+    Lmtp {
+        sender: String,
+        recipients: Vec<String>,
+    },
+    /// A web-form post.
+    Form {
+        form: String,
+        ip: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user_agent: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        origin: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        referer: Option<String>,
+    },
+}
+
+/// The person the desk answers.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Customer {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The plus-address token of the recipient: `support+order-1234@` gives
+    /// `order-1234`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mailbox_hash: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Address {
+    pub email: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Header {
+    pub name: String,
+    pub value: String,
+}
+
+/// A form field: one value, or several when the name was posted repeatedly
+/// (checkboxes, multi-selects).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum FieldValue {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl FieldValue {
+    /// The first value, which is what single-valued fields (email, name) use.
+    pub fn first(&self) -> Option<&str> {
+        match self {
+            FieldValue::One(v) => Some(v),
+            FieldValue::Many(vs) => vs.first().map(String::as_str),
+        }
+    }
+
+    /// Adds another value posted under the same name.
+    pub fn push(&mut self, value: String) {
+        match self {
+            FieldValue::One(first) => {
+                *self = FieldValue::Many(vec![std::mem::take(first), value]);
+            }
+            FieldValue::Many(vs) => vs.push(value),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Attachment {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filename: Option<String>,
+    pub content_type: String,
+    /// Decoded size in bytes.
+    pub size: u64,
+    /// Hex SHA-256 of the decoded content.
+    pub sha256: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_id: Option<String>,
+    pub disposition: Disposition,
+    pub content_base64: String,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Disposition {
+    Attachment,
+    Inline,
+}
+
+/// What the virus scanner said about the whole item.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ScanReport {
+    pub status: ScanStatus,
+    /// Scanner name and version, when one ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine: Option<String>,
+    #[serde(default)]
+    pub signatures: Vec<String>,
+}
+
+impl ScanReport {
+    pub fn unscanned() -> Self {
+        ScanReport {
+            status: ScanStatus::Unscanned,
+            engine: None,
+            signatures: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ScanStatus {
+    Clean,
+    Infected,
+    Unscanned,
+}
+
+/// What the abuse rules found.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AbuseReport {
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub matched_rules: Vec<String>,
+    /// How many earlier items this one duplicates.
+    #[serde(default)]
+    pub duplicates: u32,
+    pub auto_submitted: bool,
+}

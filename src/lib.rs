@@ -1,0 +1,21 @@
+//! intake: customer mail and web-form posts in, clean, parsed, de-flooded
+//! messages out to Redis Streams for the help desk.
+//!
+//! Read the types first: [`submission::Submission`] (what a source hands
+//! in), [`envelope::Envelope`] (the contract the desk reads) and
+//! [`verdict`] (what a stage decided). [`pipeline`] shows the stages in
+//! their fixed order.
+
+pub mod config;
+pub mod envelope;
+pub mod guard;
+pub mod mailgate;
+pub mod parse;
+pub mod pipeline;
+pub mod route;
+pub mod scan;
+pub mod serve;
+pub mod sink;
+pub mod sources;
+pub mod submission;
+pub mod verdict;

@@ -1,0 +1,57 @@
+//! The `intake` command line: the daemon (`serve`) and the mail server's
+//! pipe client (`mailgate`). Errors become exit codes here and nowhere else.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "intake",
+    version,
+    about = "Hardened ingestion gateway for a help desk"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway daemon.
+    Serve {
+        /// The configuration file (TOML).
+        #[arg(
+            long,
+            short,
+            default_value = "/etc/intake/intake.toml",
+            env = "INTAKE_CONFIG"
+        )]
+        config: PathBuf,
+    },
+    /// Read one message on stdin and hand it to a running gateway
+    /// (for a mail server's pipe transport). Exit codes follow sysexits.h.
+    Mailgate(Box<intake::mailgate::MailgateArgs>),
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            // Usage errors exit 64 (EX_USAGE), which a mail server treats as
+            // permanent; --help and --version are not errors.
+            let code = if err.use_stderr() { 64 } else { 0 };
+            // A mail server's pipe reads an RFC 3463 status first on stdout.
+            if code == 64 && std::env::args().nth(1).as_deref() == Some("mailgate") {
+                println!("5.3.5 intake mailgate: bad usage (see stderr)");
+            }
+            let _ = err.print();
+            return ExitCode::from(code);
+        }
+    };
+    match cli.command {
+        Command::Serve { config } => intake::serve::main(&config),
+        Command::Mailgate(args) => intake::mailgate::main(*args),
+    }
+}

@@ -1,0 +1,77 @@
+//! A decoded form post to envelope (channel `form`). The form's declaration
+//! says which fields hold the customer's address, name and message; reserved
+//! fields (`_replyto`, `_subject`, `_next`, `_gotcha`, ...) steer the
+//! gateway and are taken out of `fields`.
+
+use base64::Engine as _;
+
+use super::{sha256_hex, ScanTarget};
+use crate::config::FormConfig;
+use crate::envelope::{Address, Attachment, Channel, Disposition, Envelope};
+use crate::submission::FormPost;
+
+/// Fills `envelope` from a form post and returns the uploads to scan.
+pub(super) fn fill(envelope: &mut Envelope, post: FormPost, form: &FormConfig) -> Vec<ScanTarget> {
+    envelope.channel = Channel::Form;
+
+    let email = post
+        .field(&form.email_field)
+        .or_else(|| post.field("_replyto"))
+        .map(str::to_string);
+    let name = post.field(&form.name_field).map(str::to_string);
+    envelope.customer.email = email.clone();
+    envelope.customer.name = name.clone();
+    if let Some(email) = email {
+        let address = Address { email, name };
+        envelope.from = Some(address.clone());
+        envelope.reply_to = vec![address];
+    }
+    envelope.subject = Some(
+        post.field("_subject")
+            .map(str::to_string)
+            .or_else(|| form.subject.clone())
+            .unwrap_or_else(|| format!("Form {}", form.id)),
+    );
+    envelope.text = Some(match post.field(&form.message_field) {
+        Some(message) => message.to_string(),
+        None => render_fields(&post),
+    });
+    envelope.stripped_text = envelope.text.clone();
+
+    let mut targets = Vec::with_capacity(post.files.len());
+    for upload in post.files {
+        envelope.attachments.push(Attachment {
+            filename: upload.filename.clone(),
+            content_type: upload.content_type.clone(),
+            size: upload.data.len() as u64,
+            sha256: sha256_hex(&upload.data),
+            content_id: None,
+            disposition: Disposition::Attachment,
+            content_base64: base64::engine::general_purpose::STANDARD.encode(&upload.data),
+        });
+        targets.push(ScanTarget {
+            name: upload.filename.unwrap_or(upload.field),
+            data: upload.data,
+        });
+    }
+
+    envelope.fields = post
+        .fields
+        .into_iter()
+        .filter(|(name, _)| !name.starts_with('_'))
+        .collect();
+    targets
+}
+
+/// A readable text body for forms without a message field.
+fn render_fields(post: &FormPost) -> String {
+    let mut out = String::new();
+    for (name, value) in post.fields.iter().filter(|(n, _)| !n.starts_with('_')) {
+        let value = match value {
+            crate::envelope::FieldValue::One(v) => v.clone(),
+            crate::envelope::FieldValue::Many(vs) => vs.join(", "),
+        };
+        out.push_str(&format!("{name}: {value}\n"));
+    }
+    out
+}

@@ -1,0 +1,186 @@
+//! The flow of one item, in its fixed order: parse, guard, scan, route,
+//! sink. Every source calls [`Pipeline::process`] and acknowledges only
+//! when it returned `Ok`: the item is then stored in exactly one stream.
+
+use std::sync::Arc;
+
+use crate::guard::{Guard, GuardError};
+use crate::parse::{self, ParseError, ParseOptions};
+use crate::route::{self, Answer, Route, Stream};
+use crate::scan::Scanner;
+use crate::sink::{Entry, Sink, SinkError};
+use crate::submission::{ReceiptId, Submission};
+use crate::verdict::{GuardVerdict, ScanVerdict};
+
+/// The stages, shared by every source and request.
+pub struct Pipeline {
+    guard: Guard,
+    scanner: Scanner,
+    sink: Arc<dyn Sink>,
+}
+
+/// An item that is stored: the source may acknowledge it now.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stored {
+    pub id: ReceiptId,
+    pub stream: Stream,
+    /// The Redis stream entry id.
+    pub entry_id: String,
+    /// What the source tells its client.
+    pub answer: Answer,
+}
+
+/// Why an item was not stored. The source must not acknowledge it.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// The item itself is unusable; retrying will not help.
+    #[error("the item cannot be read")]
+    Parse(#[from] ParseError),
+    /// The guard could not decide; retry later.
+    #[error("the abuse checks could not run")]
+    Guard(#[from] GuardError),
+    /// The write failed; retry later.
+    #[error("the item could not be stored")]
+    Sink(#[from] SinkError),
+    #[error("the envelope could not be encoded")]
+    Encode(#[from] serde_json::Error),
+}
+
+impl Pipeline {
+    pub fn new(guard: Guard, scanner: Scanner, sink: Arc<dyn Sink>) -> Self {
+        Pipeline {
+            guard,
+            scanner,
+            sink,
+        }
+    }
+
+    pub fn sink(&self) -> &Arc<dyn Sink> {
+        &self.sink
+    }
+
+    /// Takes one item from submission to stored stream entry.
+    pub async fn process(
+        &self,
+        submission: Submission,
+        options: ParseOptions<'_>,
+    ) -> Result<Stored, PipelineError> {
+        // 1. Parse: bytes or form fields become an envelope.
+        let mut message = parse::parse(submission, options)?;
+
+        // 2. Guard: cheap checks first, so a flood never costs a scan.
+        let guard = self.guard.check(&message).await?;
+
+        // 3. Scan what is headed for the desk. A scanner that cannot answer
+        //    holds the item; it is never passed on unscanned by accident.
+        let route = if heads_for_desk(&guard) {
+            match self.scanner.scan(&message).await {
+                Ok(scan) => route::route(&mut message, guard, scan),
+                Err(err) => route::held(&err),
+            }
+        } else {
+            let scan = ScanVerdict::Unscanned {
+                reason: "not scanned: stopped by the abuse checks".into(),
+            };
+            // 4. Route: which stream, and what the client hears.
+            route::route(&mut message, guard, scan)
+        };
+
+        // 5. Sink: the write that makes the item accepted.
+        let Route {
+            stream,
+            kind,
+            reason,
+            folded_into,
+            answer,
+        } = route;
+        let entry = Entry {
+            stream,
+            id: message.envelope.id,
+            kind,
+            envelope: serde_json::to_string(&message.envelope)?,
+            reason,
+            folded_into,
+        };
+        let entry_id = self.sink.append(&entry).await?;
+        tracing::info!(
+            id = %entry.id,
+            stream = %stream,
+            kind,
+            channel = ?message.envelope.channel,
+            "item stored"
+        );
+        Ok(Stored {
+            id: entry.id,
+            stream,
+            entry_id,
+            answer,
+        })
+    }
+}
+
+fn heads_for_desk(verdict: &GuardVerdict) -> bool {
+    matches!(verdict, GuardVerdict::Pass | GuardVerdict::Tag { .. })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::Source;
+    use crate::sink::memory::MemorySink;
+    use crate::submission::Payload;
+    use bytes::Bytes;
+
+    fn pipeline(sink: Arc<MemorySink>) -> Pipeline {
+        Pipeline::new(Guard::without_rules(), Scanner::disabled(), sink)
+    }
+
+    fn mail() -> Submission {
+        Submission::new(
+            Source::Mailgate {
+                sender: None,
+                recipients: vec![],
+                ip: "127.0.0.1".into(),
+            },
+            Payload::Mail(Bytes::from_static(
+                b"From: a@example.com\r\nSubject: hi\r\n\r\nhello\r\n",
+            )),
+        )
+    }
+
+    const OPTS: ParseOptions<'static> = ParseOptions {
+        form: None,
+        keep_raw: false,
+    };
+
+    #[tokio::test]
+    async fn clean_mail_lands_on_the_desk_with_its_receipt() {
+        let sink = Arc::new(MemorySink::default());
+        let submission = mail();
+        let id = submission.id;
+        let stored = pipeline(sink.clone())
+            .process(submission, OPTS)
+            .await
+            .unwrap();
+        assert_eq!(stored.id, id, "receipt id is the submission's");
+        assert_eq!(stored.stream, Stream::Desk);
+        let entries = sink.entries();
+        assert_eq!(entries.len(), 1, "exactly one entry written");
+        assert_eq!(entries[0].kind, "message");
+        let envelope: serde_json::Value = serde_json::from_str(&entries[0].envelope).unwrap();
+        assert_eq!(envelope["id"], id.to_string());
+        assert_eq!(envelope["subject"], "hi");
+    }
+
+    #[tokio::test]
+    async fn failed_write_is_an_error_not_an_ack() {
+        let sink = Arc::new(MemorySink::default());
+        sink.set_down(true);
+        let result = pipeline(sink.clone()).process(mail(), OPTS).await;
+        assert!(
+            matches!(result, Err(PipelineError::Sink(_))),
+            "a failed write must surface as an error: {result:?}"
+        );
+        assert!(sink.entries().is_empty());
+    }
+}

@@ -1,0 +1,159 @@
+//! `intake serve`: load the config, build the pipeline, run the sources
+//! until SIGTERM or Ctrl-C, then drain.
+//!
+//! Shutdown is begin (stop accepting), drain (finish open requests), a
+//! deadline, then force; each step is logged.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+
+use crate::config::{Config, LogFormat};
+use crate::guard::Guard;
+use crate::pipeline::Pipeline;
+use crate::scan::Scanner;
+use crate::sink::redis::RedisSink;
+use crate::sources::http::{self, AppState};
+
+/// Exit code for a configuration the daemon cannot run with (EX_CONFIG).
+const EX_CONFIG: u8 = 78;
+/// How long open requests get to finish after a shutdown signal.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(20);
+
+pub fn main(config_path: &Path) -> ExitCode {
+    let config = match Config::load(config_path) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("intake: {e}");
+            return ExitCode::from(EX_CONFIG);
+        }
+    };
+    init_tracing(&config);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("intake: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config, shutdown_signal())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("intake: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs the daemon until `shutdown` completes.
+pub async fn run(
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(config.http.listen)
+        .await
+        .with_context(|| format!("cannot listen on http.listen = {}", config.http.listen))?;
+    run_on(listener, config, shutdown).await
+}
+
+/// Runs the daemon on an already bound listener (tests bind port 0).
+pub async fn run_on(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let config = Arc::new(config);
+    let password = config
+        .redis
+        .password
+        .as_ref()
+        .map(|s| s.resolve().map_err(anyhow::Error::msg))
+        .transpose()
+        .context("redis.password")?;
+    let sink = RedisSink::new(&config.redis, password).context("redis.url")?;
+    let mailgate_token = config
+        .messages
+        .token
+        .as_ref()
+        .map(|s| s.resolve().map_err(anyhow::Error::msg))
+        .transpose()
+        .context("messages.token")?;
+    let tls = match &config.http.tls {
+        Some(tls) => Some(http::server::tls_acceptor(&tls.cert, &tls.key).context("http.tls")?),
+        None => None,
+    };
+    let pipeline = Pipeline::new(Guard::without_rules(), Scanner::disabled(), Arc::new(sink));
+    let state = Arc::new(AppState {
+        config: config.clone(),
+        pipeline,
+        mailgate_token,
+    });
+    tracing::info!(
+        listen = %listener.local_addr()?,
+        tls = tls.is_some(),
+        forms = config.forms.len(),
+        raw_mail = state.mailgate_token.is_some(),
+        "intake is serving"
+    );
+    match state.pipeline.sink().ping().await {
+        Ok(()) => tracing::info!(url = %redact_url(&config.redis.url), "Redis reachable"),
+        Err(e) => tracing::warn!(
+            url = %redact_url(&config.redis.url),
+            error = %e,
+            "Redis unreachable; answering 503 until it is back"
+        ),
+    }
+    http::server::serve(listener, tls, state, shutdown, DRAIN_DEADLINE).await;
+    tracing::info!("intake stopped");
+    Ok(())
+}
+
+/// Completes on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutdown signal received: no new connections");
+}
+
+/// A Redis URL without its password, for logs.
+fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            format!("{}://***@{}", &url[..scheme_end], &url[at + 1..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+fn init_tracing(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match config.log.format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}

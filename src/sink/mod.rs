@@ -1,0 +1,49 @@
+//! Stage 5, sink: the write that makes an item "accepted". A source
+//! acknowledges only after [`Sink::append`] returned `Ok`.
+
+pub mod memory;
+pub mod redis;
+
+use std::future::Future;
+use std::pin::Pin;
+
+use crate::route::Stream;
+use crate::submission::ReceiptId;
+
+/// One stream entry, ready to write.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub stream: Stream,
+    /// The receipt id (entry field `id`).
+    pub id: ReceiptId,
+    /// Entry field `kind`: `message`, `infected`, `collapsed`, ...
+    pub kind: &'static str,
+    /// Entry field `envelope`: envelope v1 as JSON.
+    pub envelope: String,
+    /// Entry field `reason`, for everything not on the desk.
+    pub reason: Option<String>,
+    /// Entry field `folded_into`, for collapsed items.
+    pub folded_into: Option<ReceiptId>,
+}
+
+/// Why an entry was not written. Every variant means "not stored": the
+/// source must not acknowledge, and tells its client to retry.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("Redis is unreachable")]
+    Unavailable(#[source] ::redis::RedisError),
+    #[error("Redis did not answer within {0:?}")]
+    Timeout(std::time::Duration),
+    #[error("Redis refused the write")]
+    Refused(#[source] ::redis::RedisError),
+}
+
+pub type SinkFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, SinkError>> + Send + 'a>>;
+
+/// Where entries are written: Redis in production, memory in unit tests.
+pub trait Sink: Send + Sync + 'static {
+    /// Appends one entry; returns the stream entry id once it is stored.
+    fn append<'a>(&'a self, entry: &'a Entry) -> SinkFuture<'a, String>;
+    /// Whether a write would succeed now (for `/readyz`).
+    fn ping(&self) -> SinkFuture<'_, ()>;
+}

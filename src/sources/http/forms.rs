@@ -1,0 +1,287 @@
+//! `POST /v1/forms/{form}`: a shop page's form post becomes a submission.
+//!
+//! The checks run cheapest first: form known (404), origin allowed (403),
+//! body type (415), declared size (413), body read within the limit (413),
+//! fields decoded (400/413), required fields present (400); only then does
+//! the item enter the pipeline. A browser post (Accept: text/html) is
+//! answered with a 303 to the form's thank-you page.
+
+use std::net::SocketAddr;
+
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use hyper::body::Body as HttpBody;
+
+use super::form_body::{self, BodyKind};
+use super::respond::{ApiError, Body, FieldProblem};
+use super::{read_body, AppState};
+use crate::config::FormConfig;
+use crate::envelope::Source;
+use crate::parse::ParseOptions;
+use crate::route::{Answer, Refusal};
+use crate::submission::{FormPost, Payload, Submission};
+
+pub async fn handle<B>(
+    state: &AppState,
+    form_id: &str,
+    request: Request<B>,
+    peer: SocketAddr,
+) -> Result<Response<Body>, ApiError>
+where
+    B: HttpBody,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let form = state
+        .config
+        .form(form_id)
+        .ok_or_else(|| ApiError::UnknownForm(form_id.to_string()))?;
+    let origin = request_origin(request.headers());
+    if let Some(origin) = &origin {
+        if !origin_allowed(form, origin) {
+            return Err(ApiError::OriginNotAllowed(origin.clone()));
+        }
+    }
+    match *request.method() {
+        Method::POST => {}
+        Method::OPTIONS => return Ok(preflight(form, origin.as_deref())),
+        _ => {
+            return Err(ApiError::MethodNotAllowed {
+                allow: "POST, OPTIONS",
+            })
+        }
+    }
+    let kind = BodyKind::from_content_type(header_str(request.headers(), header::CONTENT_TYPE))?;
+    let headers = request.headers().clone();
+    let body = read_body(request.into_body(), form.max_size.bytes(), &headers).await?;
+    let post = form_body::decode(kind, body, form).await?;
+    check_fields(form, &post)?;
+
+    let next = post.field("_next").map(str::to_string);
+    let source = Source::Form {
+        form: form.id.clone(),
+        ip: peer.ip().to_string(),
+        user_agent: header_str(&headers, header::USER_AGENT).map(str::to_string),
+        origin: header_str(&headers, header::ORIGIN).map(str::to_string),
+        referer: header_str(&headers, header::REFERER).map(str::to_string),
+    };
+    let submission = Submission::new(source, Payload::Form(post));
+    let options = ParseOptions {
+        form: Some(form),
+        keep_raw: false,
+    };
+    let stored = state
+        .pipeline
+        .process(submission, options)
+        .await
+        .map_err(|cause| ApiError::Unavailable {
+            retry_after: state.config.http.retry_after.into(),
+            cause,
+        })?;
+    let mut response = match stored.answer {
+        Answer::Accepted => accepted(form, &headers, next.as_deref(), &stored.id.to_string()),
+        Answer::Refused(Refusal::RateLimited { retry_after }) => {
+            return Err(ApiError::RateLimited { retry_after })
+        }
+        Answer::Refused(Refusal::Infected { signatures }) => {
+            return Err(ApiError::Infected { signatures })
+        }
+        Answer::Refused(Refusal::Policy) => return Err(ApiError::Refused),
+    };
+    allow_origin(&mut response, origin.as_deref(), form);
+    Ok(response)
+}
+
+/// 303 to the thank-you page for a browser, 202 JSON for scripts.
+fn accepted(
+    form: &FormConfig,
+    headers: &HeaderMap,
+    next: Option<&str>,
+    id: &str,
+) -> Response<Body> {
+    let wants_html = header_str(headers, header::ACCEPT).is_some_and(|a| a.contains("text/html"));
+    let target = next
+        .filter(|n| redirect_allowed(form, n))
+        .or(form.redirect.as_deref());
+    match (wants_html, target) {
+        (true, Some(target)) => {
+            let separator = if target.contains('?') { '&' } else { '?' };
+            let location = format!("{target}{separator}receipt={id}");
+            let mut response = Response::new(Body::default());
+            *response.status_mut() = StatusCode::SEE_OTHER;
+            if let Ok(value) = HeaderValue::from_str(&location) {
+                response.headers_mut().insert(header::LOCATION, value);
+            }
+            response
+        }
+        _ => super::respond::json_response(
+            StatusCode::ACCEPTED,
+            &serde_json::json!({ "id": id, "status": "accepted" }),
+        ),
+    }
+}
+
+fn check_fields(form: &FormConfig, post: &FormPost) -> Result<(), ApiError> {
+    let mut problems = Vec::new();
+    for name in &form.required {
+        if post.field(name).is_none() && !post.files.iter().any(|f| &f.field == name) {
+            problems.push(FieldProblem {
+                name: name.clone(),
+                problem: "required".into(),
+            });
+        }
+    }
+    let email_field = if post.field(&form.email_field).is_some() {
+        form.email_field.as_str()
+    } else {
+        "_replyto"
+    };
+    if let Some(email) = post.field(email_field) {
+        if !looks_like_email(email) {
+            problems.push(FieldProblem {
+                name: email_field.to_string(),
+                problem: "not an email address".into(),
+            });
+        }
+    }
+    if let Some(next) = post.field("_next") {
+        if !redirect_allowed(form, next) {
+            problems.push(FieldProblem {
+                name: "_next".into(),
+                problem: "must be an http(s) URL on one of the form's allowed origins".into(),
+            });
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::InvalidFields(problems))
+    }
+}
+
+/// A plausible single address: one `@`, a dotted domain, no spaces or
+/// line breaks (which would let a form inject mail headers).
+fn looks_like_email(value: &str) -> bool {
+    let Some((local, domain)) = value.split_once('@') else {
+        return false;
+    };
+    !local.is_empty()
+        && domain.contains('.')
+        && !domain.starts_with('.')
+        && !domain.ends_with('.')
+        && !domain.contains('@')
+        && !value
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == ',' || c == '<' || c == '>')
+        && value.len() <= 254
+}
+
+/// `scheme://host[:port]` of a URL, lower-cased.
+fn origin_of(url: &str) -> Option<String> {
+    let (scheme, rest) = url.split_once("://")?;
+    let scheme = scheme.to_ascii_lowercase();
+    if scheme != "http" && scheme != "https" {
+        return None;
+    }
+    let host = rest.split(['/', '?', '#']).next()?;
+    if host.is_empty() || host.contains('@') {
+        return None;
+    }
+    Some(format!("{scheme}://{}", host.to_ascii_lowercase()))
+}
+
+/// The origin a browser says it posts from: `Origin`, else `Referer`'s.
+fn request_origin(headers: &HeaderMap) -> Option<String> {
+    match header_str(headers, header::ORIGIN) {
+        // Privacy-sensitive contexts send the literal "null".
+        Some(origin) if origin != "null" => Some(origin.trim_end_matches('/').to_ascii_lowercase()),
+        _ => header_str(headers, header::REFERER).and_then(origin_of),
+    }
+}
+
+fn origin_allowed(form: &FormConfig, origin: &str) -> bool {
+    form.allowed_origins.is_empty()
+        || form
+            .allowed_origins
+            .iter()
+            .any(|allowed| allowed.trim_end_matches('/').eq_ignore_ascii_case(origin))
+}
+
+/// `_next` must be http(s) and lead to an allowed origin (or the origin of
+/// the form's own redirect): the gateway is no open redirector.
+fn redirect_allowed(form: &FormConfig, next: &str) -> bool {
+    let Some(origin) = origin_of(next) else {
+        return false;
+    };
+    if next.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return false;
+    }
+    let own = form.redirect.as_deref().and_then(origin_of);
+    own.as_deref() == Some(origin.as_str())
+        || form
+            .allowed_origins
+            .iter()
+            .any(|allowed| allowed.trim_end_matches('/').eq_ignore_ascii_case(&origin))
+}
+
+/// CORS preflight for script posts from an allowed origin.
+fn preflight(form: &FormConfig, origin: Option<&str>) -> Response<Body> {
+    let mut response = Response::new(Body::default());
+    *response.status_mut() = StatusCode::NO_CONTENT;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("POST"),
+    );
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("content-type, accept"),
+    );
+    headers.insert(
+        header::ACCESS_CONTROL_MAX_AGE,
+        HeaderValue::from_static("600"),
+    );
+    allow_origin(&mut response, origin, form);
+    response
+}
+
+fn allow_origin(response: &mut Response<Body>, origin: Option<&str>, form: &FormConfig) {
+    let Some(origin) = origin else { return };
+    if form.allowed_origins.is_empty() {
+        return;
+    }
+    if let Ok(value) = HeaderValue::from_str(origin) {
+        response
+            .headers_mut()
+            .insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, value);
+        response
+            .headers_mut()
+            .insert(header::VARY, HeaderValue::from_static("Origin"));
+    }
+}
+
+pub(super) fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn email_check_refuses_header_injection() {
+        assert!(looks_like_email("ann@example.com"));
+        assert!(!looks_like_email("ann@example.com\r\nBcc: x@y.z"));
+        assert!(!looks_like_email("ann"));
+        assert!(!looks_like_email("a@b@c.d"));
+        assert!(!looks_like_email("a@localhost"));
+    }
+
+    #[test]
+    fn origins_are_scheme_and_host() {
+        assert_eq!(
+            origin_of("https://Shop.example:8443/thanks?x=1").as_deref(),
+            Some("https://shop.example:8443")
+        );
+        assert_eq!(origin_of("javascript:alert(1)"), None);
+        assert_eq!(origin_of("https://user@evil.example/"), None);
+    }
+}

@@ -1,0 +1,115 @@
+//! `POST /v1/messages`: a raw RFC 5322 message, handed over by
+//! `intake mailgate` (or any client holding the bearer token).
+//!
+//! The envelope sender and recipients, which only the mail server knows,
+//! come in `X-Intake-Envelope-Sender` and `X-Intake-Envelope-Recipient`.
+
+use std::net::SocketAddr;
+
+use http::{header, Method, Request, Response, StatusCode};
+use hyper::body::Body as HttpBody;
+
+use super::forms::header_str;
+use super::respond::{json_response, ApiError, Body};
+use super::{read_body, AppState};
+use crate::envelope::Source;
+use crate::parse::{ParseError, ParseOptions};
+use crate::pipeline::PipelineError;
+use crate::route::{Answer, Refusal};
+use crate::submission::{Payload, Submission};
+
+pub const SENDER_HEADER: &str = "x-intake-envelope-sender";
+pub const RECIPIENT_HEADER: &str = "x-intake-envelope-recipient";
+
+pub async fn handle<B>(
+    state: &AppState,
+    request: Request<B>,
+    peer: SocketAddr,
+) -> Result<Response<Body>, ApiError>
+where
+    B: HttpBody,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    // Without a configured token the endpoint does not exist.
+    let Some(token) = &state.mailgate_token else {
+        return Err(ApiError::NotFound);
+    };
+    if request.method() != Method::POST {
+        return Err(ApiError::MethodNotAllowed { allow: "POST" });
+    }
+    let presented = header_str(request.headers(), header::AUTHORIZATION)
+        .and_then(|v| v.split_once(' '))
+        // The scheme is case-insensitive (RFC 9110, 11.1).
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim());
+    if !presented.is_some_and(|p| constant_time_eq(p.as_bytes(), token.expose().as_bytes())) {
+        return Err(ApiError::Unauthorized);
+    }
+    let content_type = header_str(request.headers(), header::CONTENT_TYPE).map(|v| {
+        v.split(';')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_ascii_lowercase()
+    });
+    if content_type.as_deref() != Some("message/rfc822") {
+        return Err(ApiError::UnsupportedType {
+            got: content_type.unwrap_or_else(|| "(none)".into()),
+            expected: "message/rfc822",
+        });
+    }
+    let headers = request.headers().clone();
+    let limit = state.config.messages.max_size.bytes();
+    let raw = read_body(request.into_body(), limit, &headers).await?;
+
+    let sender = header_str(&headers, SENDER_HEADER.parse().expect("valid header name"))
+        .map(|s| s.trim().trim_matches(['<', '>']).to_string());
+    let recipients = headers
+        .get_all(RECIPIENT_HEADER)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(|s| s.trim().trim_matches(['<', '>']).to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    let source = Source::Mailgate {
+        sender,
+        recipients,
+        ip: peer.ip().to_string(),
+    };
+    let submission = Submission::new(source, Payload::Mail(raw));
+    let options = ParseOptions {
+        form: None,
+        keep_raw: state.config.messages.keep_raw,
+    };
+    let stored = match state.pipeline.process(submission, options).await {
+        Ok(stored) => stored,
+        Err(PipelineError::Parse(ParseError::Empty)) => {
+            return Err(ApiError::BadRequest("the message is empty".into()))
+        }
+        Err(cause) => {
+            return Err(ApiError::Unavailable {
+                retry_after: state.config.http.retry_after.into(),
+                cause,
+            })
+        }
+    };
+    match stored.answer {
+        Answer::Accepted => Ok(json_response(
+            StatusCode::ACCEPTED,
+            &serde_json::json!({ "id": stored.id.to_string(), "status": "accepted" }),
+        )),
+        Answer::Refused(Refusal::RateLimited { retry_after }) => {
+            Err(ApiError::RateLimited { retry_after })
+        }
+        Answer::Refused(Refusal::Infected { signatures }) => Err(ApiError::Infected { signatures }),
+        Answer::Refused(Refusal::Policy) => Err(ApiError::Refused),
+    }
+}
+
+/// Compares secrets without leaking their common prefix through timing.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

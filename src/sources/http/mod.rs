@@ -1,0 +1,132 @@
+//! The public HTTP source: web forms and raw mail in, receipts out.
+//!
+//! [`handle`] is the whole application as a function from request to
+//! response, so tests can call it without a socket; [`server`] puts it on a
+//! listener with TLS, connection limits and timeouts.
+
+pub mod form_body;
+pub mod forms;
+pub mod messages;
+pub mod respond;
+pub mod server;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Body as HttpBody;
+
+use crate::config::{Config, SecretValue};
+use crate::pipeline::Pipeline;
+use respond::{json_response, ApiError, Body};
+
+/// What every request handler shares.
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub pipeline: Pipeline,
+    /// The bearer token of `POST /v1/messages`; `None` switches it off.
+    pub mailgate_token: Option<SecretValue>,
+}
+
+/// Answers one request. Never fails: every refusal is an answer.
+pub async fn handle<B>(
+    state: Arc<AppState>,
+    request: Request<B>,
+    peer: SocketAddr,
+) -> Response<Body>
+where
+    B: HttpBody,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let timeout = state.config.http.request_timeout.into();
+    let method = request.method().clone();
+    let path = request.uri().path().to_string();
+    let result = tokio::time::timeout(timeout, route(&state, request, peer)).await;
+    let response = match result {
+        Ok(Ok(response)) => response,
+        Ok(Err(error)) => error.into_response(),
+        Err(_) => ApiError::Timeout.into_response(),
+    };
+    tracing::debug!(%method, %path, status = response.status().as_u16(), %peer, "request answered");
+    response
+}
+
+async fn route<B>(
+    state: &AppState,
+    request: Request<B>,
+    peer: SocketAddr,
+) -> Result<Response<Body>, ApiError>
+where
+    B: HttpBody,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let path = request.uri().path().to_string();
+    let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
+    match segments.as_slice() {
+        ["v1", "forms", form] => forms::handle(state, form, request, peer).await,
+        ["v1", "messages"] => messages::handle(state, request, peer).await,
+        ["healthz"] => Ok(json_response(
+            StatusCode::OK,
+            &serde_json::json!({ "status": "alive" }),
+        )),
+        ["readyz"] => Ok(readiness(state).await),
+        _ => Err(ApiError::NotFound),
+    }
+}
+
+/// Ready when an item could be stored now.
+async fn readiness(state: &AppState) -> Response<Body> {
+    let redis = state.pipeline.sink().ping().await;
+    let (status, redis_state) = match &redis {
+        Ok(()) => (StatusCode::OK, "up".to_string()),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("down: {e}")),
+    };
+    json_response(
+        status,
+        &serde_json::json!({
+            "status": if redis.is_ok() { "ready" } else { "not_ready" },
+            "redis": redis_state,
+            "rules": "none loaded",
+            "scanner": "disabled",
+        }),
+    )
+}
+
+/// Reads a whole body, refusing it (413) when the declared or actual size
+/// is over `limit`, before more than `limit` bytes are held in memory.
+pub(crate) async fn read_body<B>(
+    body: B,
+    limit: u64,
+    headers: &HeaderMap,
+) -> Result<Bytes, ApiError>
+where
+    B: HttpBody,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit) {
+        return Err(ApiError::TooLarge { limit });
+    }
+    let limited = Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX));
+    match limited.collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::TooLarge { limit }),
+        Err(e) => Err(ApiError::BadRequest(format!(
+            "the body could not be read: {e}"
+        ))),
+    }
+}
+
+/// A response to a request without a body to read (used by the server
+/// for protocol errors).
+pub fn plain_error(status: StatusCode, message: &str) -> Response<Body> {
+    json_response(
+        status,
+        &serde_json::json!({ "error": "bad_request", "message": message }),
+    )
+}

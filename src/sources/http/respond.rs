@@ -1,0 +1,210 @@
+//! The one place where an HTTP answer is derived from what happened: every
+//! refusal is an [`ApiError`], and [`ApiError::into_response`] picks its
+//! status, headers and JSON body. Internal error text never reaches a
+//! client; it is logged here instead, with its whole source chain.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+use http_body_util::Full;
+use serde::Serialize;
+
+use crate::pipeline::PipelineError;
+
+pub type Body = Full<Bytes>;
+
+/// One problem with one posted field, as the client sees it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct FieldProblem {
+    pub name: String,
+    pub problem: String,
+}
+
+/// Everything that keeps a request from being answered 202.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("no such endpoint")]
+    NotFound,
+    #[error("no form named `{0}` is declared")]
+    UnknownForm(String),
+    #[error("method not allowed here; use {allow}")]
+    MethodNotAllowed { allow: &'static str },
+    #[error("this form does not accept posts from {0}")]
+    OriginNotAllowed(String),
+    #[error("content type {got} is not accepted here; send {expected}")]
+    UnsupportedType { got: String, expected: &'static str },
+    #[error("the body is larger than the limit of {limit} bytes")]
+    TooLarge { limit: u64 },
+    #[error("{0}")]
+    TooMany(String),
+    #[error("some fields are missing or invalid")]
+    InvalidFields(Vec<FieldProblem>),
+    #[error("the body cannot be read: {0}")]
+    BadRequest(String),
+    #[error("a valid bearer token is required")]
+    Unauthorized,
+    #[error("the request took too long")]
+    Timeout,
+    #[error("the item cannot be stored right now; retry later")]
+    Unavailable {
+        retry_after: Duration,
+        #[source]
+        cause: PipelineError,
+    },
+    #[error("too many messages; retry later")]
+    RateLimited { retry_after: Duration },
+    #[error("an attachment carries a virus ({})", signatures.join(", "))]
+    Infected { signatures: Vec<String> },
+    #[error("refused by policy")]
+    Refused,
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    /// A stable machine-readable code.
+    error: &'static str,
+    /// A sentence for people.
+    message: String,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    fields: &'a [FieldProblem],
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::NotFound | ApiError::UnknownForm(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::OriginNotAllowed(_) | ApiError::Refused => StatusCode::FORBIDDEN,
+            ApiError::UnsupportedType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::TooLarge { .. } | ApiError::TooMany(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::InvalidFields(_) | ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Timeout => StatusCode::REQUEST_TIMEOUT,
+            ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Infected { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+        }
+    }
+
+    fn code(&self) -> &'static str {
+        match self {
+            ApiError::NotFound => "not_found",
+            ApiError::UnknownForm(_) => "unknown_form",
+            ApiError::MethodNotAllowed { .. } => "method_not_allowed",
+            ApiError::OriginNotAllowed(_) => "origin_not_allowed",
+            ApiError::UnsupportedType { .. } => "unsupported_media_type",
+            ApiError::TooLarge { .. } => "too_large",
+            ApiError::TooMany(_) => "too_many_parts",
+            ApiError::InvalidFields(_) => "invalid_fields",
+            ApiError::BadRequest(_) => "bad_request",
+            ApiError::Unauthorized => "unauthorized",
+            ApiError::Timeout => "timeout",
+            ApiError::Unavailable { .. } => "unavailable",
+            ApiError::RateLimited { .. } => "rate_limited",
+            ApiError::Infected { .. } => "infected",
+            ApiError::Refused => "refused",
+        }
+    }
+
+    /// The answer the client gets.
+    pub fn into_response(self) -> Response<Body> {
+        let status = self.status();
+        if let ApiError::Unavailable { cause, .. } = &self {
+            // The client hears only "retry later"; the operator reads why.
+            tracing::warn!(error = %error_chain(cause), "item not stored, client told to retry");
+        }
+        let fields: &[FieldProblem] = match &self {
+            ApiError::InvalidFields(fields) => fields,
+            _ => &[],
+        };
+        let body = ErrorBody {
+            error: self.code(),
+            message: self.to_string(),
+            fields,
+        };
+        let mut response = json_response(status, &body);
+        let headers = response.headers_mut();
+        match &self {
+            ApiError::Unavailable { retry_after, .. } => {
+                headers.insert(header::RETRY_AFTER, seconds(*retry_after));
+            }
+            ApiError::RateLimited { retry_after } => {
+                headers.insert(header::RETRY_AFTER, seconds(*retry_after));
+                // IETF draft "RateLimit header fields for HTTP".
+                headers.insert(
+                    "ratelimit",
+                    HeaderValue::from_str(&format!(
+                        "\"default\";r=0;t={}",
+                        retry_after.as_secs().max(1)
+                    ))
+                    .expect("ascii header"),
+                );
+            }
+            ApiError::MethodNotAllowed { allow } => {
+                headers.insert(header::ALLOW, HeaderValue::from_static(allow));
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+/// `Retry-After` in whole seconds, at least one.
+fn seconds(d: Duration) -> HeaderValue {
+    HeaderValue::from(d.as_secs().max(1))
+}
+
+/// A JSON answer.
+pub fn json_response(status: StatusCode, body: &impl Serialize) -> Response<Body> {
+    let bytes = serde_json::to_vec(body).expect("answer bodies always serialize");
+    let mut response = Response::new(Full::new(Bytes::from(bytes)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// `error: cause: cause's cause`, for logs.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sink::SinkError;
+
+    #[test]
+    fn unavailable_tells_when_to_retry_and_hides_the_cause() {
+        let err = ApiError::Unavailable {
+            retry_after: Duration::from_secs(30),
+            cause: PipelineError::Sink(SinkError::Timeout(Duration::from_secs(2))),
+        };
+        let response = err.into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "30");
+        let body = format!("{:?}", response.body());
+        assert!(!body.contains("Redis"), "internal cause leaked: {body}");
+    }
+
+    #[test]
+    fn rate_limited_carries_retry_after_and_ratelimit() {
+        let response = ApiError::RateLimited {
+            retry_after: Duration::from_secs(90),
+        }
+        .into_response();
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "90");
+        assert!(response.headers().contains_key("ratelimit"));
+    }
+}

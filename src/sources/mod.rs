@@ -1,0 +1,5 @@
+//! Where items come in. Each source turns what it accepted into a
+//! [`crate::submission::Submission`], runs the pipeline, and acknowledges
+//! only once the item is stored.
+
+pub mod http;

@@ -1,0 +1,128 @@
+//! What a source hands to the pipeline: the bytes it accepted, where they came
+//! from, and the receipt id the source will give back once they are stored.
+//!
+//! A source acknowledges (HTTP 202, IMAP flag, mailgate exit 0) only after
+//! [`crate::pipeline::Pipeline::process`] returned `Ok`: that is the ack
+//! discipline of DESIGN.md, kept in one place.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use ulid::Ulid;
+
+use crate::envelope::{FieldValue, Source};
+
+/// The receipt id of one accepted item (a ULID: sortable by arrival time).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ReceiptId(Ulid);
+
+impl ReceiptId {
+    pub fn new() -> Self {
+        ReceiptId(Ulid::new())
+    }
+}
+
+impl Default for ReceiptId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for ReceiptId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl FromStr for ReceiptId {
+    type Err = ulid::DecodeError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ulid::from_string(s).map(ReceiptId)
+    }
+}
+
+impl Serialize for ReceiptId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for ReceiptId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// One item a source has taken in and not yet acknowledged.
+#[derive(Debug, Clone)]
+pub struct Submission {
+    pub id: ReceiptId,
+    pub received_at: OffsetDateTime,
+    /// Where it came in; becomes the envelope's `source`.
+    pub source: Source,
+    pub payload: Payload,
+}
+
+impl Submission {
+    pub fn new(source: Source, payload: Payload) -> Self {
+        Submission {
+            id: ReceiptId::new(),
+            received_at: OffsetDateTime::now_utc(),
+            source,
+            payload,
+        }
+    }
+}
+
+/// The accepted bytes, in the form the source could give them.
+#[derive(Debug, Clone)]
+pub enum Payload {
+    /// A raw RFC 5322 message, exactly as received.
+    Mail(Bytes),
+    /// A web-form post, already decoded from its wire format.
+    Form(FormPost),
+}
+
+/// A decoded form post: every field as posted (reserved `_` fields
+/// included; the parse stage takes those out) and the uploaded files.
+#[derive(Debug, Clone, Default)]
+pub struct FormPost {
+    pub fields: BTreeMap<String, FieldValue>,
+    pub files: Vec<Upload>,
+}
+
+impl FormPost {
+    /// Adds a field, keeping earlier values posted under the same name.
+    pub fn add_field(&mut self, name: String, value: String) {
+        match self.fields.get_mut(&name) {
+            Some(existing) => existing.push(value),
+            None => {
+                self.fields.insert(name, FieldValue::One(value));
+            }
+        }
+    }
+
+    /// The first value of a field, if posted and not blank.
+    pub fn field(&self, name: &str) -> Option<&str> {
+        self.fields
+            .get(name)
+            .and_then(FieldValue::first)
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+    }
+}
+
+/// One uploaded file of a multipart form post.
+#[derive(Debug, Clone)]
+pub struct Upload {
+    /// The form field it was posted under.
+    pub field: String,
+    pub filename: Option<String>,
+    pub content_type: String,
+    pub data: Bytes,
+}

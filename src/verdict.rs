@@ -1,0 +1,46 @@
+//! What a stage decided about an item, and why. A throttled sender or a
+//! virus is a verdict, not an error: errors mean a stage could not decide.
+
+use std::time::Duration;
+
+use crate::submission::ReceiptId;
+
+/// The guard's decision (rate limits, dedupe, loops, allow/block lists).
+#[derive(Debug, Clone, PartialEq)]
+pub enum GuardVerdict {
+    /// Goes on to the desk.
+    Pass,
+    /// Goes on to the desk, tagged.
+    Tag { tags: Vec<String> },
+    /// Folded into an earlier item of the same customer; recorded in
+    /// `suppressed` and counted in `events`.
+    Collapse { into: ReceiptId, rule: String },
+    /// Kept aside for an operator.
+    Quarantine { reason: String },
+    /// Refused: a form poster is told to come back later; mail is kept in
+    /// `suppressed` for audit.
+    Reject {
+        reason: String,
+        retry_after: Duration,
+    },
+    /// A bot trap fired (filled honeypot): answered like a success so the
+    /// bot learns nothing, kept in `suppressed`.
+    Trap { reason: String },
+}
+
+/// The scanner's decision about the whole item.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ScanVerdict {
+    Clean {
+        engine: String,
+    },
+    Infected {
+        engine: String,
+        signatures: Vec<String>,
+    },
+    /// Not scanned, and why (scanning switched off, or a size policy that
+    /// passes with a tag).
+    Unscanned {
+        reason: String,
+    },
+}
