@@ -8,7 +8,7 @@ use crate::guard::{Guard, GuardError};
 use crate::parse::{self, ParseError, ParseOptions};
 use crate::route::{self, Answer, Route, Stream};
 use crate::scan::Scanner;
-use crate::sink::{Entry, Sink, SinkError};
+use crate::sink::{Appended, Entry, Sink, SinkError};
 use crate::submission::{ReceiptId, Submission};
 use crate::verdict::{GuardVerdict, ScanVerdict};
 
@@ -26,6 +26,9 @@ pub struct Stored {
     pub stream: Stream,
     /// The Redis stream entry id.
     pub entry_id: String,
+    /// True when the idempotency key had been seen: this is the earlier
+    /// item's receipt, and nothing new was written.
+    pub already_stored: bool,
     /// What the source tells its client.
     pub answer: Answer,
 }
@@ -65,6 +68,7 @@ impl Pipeline {
         submission: Submission,
         options: ParseOptions<'_>,
     ) -> Result<Stored, PipelineError> {
+        let idempotency_key = submission.idempotency_key.clone();
         // 1. Parse: bytes or form fields become an envelope.
         let mut message = parse::parse(submission, options)?;
 
@@ -101,21 +105,36 @@ impl Pipeline {
             envelope: serde_json::to_string(&message.envelope)?,
             reason,
             folded_into,
+            idempotency_key,
         };
-        let entry_id = self.sink.append(&entry).await?;
-        tracing::info!(
-            id = %entry.id,
-            stream = %stream,
-            kind,
-            channel = ?message.envelope.channel,
-            "item stored"
-        );
-        Ok(Stored {
-            id: entry.id,
-            stream,
-            entry_id,
-            answer,
-        })
+        match self.sink.append(&entry).await? {
+            Appended::Written { entry_id } => {
+                tracing::info!(
+                    id = %entry.id,
+                    stream = %stream,
+                    kind,
+                    channel = ?message.envelope.channel,
+                    "item stored"
+                );
+                Ok(Stored {
+                    id: entry.id,
+                    stream,
+                    entry_id,
+                    answer,
+                    already_stored: false,
+                })
+            }
+            Appended::AlreadyStored { receipt, entry_id } => {
+                tracing::info!(id = %receipt, stream = %stream, "item was stored before; not written again");
+                Ok(Stored {
+                    id: receipt.parse().unwrap_or(entry.id),
+                    stream,
+                    entry_id,
+                    answer,
+                    already_stored: true,
+                })
+            }
+        }
     }
 }
 
@@ -170,6 +189,24 @@ mod tests {
         let envelope: serde_json::Value = serde_json::from_str(&entries[0].envelope).unwrap();
         assert_eq!(envelope["id"], id.to_string());
         assert_eq!(envelope["subject"], "hi");
+    }
+
+    #[tokio::test]
+    async fn same_idempotency_key_is_stored_once() {
+        let sink = Arc::new(MemorySink::default());
+        let pipeline = pipeline(sink.clone());
+        let mut first = mail();
+        first.idempotency_key = Some("acct:1:42".into());
+        let mut again = mail();
+        again.idempotency_key = Some("acct:1:42".into());
+        let a = pipeline.process(first, OPTS).await.unwrap();
+        let b = pipeline.process(again, OPTS).await.unwrap();
+        assert!(
+            !a.already_stored && b.already_stored,
+            "second read is recognised"
+        );
+        assert_eq!(a.id, b.id, "the re-read gets the first receipt");
+        assert_eq!(sink.entries().len(), 1, "one entry, not two");
     }
 
     #[tokio::test]

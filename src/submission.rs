@@ -66,6 +66,9 @@ pub struct Submission {
     /// Where it came in; becomes the envelope's `source`.
     pub source: Source,
     pub payload: Payload,
+    /// Set by sources that may hand in the same item twice (IMAP re-reads
+    /// after a crash): the item is then stored at most once.
+    pub idempotency_key: Option<String>,
 }
 
 impl Submission {
@@ -75,6 +78,7 @@ impl Submission {
             received_at: OffsetDateTime::now_utc(),
             source,
             payload,
+            idempotency_key: None,
         }
     }
 }

@@ -62,6 +62,7 @@ pub fn parse(submission: Submission, options: ParseOptions<'_>) -> Result<Messag
         received_at,
         source,
         payload,
+        idempotency_key: _,
     } = submission;
     let mut envelope = Envelope {
         version: ENVELOPE_VERSION,

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use super::{Entry, Sink, SinkError, SinkFuture};
+use super::{Appended, Entry, Sink, SinkError, SinkFuture};
 
 #[derive(Debug, Default)]
 pub struct MemorySink {
@@ -25,14 +25,27 @@ impl MemorySink {
 }
 
 impl Sink for MemorySink {
-    fn append<'a>(&'a self, entry: &'a Entry) -> SinkFuture<'a, String> {
+    fn append<'a>(&'a self, entry: &'a Entry) -> SinkFuture<'a, Appended> {
         Box::pin(async move {
             if self.down.load(Ordering::SeqCst) {
                 return Err(SinkError::Timeout(Duration::ZERO));
             }
             let mut entries = self.entries.lock().expect("memory sink lock");
+            if let Some(key) = &entry.idempotency_key {
+                let earlier = entries.iter().position(|e| {
+                    e.stream == entry.stream && e.idempotency_key.as_ref() == Some(key)
+                });
+                if let Some(index) = earlier {
+                    return Ok(Appended::AlreadyStored {
+                        receipt: entries[index].id.to_string(),
+                        entry_id: format!("{}-0", index + 1),
+                    });
+                }
+            }
             entries.push(entry.clone());
-            Ok(format!("{}-0", entries.len()))
+            Ok(Appended::Written {
+                entry_id: format!("{}-0", entries.len()),
+            })
         })
     }
 

@@ -24,6 +24,20 @@ pub struct Entry {
     pub reason: Option<String>,
     /// Entry field `folded_into`, for collapsed items.
     pub folded_into: Option<ReceiptId>,
+    /// Makes the write happen at most once per key: a source that may read
+    /// the same item twice (IMAP after a crash) sets it, and the second
+    /// write returns the first one's receipt instead of a new entry.
+    pub idempotency_key: Option<String>,
+}
+
+/// What a successful append did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Appended {
+    /// A new entry was written.
+    Written { entry_id: String },
+    /// The idempotency key was seen before: nothing was written, and this
+    /// is the earlier entry.
+    AlreadyStored { receipt: String, entry_id: String },
 }
 
 /// Why an entry was not written. Every variant means "not stored": the
@@ -42,8 +56,8 @@ pub type SinkFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, SinkError>> +
 
 /// Where entries are written: Redis in production, memory in unit tests.
 pub trait Sink: Send + Sync + 'static {
-    /// Appends one entry; returns the stream entry id once it is stored.
-    fn append<'a>(&'a self, entry: &'a Entry) -> SinkFuture<'a, String>;
+    /// Appends one entry, at most once per idempotency key.
+    fn append<'a>(&'a self, entry: &'a Entry) -> SinkFuture<'a, Appended>;
     /// Whether a write would succeed now (for `/readyz`).
     fn ping(&self) -> SinkFuture<'_, ()>;
 }

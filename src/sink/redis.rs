@@ -9,8 +9,25 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, RedisError};
 
-use super::{Entry, Sink, SinkError, SinkFuture};
+use super::{Appended, Entry, Sink, SinkError, SinkFuture};
 use crate::config::{RedisConfig, SecretValue};
+
+/// XADD at most once per idempotency key, atomically: a crash can never
+/// leave an entry without its key or a key without its entry.
+/// KEYS[1] stream, KEYS[2] idempotency key; ARGV[1] receipt id, ARGV[2]
+/// key lifetime in seconds, ARGV[3..] the entry's field/value pairs.
+/// Returns {1, entry id} when written, {0, "receipt entry-id"} when seen.
+const XADD_ONCE: &str = r#"
+local seen = redis.call('GET', KEYS[2])
+if seen then return {0, seen} end
+local entry = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 3))
+redis.call('SET', KEYS[2], ARGV[1] .. ' ' .. entry, 'EX', tonumber(ARGV[2]))
+return {1, entry}
+"#;
+
+/// How long an idempotency key is remembered: far longer than any retry
+/// or restart, short enough not to grow without bound.
+const IDEMPOTENCY_TTL_SECS: u64 = 30 * 24 * 3600;
 
 pub struct RedisSink {
     connection: ConnectionManager,
@@ -52,6 +69,13 @@ impl RedisSink {
         format!("{}:{}", self.prefix, stream.name())
     }
 
+    /// The idempotency key lives in the stream's own hash slot (its hash
+    /// tag is the stream's name), so the script's keys share one node on
+    /// Redis Cluster.
+    fn idempotency_key(&self, stream: crate::route::Stream, key: &str) -> String {
+        format!("{{{}}}:seen:{key}", self.stream_key(stream))
+    }
+
     async fn bounded<T>(
         &self,
         fut: impl std::future::Future<Output = Result<T, RedisError>>,
@@ -74,26 +98,61 @@ fn is_connection_problem(e: &RedisError) -> bool {
 }
 
 impl Sink for RedisSink {
-    fn append<'a>(&'a self, entry: &'a Entry) -> SinkFuture<'a, String> {
+    fn append<'a>(&'a self, entry: &'a Entry) -> SinkFuture<'a, Appended> {
         Box::pin(async move {
-            let mut cmd = redis::cmd("XADD");
-            cmd.arg(self.stream_key(entry.stream))
-                .arg("*")
-                .arg("id")
-                .arg(entry.id.to_string())
-                .arg("kind")
-                .arg(entry.kind)
-                .arg("envelope")
-                .arg(entry.envelope.as_str());
+            let id = entry.id.to_string();
+            let folded = entry.folded_into.map(|f| f.to_string());
+            let mut fields: Vec<(&str, &str)> = vec![
+                ("id", id.as_str()),
+                ("kind", entry.kind),
+                ("envelope", entry.envelope.as_str()),
+            ];
             if let Some(reason) = &entry.reason {
-                cmd.arg("reason").arg(reason.as_str());
+                fields.push(("reason", reason.as_str()));
             }
-            if let Some(into) = &entry.folded_into {
-                cmd.arg("folded_into").arg(into.to_string());
+            if let Some(folded) = &folded {
+                fields.push(("folded_into", folded.as_str()));
             }
+            let stream = self.stream_key(entry.stream);
             let mut connection = self.connection.clone();
-            self.bounded(cmd.query_async::<String>(&mut connection))
-                .await
+            match &entry.idempotency_key {
+                None => {
+                    let mut cmd = redis::cmd("XADD");
+                    cmd.arg(&stream).arg("*");
+                    for (name, value) in &fields {
+                        cmd.arg(*name).arg(*value);
+                    }
+                    let entry_id = self
+                        .bounded(cmd.query_async::<String>(&mut connection))
+                        .await?;
+                    Ok(Appended::Written { entry_id })
+                }
+                Some(key) => {
+                    let script = redis::Script::new(XADD_ONCE);
+                    let mut invocation = script.prepare_invoke();
+                    invocation
+                        .key(&stream)
+                        .key(self.idempotency_key(entry.stream, key))
+                        .arg(&id)
+                        .arg(IDEMPOTENCY_TTL_SECS);
+                    for (name, value) in &fields {
+                        invocation.arg(*name).arg(*value);
+                    }
+                    let (written, value): (i64, String) = self
+                        .bounded(invocation.invoke_async(&mut connection))
+                        .await?;
+                    if written == 1 {
+                        Ok(Appended::Written { entry_id: value })
+                    } else {
+                        let (receipt, entry_id) =
+                            value.split_once(' ').unwrap_or((value.as_str(), ""));
+                        Ok(Appended::AlreadyStored {
+                            receipt: receipt.to_string(),
+                            entry_id: entry_id.to_string(),
+                        })
+                    }
+                }
+            }
         })
     }
 

@@ -1,0 +1,73 @@
+//! The Redis sink on the dev Redis: entries carry the contract's fields,
+//! and an idempotency key makes a repeated write return the first receipt.
+
+mod support;
+
+use intake::config::Config;
+use intake::route::Stream;
+use intake::sink::redis::RedisSink;
+use intake::sink::{Appended, Entry, Sink};
+use intake::submission::ReceiptId;
+use support::{read_stream, redis_url, unique_prefix};
+
+fn sink(prefix: &str) -> RedisSink {
+    let config = Config::from_toml(&format!(
+        "[redis]\nurl = \"{}\"\nprefix = \"{prefix}\"\ntimeout = \"2s\"\n",
+        redis_url()
+    ))
+    .unwrap();
+    RedisSink::new(&config.redis, None).unwrap()
+}
+
+fn entry(key: Option<&str>) -> Entry {
+    Entry {
+        stream: Stream::Desk,
+        id: ReceiptId::new(),
+        kind: "message",
+        envelope: "{}".into(),
+        reason: None,
+        folded_into: None,
+        idempotency_key: key.map(str::to_string),
+    }
+}
+
+#[tokio::test]
+async fn repeated_idempotency_key_returns_the_first_receipt() {
+    let prefix = unique_prefix("sink_idem");
+    let sink = sink(&prefix);
+    let first = entry(Some("imap:support:7:101:<a@b>"));
+    let second = entry(Some("imap:support:7:101:<a@b>"));
+    let written = sink.append(&first).await.unwrap();
+    let Appended::Written { entry_id } = written else {
+        panic!("first write must be written: {written:?}")
+    };
+    let again = sink.append(&second).await.unwrap();
+    assert_eq!(
+        again,
+        Appended::AlreadyStored {
+            receipt: first.id.to_string(),
+            entry_id: entry_id.clone()
+        },
+        "the re-read is recognised and answered with the first receipt"
+    );
+    let entries = read_stream(&redis_url(), &format!("{prefix}:desk")).await;
+    assert_eq!(entries.len(), 1, "one entry for two writes");
+    assert_eq!(entries[0].field("id"), first.id.to_string());
+    assert_eq!(entries[0].entry_id, entry_id);
+}
+
+#[tokio::test]
+async fn entries_without_a_key_are_always_written() {
+    let prefix = unique_prefix("sink_plain");
+    let sink = sink(&prefix);
+    for _ in 0..3 {
+        assert!(matches!(
+            sink.append(&entry(None)).await.unwrap(),
+            Appended::Written { .. }
+        ));
+    }
+    let entries = read_stream(&redis_url(), &format!("{prefix}:desk")).await;
+    assert_eq!(entries.len(), 3);
+    assert_eq!(entries[0].field("kind"), "message");
+    assert_eq!(entries[0].field("envelope"), "{}");
+}
