@@ -24,6 +24,9 @@ pub struct Config {
     /// The public HTTP listener (forms and raw mail).
     #[serde(default)]
     pub http: HttpConfig,
+    /// The admin listener (metrics, operations).
+    #[serde(default)]
+    pub admin: AdminConfig,
     /// Where accepted items are written.
     pub redis: RedisConfig,
     /// `POST /v1/messages`, used by `intake mailgate`.
@@ -72,6 +75,28 @@ impl Default for HttpConfig {
             request_timeout: default_request_timeout(),
             max_connections: default_max_connections(),
             retry_after: default_retry_after(),
+        }
+    }
+}
+
+/// The admin listener; it starts only when a token is configured, since
+/// metrics and operations must never be open.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Address of the admin listener; keep it off the public network.
+    #[serde(default = "default_admin_listen")]
+    pub listen: SocketAddr,
+    /// Bearer token every admin request must carry.
+    #[serde(default)]
+    pub token: Option<Secret>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: default_admin_listen(),
+            token: None,
         }
     }
 }
@@ -309,9 +334,13 @@ impl Config {
             fix(&mut tls.cert);
             fix(&mut tls.key);
         }
-        for secret in [&mut self.redis.password, &mut self.messages.token]
-            .into_iter()
-            .flatten()
+        for secret in [
+            &mut self.redis.password,
+            &mut self.messages.token,
+            &mut self.admin.token,
+        ]
+        .into_iter()
+        .flatten()
         {
             if let Some(file) = &mut secret.file {
                 fix(file);
@@ -346,6 +375,14 @@ impl Config {
             if let Err(e) = secret.resolve() {
                 problems.push(format!("messages.token: {e}"));
             }
+        }
+        if let Some(secret) = &self.admin.token {
+            if let Err(e) = secret.resolve() {
+                problems.push(format!("admin.token: {e}"));
+            }
+        }
+        if self.admin.token.is_some() && self.admin.listen == self.http.listen {
+            problems.push("admin.listen: must differ from http.listen".into());
         }
         if self.http.max_connections == 0 {
             problems.push("http.max_connections: must be at least 1".into());
@@ -403,6 +440,9 @@ impl Config {
 
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+fn default_admin_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9090))
 }
 fn default_header_timeout() -> HumanDuration {
     HumanDuration(Duration::from_secs(10))

@@ -6,6 +6,7 @@
 //! [`verdict`] (what a stage decided). [`pipeline`] shows the stages in
 //! their fixed order.
 
+pub mod admin;
 pub mod config;
 pub mod envelope;
 pub mod guard;
@@ -18,4 +19,5 @@ pub mod serve;
 pub mod sink;
 pub mod sources;
 pub mod submission;
+pub mod telemetry;
 pub mod verdict;

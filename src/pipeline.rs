@@ -107,8 +107,23 @@ impl Pipeline {
             folded_into,
             idempotency_key,
         };
-        match self.sink.append(&entry).await? {
+        let appended = self.sink.append(&entry).await.inspect_err(|e| {
+            let cause = match e {
+                SinkError::Unavailable(_) => "unavailable",
+                SinkError::Timeout(_) => "timeout",
+                SinkError::Refused(_) => "refused",
+            };
+            metrics::counter!("intake_store_failures_total", "cause" => cause).increment(1);
+        })?;
+        match appended {
             Appended::Written { entry_id } => {
+                metrics::counter!(
+                    "intake_items_total",
+                    "stream" => stream.name(),
+                    "kind" => kind,
+                    "channel" => channel_label(message.envelope.channel)
+                )
+                .increment(1);
                 tracing::info!(
                     id = %entry.id,
                     stream = %stream,
@@ -125,6 +140,8 @@ impl Pipeline {
                 })
             }
             Appended::AlreadyStored { receipt, entry_id } => {
+                metrics::counter!("intake_items_already_stored_total", "stream" => stream.name())
+                    .increment(1);
                 tracing::info!(id = %receipt, stream = %stream, "item was stored before; not written again");
                 Ok(Stored {
                     id: receipt.parse().unwrap_or(entry.id),
@@ -135,6 +152,13 @@ impl Pipeline {
                 })
             }
         }
+    }
+}
+
+fn channel_label(channel: crate::envelope::Channel) -> &'static str {
+    match channel {
+        crate::envelope::Channel::Email => "email",
+        crate::envelope::Channel::Form => "form",
     }
 }
 

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, LogFormat};
 use crate::guard::Guard;
@@ -61,30 +62,31 @@ pub async fn run(
     run_on(listener, config, shutdown).await
 }
 
-/// Runs the daemon on an already bound listener (tests bind port 0).
+/// Runs the daemon on an already bound public listener (tests bind port
+/// 0); the admin listener, when configured, binds `admin.listen`.
 pub async fn run_on(
     listener: TcpListener,
     config: Config,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let config = Arc::new(config);
-    let password = config
-        .redis
-        .password
-        .as_ref()
-        .map(|s| s.resolve().map_err(anyhow::Error::msg))
-        .transpose()
-        .context("redis.password")?;
+    let metrics = crate::telemetry::metrics();
+    let password = resolve(config.redis.password.as_ref()).context("redis.password")?;
     let sink = RedisSink::new(&config.redis, password).context("redis.url")?;
-    let mailgate_token = config
-        .messages
-        .token
-        .as_ref()
-        .map(|s| s.resolve().map_err(anyhow::Error::msg))
-        .transpose()
-        .context("messages.token")?;
+    let mailgate_token = resolve(config.messages.token.as_ref()).context("messages.token")?;
+    let admin_token = resolve(config.admin.token.as_ref()).context("admin.token")?;
     let tls = match &config.http.tls {
         Some(tls) => Some(http::server::tls_acceptor(&tls.cert, &tls.key).context("http.tls")?),
+        None => None,
+    };
+    let admin_listener = match &admin_token {
+        Some(_) => Some(
+            TcpListener::bind(config.admin.listen)
+                .await
+                .with_context(|| {
+                    format!("cannot listen on admin.listen = {}", config.admin.listen)
+                })?,
+        ),
         None => None,
     };
     let pipeline = Pipeline::new(Guard::without_rules(), Scanner::disabled(), Arc::new(sink));
@@ -108,9 +110,59 @@ pub async fn run_on(
             "Redis unreachable; answering 503 until it is back"
         ),
     }
-    http::server::serve(listener, tls, state, shutdown, DRAIN_DEADLINE).await;
+
+    // One signal stops every listener and background task.
+    let stop = CancellationToken::new();
+    let upkeep = tokio::spawn({
+        let stop = stop.clone();
+        let metrics = metrics.clone();
+        async move {
+            stop.run_until_cancelled(crate::telemetry::upkeep(metrics))
+                .await
+        }
+    });
+    let limits = http::server::ConnectionLimits::from_config(&config.http);
+    let public = http::server::serve(
+        listener,
+        tls,
+        limits,
+        state,
+        stop.clone().cancelled_owned(),
+        DRAIN_DEADLINE,
+    );
+    let admin = async {
+        let (Some(listener), Some(token)) = (admin_listener, admin_token) else {
+            tracing::warn!("admin.token is not set: no admin listener, no /metrics");
+            return;
+        };
+        tracing::info!(listen = %config.admin.listen, "admin listener serving");
+        let admin = crate::admin::Admin(Arc::new(crate::admin::AdminState { token, metrics }));
+        http::server::serve(
+            listener,
+            None,
+            limits,
+            admin,
+            stop.clone().cancelled_owned(),
+            DRAIN_DEADLINE,
+        )
+        .await;
+    };
+    let signal = async {
+        shutdown.await;
+        stop.cancel();
+    };
+    tokio::join!(public, admin, signal);
+    let _ = upkeep.await;
     tracing::info!("intake stopped");
     Ok(())
+}
+
+fn resolve(
+    secret: Option<&crate::config::Secret>,
+) -> anyhow::Result<Option<crate::config::SecretValue>> {
+    secret
+        .map(|s| s.resolve().map_err(anyhow::Error::msg))
+        .transpose()
 }
 
 /// Completes on SIGTERM or SIGINT.

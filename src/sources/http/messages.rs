@@ -37,12 +37,7 @@ where
     if request.method() != Method::POST {
         return Err(ApiError::MethodNotAllowed { allow: "POST" });
     }
-    let presented = header_str(request.headers(), header::AUTHORIZATION)
-        .and_then(|v| v.split_once(' '))
-        // The scheme is case-insensitive (RFC 9110, 11.1).
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, token)| token.trim());
-    if !presented.is_some_and(|p| constant_time_eq(p.as_bytes(), token.expose().as_bytes())) {
+    if !super::bearer_matches(request.headers(), token) {
         return Err(ApiError::Unauthorized);
     }
     let content_type = header_str(request.headers(), header::CONTENT_TYPE).map(|v| {
@@ -104,12 +99,4 @@ where
         Answer::Refused(Refusal::Infected { signatures }) => Err(ApiError::Infected { signatures }),
         Answer::Refused(Refusal::Policy) => Err(ApiError::Refused),
     }
-}
-
-/// Compares secrets without leaking their common prefix through timing.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

@@ -40,17 +40,37 @@ where
     B: HttpBody,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
+    let started = std::time::Instant::now();
     let timeout = state.config.http.request_timeout.into();
     let method = request.method().clone();
     let path = request.uri().path().to_string();
+    let endpoint = endpoint_label(&path);
     let result = tokio::time::timeout(timeout, route(&state, request, peer)).await;
     let response = match result {
         Ok(Ok(response)) => response,
         Ok(Err(error)) => error.into_response(),
         Err(_) => ApiError::Timeout.into_response(),
     };
-    tracing::debug!(%method, %path, status = response.status().as_u16(), %peer, "request answered");
+    let status = response.status().as_u16();
+    metrics::counter!("intake_http_requests_total", "endpoint" => endpoint, "status" => status.to_string())
+        .increment(1);
+    metrics::histogram!("intake_http_request_duration_seconds", "endpoint" => endpoint)
+        .record(started.elapsed().as_secs_f64());
+    tracing::debug!(%method, %path, status, %peer, "request answered");
     response
+}
+
+/// A bounded label for the metrics: never the form id a client made up.
+fn endpoint_label(path: &str) -> &'static str {
+    if path.starts_with("/v1/forms/") {
+        "forms"
+    } else if path == "/v1/messages" {
+        "messages"
+    } else if path == "/healthz" || path == "/readyz" {
+        "health"
+    } else {
+        "other"
+    }
 }
 
 async fn route<B>(
@@ -79,6 +99,7 @@ where
 /// Ready when an item could be stored now.
 async fn readiness(state: &AppState) -> Response<Body> {
     let redis = state.pipeline.sink().ping().await;
+    metrics::gauge!("intake_redis_up").set(if redis.is_ok() { 1.0 } else { 0.0 });
     let (status, redis_state) = match &redis {
         Ok(()) => (StatusCode::OK, "up".to_string()),
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("down: {e}")),
@@ -120,6 +141,27 @@ where
             "the body could not be read: {e}"
         ))),
     }
+}
+
+/// Whether the request carries `Authorization: Bearer <token>` with this
+/// token. The scheme is case-insensitive (RFC 9110, 11.1); the comparison
+/// takes the same time wherever the tokens differ.
+pub fn bearer_matches(headers: &HeaderMap, token: &SecretValue) -> bool {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .is_some_and(|(_, presented)| {
+            constant_time_eq(presented.trim().as_bytes(), token.expose().as_bytes())
+        })
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// A response to a request without a body to read (used by the server

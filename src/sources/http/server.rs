@@ -19,6 +19,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
+use http::{Request, Response};
+use hyper::body::Incoming;
+
+use super::respond::Body;
 use super::{handle, AppState};
 
 /// Why TLS could not be set up; start-up stops with this.
@@ -63,20 +67,55 @@ pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
+/// How a listener treats its connections.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    /// Time a client has to send its request headers (and finish the TLS
+    /// handshake): slow-loris clients are cut off here.
+    pub header_timeout: Duration,
+    /// Open connections served at once.
+    pub max_connections: usize,
+}
+
+impl ConnectionLimits {
+    pub fn from_config(http: &crate::config::HttpConfig) -> Self {
+        ConnectionLimits {
+            header_timeout: http.header_timeout.into(),
+            max_connections: http.max_connections,
+        }
+    }
+}
+
+/// Answers one request; the server calls it for every request of every
+/// connection.
+pub trait Handler: Clone + Send + Sync + 'static {
+    fn call(&self, request: Request<Incoming>, peer: SocketAddr) -> ResponseFuture;
+}
+
+/// The answer a [`Handler`] will give.
+pub type ResponseFuture = std::pin::Pin<Box<dyn Future<Output = Response<Body>> + Send>>;
+
+/// The public application.
+impl Handler for Arc<AppState> {
+    fn call(&self, request: Request<Incoming>, peer: SocketAddr) -> ResponseFuture {
+        Box::pin(handle(self.clone(), request, peer))
+    }
+}
+
 /// Serves until `shutdown` completes, then stops accepting and gives open
 /// requests up to `drain` to finish.
-pub async fn serve(
+pub async fn serve<H: Handler>(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
-    state: Arc<AppState>,
+    limits: ConnectionLimits,
+    handler: H,
     shutdown: impl Future<Output = ()>,
     drain: Duration,
 ) {
-    let http = &state.config.http;
-    let header_timeout: Duration = http.header_timeout.into();
+    let header_timeout = limits.header_timeout;
     // Caps open connections: past it, clients wait in the kernel's accept
     // queue instead of costing memory and file descriptors here.
-    let connections = Arc::new(Semaphore::new(http.max_connections));
+    let connections = Arc::new(Semaphore::new(limits.max_connections));
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -91,6 +130,7 @@ pub async fn serve(
         .max_concurrent_streams(64);
     let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
+    let local = listener.local_addr().ok();
     tokio::pin!(shutdown);
 
     loop {
@@ -112,14 +152,14 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let watcher = graceful.watcher();
-        let state = state.clone();
+        let handler = handler.clone();
         let builder = builder.clone();
         let tls = tls.clone();
         tokio::spawn(async move {
             let _permit = permit;
             let service = service_fn(move |request| {
-                let state = state.clone();
-                async move { Ok::<_, std::convert::Infallible>(handle(state, request, peer).await) }
+                let answer = handler.call(request, peer);
+                async move { Ok::<_, std::convert::Infallible>(answer.await) }
             });
             let result = match tls {
                 None => {
@@ -143,11 +183,11 @@ pub async fn serve(
         });
     }
 
-    tracing::info!("HTTP listener closed; draining open requests");
+    tracing::info!(listener = ?local, "listener closed; draining open requests");
     tokio::select! {
-        () = graceful.shutdown() => tracing::info!("all HTTP connections finished"),
+        () = graceful.shutdown() => tracing::info!(listener = ?local, "all connections finished"),
         () = tokio::time::sleep(drain) => {
-            tracing::warn!(deadline = ?drain, "drain deadline passed; closing remaining connections");
+            tracing::warn!(listener = ?local, deadline = ?drain, "drain deadline passed; closing remaining connections");
         }
     }
 }
@@ -160,9 +200,4 @@ async fn handshake(
     tokio::time::timeout(timeout, acceptor.accept(stream))
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))?
-}
-
-/// The address the server is reachable at, for logs and tests.
-pub fn local_addr(listener: &TcpListener) -> io::Result<SocketAddr> {
-    listener.local_addr()
 }

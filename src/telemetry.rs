@@ -1,0 +1,73 @@
+//! Metrics: one process-wide Prometheus recorder behind the `metrics`
+//! facade, so any module counts with `metrics::counter!` and the admin
+//! listener renders them all. Names are `intake_*`; labels are bounded
+//! sets (stream, kind, endpoint, status), never customer data.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Latency buckets in seconds: from a fast form post to a slow scan.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// Installs the recorder once per process and returns its handle. Tests
+/// start several gateways in one process; they share it.
+pub fn metrics() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets(LATENCY_BUCKETS)
+                .expect("buckets are not empty")
+                .build_recorder();
+            let handle = recorder.handle();
+            // Fails only if another recorder was installed first, in which
+            // case metrics go there; the handle still renders ours (empty).
+            let _ = metrics::set_global_recorder(recorder);
+            describe();
+            handle
+        })
+        .clone()
+}
+
+/// Runs the recorder's housekeeping (histogram rotation) until shutdown.
+pub async fn upkeep(handle: PrometheusHandle) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tick.tick().await;
+        handle.run_upkeep();
+    }
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(
+        "intake_http_requests_total",
+        "HTTP requests answered, by endpoint and status code"
+    );
+    describe_histogram!(
+        "intake_http_request_duration_seconds",
+        Unit::Seconds,
+        "Time from request to answer, by endpoint"
+    );
+    describe_counter!(
+        "intake_items_total",
+        "Items stored, by stream, kind and channel"
+    );
+    describe_counter!(
+        "intake_items_already_stored_total",
+        "Items handed in again and recognised by their idempotency key"
+    );
+    describe_counter!(
+        "intake_store_failures_total",
+        "Items that could not be stored (the source did not acknowledge), by cause"
+    );
+    describe_gauge!(
+        "intake_redis_up",
+        "1 when the last Redis check answered, else 0"
+    );
+}
