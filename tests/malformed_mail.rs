@@ -8,8 +8,6 @@
 
 mod support;
 
-use std::sync::OnceLock;
-
 use base64::Engine as _;
 use bytes::Bytes;
 use intake::envelope::Source;
@@ -17,34 +15,8 @@ use intake::parse::{parse, ParseError, ParseOptions};
 use intake::submission::{Payload, Submission};
 use reqwest::header;
 use serde_json::Value;
+use support::envelope::{crlf, validator};
 use support::{client, Gateway, TOKEN};
-
-const SCHEMA: &str = include_str!("../schema/envelope-v1.json");
-
-fn validator() -> &'static jsonschema::Validator {
-    static VALIDATOR: OnceLock<jsonschema::Validator> = OnceLock::new();
-    VALIDATOR.get_or_init(|| {
-        let schema: Value = serde_json::from_str(SCHEMA).expect("schema/envelope-v1.json is JSON");
-        jsonschema::draft202012::options()
-            .should_validate_formats(true)
-            .build(&schema)
-            .expect("schema/envelope-v1.json compiles")
-    })
-}
-
-/// Joins byte pieces into a message, turning every bare `\n` into `\r\n`.
-fn crlf(pieces: &[&[u8]]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for piece in pieces {
-        for &byte in *piece {
-            if byte == b'\n' && out.last() != Some(&b'\r') {
-                out.push(b'\r');
-            }
-            out.push(byte);
-        }
-    }
-    out
-}
 
 /// Deterministic pseudo-random bytes (xorshift64*), the same on every run.
 fn noise(len: usize, seed: u64) -> Vec<u8> {

@@ -6,59 +6,11 @@
 
 mod support;
 
-use std::sync::OnceLock;
-
 use base64::Engine as _;
 use reqwest::header;
 use serde_json::{json, Value};
+use support::envelope::{assert_matches_schema, crlf as mail, schema_errors, SCHEMA};
 use support::{client, Gateway, TOKEN};
-
-/// The schema as shipped.
-const SCHEMA: &str = include_str!("../schema/envelope-v1.json");
-
-fn validator() -> &'static jsonschema::Validator {
-    static VALIDATOR: OnceLock<jsonschema::Validator> = OnceLock::new();
-    VALIDATOR.get_or_init(|| {
-        let schema: Value = serde_json::from_str(SCHEMA).expect("schema/envelope-v1.json is JSON");
-        jsonschema::draft202012::options()
-            .should_validate_formats(true)
-            .build(&schema)
-            .expect("schema/envelope-v1.json compiles")
-    })
-}
-
-/// Every way `envelope` breaks the schema, one line each.
-fn schema_errors(envelope: &Value) -> Vec<String> {
-    validator()
-        .iter_errors(envelope)
-        .map(|e| format!("at `{}`: {e}", e.instance_path))
-        .collect()
-}
-
-fn assert_matches_schema(what: &str, envelope: &Value) {
-    let errors = schema_errors(envelope);
-    assert!(
-        errors.is_empty(),
-        "{what}: the envelope breaks schema/envelope-v1.json:\n  {}\nenvelope: {}",
-        errors.join("\n  "),
-        serde_json::to_string_pretty(envelope).unwrap()
-    );
-}
-
-/// Joins byte pieces into a message, turning every bare `\n` into `\r\n`
-/// so the mails below can be written readably.
-fn mail(pieces: &[&[u8]]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for piece in pieces {
-        for &byte in *piece {
-            if byte == b'\n' && out.last() != Some(&b'\r') {
-                out.push(b'\r');
-            }
-            out.push(byte);
-        }
-    }
-    out
-}
 
 /// Posts a raw message to `/v1/messages`, expects 202, and returns the
 /// desk envelope carrying the receipt, after checking it against the schema.
