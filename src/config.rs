@@ -53,8 +53,8 @@ pub struct HttpConfig {
     /// against slow-loris clients holding connections open.
     #[serde(default = "default_header_timeout")]
     pub header_timeout: HumanDuration,
-    /// How long one request may take from first byte to answer, body
-    /// upload included.
+    /// How long a client may take to send a request body; a slower upload
+    /// is answered 408.
     #[serde(default = "default_request_timeout")]
     pub request_timeout: HumanDuration,
     /// Connections served at once; further clients wait in the kernel's

@@ -390,3 +390,38 @@ async fn get_on_a_form_is_405_with_allow() {
     assert_eq!(response.status(), 405);
     assert_eq!(response.headers()[header::ALLOW], "POST, OPTIONS");
 }
+
+#[tokio::test]
+async fn client_that_stalls_mid_body_gets_408_and_nothing_is_stored() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let gw = Gateway::start_edited("form_slow_body", &support::redis_url(), "", |text| {
+        text.replace("request_timeout = \"10s\"", "request_timeout = \"1s\"")
+    })
+    .await;
+    let mut stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    // Headers promise 100 bytes; only 10 ever come.
+    stream
+        .write_all(
+            b"POST /v1/forms/contact HTTP/1.1\r\nHost: x\r\n\
+              Content-Type: application/x-www-form-urlencoded\r\n\
+              Content-Length: 100\r\n\r\nemail=ann@",
+        )
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(15),
+        stream.read_to_end(&mut answer),
+    )
+    .await;
+    assert!(
+        read.is_ok(),
+        "the gateway must not wait for the body forever"
+    );
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 408"),
+        "a stalled upload is answered 408: {answer}"
+    );
+    assert!(gw.entries("desk").await.is_empty());
+}

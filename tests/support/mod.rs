@@ -87,11 +87,22 @@ impl Gateway {
 
     /// Starts a gateway against `redis_url` with `extra` config appended.
     pub async fn start_with(test: &str, redis_url: &str, extra: &str) -> Gateway {
+        Gateway::start_edited(test, redis_url, extra, |text| text).await
+    }
+
+    /// Like [`Gateway::start_with`], with the config text passed through
+    /// `edit` first (to change a default, say).
+    pub async fn start_edited(
+        test: &str,
+        redis_url: &str,
+        extra: &str,
+        edit: impl FnOnce(String) -> String,
+    ) -> Gateway {
         let dir = tempfile::tempdir().expect("temp dir");
         let token_file: PathBuf = dir.path().join("token");
         std::fs::write(&token_file, format!("{TOKEN}\n")).expect("write token");
         let prefix = unique_prefix(test);
-        let text = default_toml(redis_url, &prefix, &token_file, extra);
+        let text = edit(default_toml(redis_url, &prefix, &token_file, extra));
         let config = intake::config::Config::from_toml(&text).expect("test config parses");
         config.validate().expect("test config is valid");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");

@@ -51,7 +51,13 @@ where
     }
     let kind = BodyKind::from_content_type(header_str(request.headers(), header::CONTENT_TYPE))?;
     let headers = request.headers().clone();
-    let body = read_body(request.into_body(), form.max_size.bytes(), &headers).await?;
+    let body = read_body(
+        request.into_body(),
+        form.max_size.bytes(),
+        state.config.http.request_timeout.into(),
+        &headers,
+    )
+    .await?;
     let post = form_body::decode(kind, body, form).await?;
     check_fields(form, &post)?;
 

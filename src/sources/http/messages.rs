@@ -55,7 +55,13 @@ where
     }
     let headers = request.headers().clone();
     let limit = state.config.messages.max_size.bytes();
-    let raw = read_body(request.into_body(), limit, &headers).await?;
+    let raw = read_body(
+        request.into_body(),
+        limit,
+        state.config.http.request_timeout.into(),
+        &headers,
+    )
+    .await?;
 
     let sender = header_str(&headers, SENDER_HEADER.parse().expect("valid header name"))
         .map(|s| s.trim().trim_matches(['<', '>']).to_string());

@@ -41,15 +41,15 @@ where
     B::Error: std::error::Error + Send + Sync + 'static,
 {
     let started = std::time::Instant::now();
-    let timeout = state.config.http.request_timeout.into();
     let method = request.method().clone();
     let path = request.uri().path().to_string();
     let endpoint = endpoint_label(&path);
-    let result = tokio::time::timeout(timeout, route(&state, request, peer)).await;
-    let response = match result {
-        Ok(Ok(response)) => response,
-        Ok(Err(error)) => error.into_response(),
-        Err(_) => ApiError::Timeout.into_response(),
+    // No timeout around the whole request: once the body is in, the
+    // pipeline is bounded by its own stage timeouts, and cutting it short
+    // could answer "failed" for an item that was in fact stored.
+    let response = match route(&state, request, peer).await {
+        Ok(response) => response,
+        Err(error) => error.into_response(),
     };
     let status = response.status().as_u16();
     metrics::counter!("intake_http_requests_total", "endpoint" => endpoint, "status" => status.to_string())
@@ -116,10 +116,12 @@ async fn readiness(state: &AppState) -> Response<Body> {
 }
 
 /// Reads a whole body, refusing it (413) when the declared or actual size
-/// is over `limit`, before more than `limit` bytes are held in memory.
+/// is over `limit`, before more than `limit` bytes are held in memory, and
+/// (408) when the client takes longer than `timeout` to send it.
 pub(crate) async fn read_body<B>(
     body: B,
     limit: u64,
+    timeout: std::time::Duration,
     headers: &HeaderMap,
 ) -> Result<Bytes, ApiError>
 where
@@ -134,7 +136,10 @@ where
         return Err(ApiError::TooLarge { limit });
     }
     let limited = Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX));
-    match limited.collect().await {
+    let collected = tokio::time::timeout(timeout, limited.collect())
+        .await
+        .map_err(|_| ApiError::Timeout)?;
+    match collected {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::TooLarge { limit }),
         Err(e) => Err(ApiError::BadRequest(format!(
