@@ -167,4 +167,16 @@ oversize = "pass-with-tag"
         let err = parse("clamd = \"tcp://a:1\"\noversize = \"drop\"").unwrap_err();
         assert!(err.contains("quarantine"), "names the choices: {err}");
     }
+
+    #[test]
+    fn the_dev_config_scans_with_the_dev_clamd() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/dev/intake.toml");
+        let config = crate::config::Config::load(&path).expect("deploy/dev/intake.toml loads");
+        let scan = config.scan.expect("the dev config has [scan]");
+        assert_eq!(scan.clamd, "tcp://127.0.0.1:13310");
+        assert!(
+            scan.max_size.bytes() < 100 * 1024 * 1024,
+            "below the dev clamd's StreamMaxLength (100M)"
+        );
+    }
 }
