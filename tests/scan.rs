@@ -308,6 +308,27 @@ async fn clean_files_of_several_types_reach_the_desk_as_clean() {
     assert_eq!(env["attachments"].as_array().unwrap().len(), 5);
     assert!(gw.entries("quarantine").await.is_empty());
     assert!(gw.entries("held").await.is_empty());
+    // The ClamAV version is read at start and exported on /readyz.
+    let readyz = format!("{}/readyz", gw.url);
+    eventually(
+        Duration::from_secs(10),
+        "readyz names the engine",
+        || async {
+            let ready: Value = client()
+                .get(&readyz)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            ready["scanner"]["state"] == "up"
+                && ready["scanner"]["engine"]
+                    .as_str()
+                    .is_some_and(|e| e.starts_with("ClamAV "))
+        },
+    )
+    .await;
 }
 
 #[tokio::test]
