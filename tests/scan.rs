@@ -16,6 +16,8 @@ use support::{client, Gateway, TOKEN};
 /// Settings of one test gateway with scanning on.
 struct Setup<'a> {
     clamd: String,
+    /// `[admin] listen` port, for tests that read /metrics.
+    admin_port: Option<u16>,
     scan_extra: &'a str,
     messages_max: &'a str,
     keep_raw: bool,
@@ -26,6 +28,7 @@ impl Default for Setup<'_> {
     fn default() -> Self {
         Setup {
             clamd: format!("tcp://{}", dev_clamd()),
+            admin_port: None,
             scan_extra: "",
             messages_max: "5MB",
             keep_raw: true,
@@ -43,6 +46,7 @@ async fn gateway(test: &str, setup: Setup<'_>) -> Gateway {
 listen = "127.0.0.1:0"
 request_timeout = "60s"
 
+{admin}
 [redis]
 url = "{redis_url}"
 prefix = "{prefix}"
@@ -72,6 +76,13 @@ redrive_max_backoff = "400ms"
             clamd = setup.clamd,
             scan_extra = setup.scan_extra,
             timeout = setup.timeout,
+            admin = setup
+                .admin_port
+                .map(|port| format!(
+                    "[admin]\nlisten = \"127.0.0.1:{port}\"\ntoken = {{ file = \"{}\" }}\n",
+                    token.display()
+                ))
+                .unwrap_or_default(),
         )
     })
     .await
@@ -334,10 +345,12 @@ async fn clean_files_of_several_types_reach_the_desk_as_clean() {
 #[tokio::test]
 async fn clamd_stopped_mid_test_holds_items_and_releases_them_when_back() {
     let mut clamd = PrivateClamd::start("");
+    let admin_port = support::free_port();
     let gw = gateway(
         "scan_clamd_stopped",
         Setup {
             clamd: clamd.url(),
+            admin_port: Some(admin_port),
             keep_raw: false,
             ..Setup::default()
         },
@@ -454,6 +467,41 @@ async fn clamd_stopped_mid_test_holds_items_and_releases_them_when_back() {
         .await
         .unwrap();
     assert_eq!(ready["scanner"]["state"], "up", "readyz: {ready}");
+    let metrics = client()
+        .get(format!("http://127.0.0.1:{admin_port}/metrics"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("intake_redriven_items_total{stream=\"desk\"}")
+            && metrics.contains("intake_redriven_items_total{stream=\"quarantine\"}"),
+        "re-driven items are counted by stream"
+    );
+}
+
+#[tokio::test]
+async fn clamd_over_a_unix_socket_scans_too() {
+    let socket = std::env::var("INTAKE_TEST_CLAMD_SOCKET")
+        .unwrap_or_else(|_| "/work/main/target/dev-state/clamav/clamd.sock".into());
+    assert!(
+        std::path::Path::new(&socket).exists(),
+        "the dev clamd's socket {socket} exists (deploy/dev/services start clamd)"
+    );
+    let gw = gateway(
+        "scan_unix_socket",
+        Setup {
+            clamd: format!("unix://{socket}"),
+            ..Setup::default()
+        },
+    )
+    .await;
+    let raw = mail_with("x", &[("x.com", "application/octet-stream", &eicar())]);
+    assert_refused_as_infected(post_mail(&gw, raw).await, "unix socket").await;
+    assert_quarantined_as_infected(&gw, "unix socket").await;
 }
 
 #[tokio::test]
