@@ -51,6 +51,9 @@ pub struct Drained {
     pub routed: usize,
     /// Entries left in `held` because they cannot be read back.
     pub unreadable: usize,
+    /// Entries left in `held` because their own scan failed while clamd
+    /// kept answering (one that always times out, say); retried next round.
+    pub skipped: usize,
 }
 
 impl Redrive {
@@ -62,8 +65,13 @@ impl Redrive {
             let healthy = match self.scanner.check().await {
                 super::ScannerState::Up => match self.drain(&stop).await {
                     Ok(drained) => {
-                        if drained.routed > 0 {
-                            tracing::info!(routed = drained.routed, "held items re-driven");
+                        if drained.routed > 0 || drained.skipped > 0 {
+                            tracing::info!(
+                                routed = drained.routed,
+                                skipped = drained.skipped,
+                                unreadable = drained.unreadable,
+                                "held items re-driven"
+                            );
                         }
                         true
                     }
@@ -112,6 +120,14 @@ impl Redrive {
                 match self.redrive_one(&entry).await {
                     Ok(true) => drained.routed += 1,
                     Ok(false) => drained.unreadable += 1,
+                    // One item that cannot be scanned must not hold up the
+                    // rest: if clamd still answers a PING, skip it for now.
+                    Err(RedriveError::Scan(e))
+                        if self.scanner.check().await == super::ScannerState::Up =>
+                    {
+                        tracing::warn!(entry = %entry.entry_id, error = %e, "held item could not be re-scanned; skipped until the next round");
+                        drained.skipped += 1;
+                    }
                     Err(e) => return Err(e),
                 }
             }
