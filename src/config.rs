@@ -35,6 +35,9 @@ pub struct Config {
     /// The web forms the shop posts to, as `[[form]]` tables.
     #[serde(default, rename = "form")]
     pub forms: Vec<FormConfig>,
+    /// Virus scanning with clamd; without it items say `unscanned`.
+    #[serde(default)]
+    pub scan: Option<crate::scan::ScanConfig>,
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
@@ -383,6 +386,9 @@ impl Config {
         }
         if self.admin.token.is_some() && self.admin.listen == self.http.listen {
             problems.push("admin.listen: must differ from http.listen".into());
+        }
+        if let Some(scan) = &self.scan {
+            scan.validate(&mut problems);
         }
         if self.http.max_connections == 0 {
             problems.push("http.max_connections: must be at least 1".into());

@@ -62,6 +62,10 @@ impl Pipeline {
         &self.sink
     }
 
+    pub fn scanner(&self) -> &Scanner {
+        &self.scanner
+    }
+
     /// Takes one item from submission to stored stream entry.
     pub async fn process(
         &self,
@@ -80,7 +84,17 @@ impl Pipeline {
         let route = if heads_for_desk(&guard) {
             match self.scanner.scan(&message).await {
                 Ok(scan) => route::route(&mut message, guard, scan),
-                Err(err) => route::held(&err),
+                Err(err) => {
+                    // The re-drive routes it later with only the scan's
+                    // verdict: keep the guard's tags and what it must
+                    // re-scan in the envelope now.
+                    if let GuardVerdict::Tag { tags } = guard {
+                        message.envelope.abuse.tags.extend(tags);
+                    }
+                    crate::scan::prepare_for_hold(&mut message);
+                    tracing::warn!(id = %message.envelope.id, error = %err, "item held: the virus scanner could not decide");
+                    route::held(&err)
+                }
             }
         } else {
             let scan = ScanVerdict::Unscanned {

@@ -93,6 +93,28 @@ pub fn route(message: &mut Message, guard: GuardVerdict, scan: ScanVerdict) -> R
             };
         }
         ScanVerdict::Unscanned { .. } => envelope.scan.status = ScanStatus::Unscanned,
+        ScanVerdict::Unscannable { engine, reason } => {
+            envelope.scan.status = ScanStatus::Unscanned;
+            envelope.scan.engine = Some(engine);
+            // Not known to be clean: kept for an operator, whatever the
+            // rules said; the sender's item is stored, so accepted.
+            return Route {
+                stream: Stream::Quarantine,
+                kind: "unscannable",
+                reason: Some(reason),
+                folded_into: None,
+                answer: Answer::Accepted,
+            };
+        }
+        ScanVerdict::PassedUnscanned {
+            engine,
+            reason: _,
+            tag,
+        } => {
+            envelope.scan.status = ScanStatus::Unscanned;
+            envelope.scan.engine = Some(engine);
+            envelope.abuse.tags.push(tag);
+        }
     }
     match guard {
         GuardVerdict::Pass => desk(),

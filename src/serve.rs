@@ -89,7 +89,11 @@ pub async fn run_on(
         ),
         None => None,
     };
-    let pipeline = Pipeline::new(Guard::without_rules(), Scanner::disabled(), Arc::new(sink));
+    let scanner = Scanner::from_config(config.scan.as_ref())
+        .map_err(anyhow::Error::msg)
+        .context("scan.clamd")?;
+    let sink: Arc<dyn crate::sink::Sink> = Arc::new(sink);
+    let pipeline = Pipeline::new(Guard::without_rules(), scanner.clone(), sink.clone());
     let state = Arc::new(AppState {
         config: config.clone(),
         pipeline,
@@ -121,6 +125,26 @@ pub async fn run_on(
                 .await
         }
     });
+    // Health checks of clamd and the re-drive of held items.
+    let redrive = match config.scan.as_ref().filter(|_| scanner.is_enabled()) {
+        Some(scan) => {
+            let redrive = crate::scan::held::Redrive {
+                scanner,
+                sink,
+                keep_raw: config.messages.keep_raw,
+                interval: scan.redrive_interval.into(),
+                max_backoff: scan.redrive_max_backoff.into(),
+                batch: scan.redrive_batch,
+            };
+            Some(tokio::spawn(redrive.run(stop.clone())))
+        }
+        None => {
+            tracing::warn!(
+                "virus scanning is off ([scan] missing or disabled): items are stored as unscanned"
+            );
+            None
+        }
+    };
     let limits = http::server::ConnectionLimits::from_config(&config.http);
     let public = http::server::serve(
         listener,
@@ -153,6 +177,13 @@ pub async fn run_on(
     };
     tokio::join!(public, admin, signal);
     let _ = upkeep.await;
+    if let Some(redrive) = redrive {
+        // The task stops at its next step; a scan in flight is bounded by
+        // scan.timeout, and an item not yet deleted from held stays there.
+        if tokio::time::timeout(DRAIN_DEADLINE, redrive).await.is_err() {
+            tracing::warn!("re-drive did not stop within the drain deadline");
+        }
+    }
     tracing::info!("intake stopped");
     Ok(())
 }

@@ -66,6 +66,31 @@ fn describe() {
         "intake_store_failures_total",
         "Items that could not be stored (the source did not acknowledge), by cause"
     );
+    describe_counter!(
+        "intake_scans_total",
+        "Blobs scanned (raw messages and parts), by result: clean, infected, oversize, timeout, error, busy"
+    );
+    describe_histogram!(
+        "intake_scan_duration_seconds",
+        Unit::Seconds,
+        "Time clamd took for one blob, connect included"
+    );
+    describe_gauge!(
+        "intake_scanner_up",
+        "1 when clamd answered the last check or scan, else 0"
+    );
+    describe_gauge!(
+        "intake_held_items",
+        "Entries in the held stream, waiting for the scanner"
+    );
+    describe_counter!(
+        "intake_redriven_items_total",
+        "Held items re-scanned and stored, by the stream they went to"
+    );
+    describe_gauge!(
+        "intake_clamav_info",
+        "Always 1; labels give the ClamAV engine, signature version and date"
+    );
     describe_gauge!(
         "intake_redis_up",
         "1 when the last Redis check answered, else 0"

@@ -38,9 +38,23 @@ pub enum ScanVerdict {
         engine: String,
         signatures: Vec<String>,
     },
-    /// Not scanned, and why (scanning switched off, or a size policy that
-    /// passes with a tag).
+    /// Not scanned, and why (scanning switched off, or stopped before the
+    /// scan).
     Unscanned {
         reason: String,
+    },
+    /// A part was too large for the scanner, and the `quarantine` policy
+    /// keeps such items for an operator.
+    Unscannable {
+        engine: String,
+        reason: String,
+    },
+    /// A part was too large for the scanner, and the `pass-with-tag`
+    /// policy lets the item through with this tag; everything else in it
+    /// was scanned clean.
+    PassedUnscanned {
+        engine: String,
+        reason: String,
+        tag: String,
     },
 }

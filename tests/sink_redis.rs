@@ -71,3 +71,36 @@ async fn entries_without_a_key_are_always_written() {
     assert_eq!(entries[0].field("kind"), "message");
     assert_eq!(entries[0].field("envelope"), "{}");
 }
+
+#[tokio::test]
+async fn held_entries_read_back_in_order_after_a_cursor_and_delete() {
+    // What the re-drive of held items relies on.
+    let prefix = unique_prefix("sink_read");
+    let sink = sink(&prefix);
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let mut e = entry(None);
+        e.stream = Stream::Held;
+        e.kind = "held";
+        e.reason = Some("waiting for the virus scanner".into());
+        sink.append(&e).await.unwrap();
+        ids.push(e.id.to_string());
+    }
+    assert_eq!(sink.len(Stream::Held).await.unwrap(), 3);
+    let first_two = sink.read(Stream::Held, None, 2).await.unwrap();
+    assert_eq!(first_two.len(), 2, "count is honoured");
+    assert_eq!(first_two[0].fields["id"], ids[0], "oldest first");
+    assert_eq!(first_two[0].fields["kind"], "held");
+    let rest = sink
+        .read(Stream::Held, Some(&first_two[1].entry_id), 10)
+        .await
+        .unwrap();
+    assert_eq!(rest.len(), 1, "the cursor is exclusive");
+    assert_eq!(rest[0].fields["id"], ids[2]);
+    sink.remove(Stream::Held, &first_two[0].entry_id)
+        .await
+        .unwrap();
+    assert_eq!(sink.len(Stream::Held).await.unwrap(), 2, "one deleted");
+    let left = sink.read(Stream::Held, None, 10).await.unwrap();
+    assert_eq!(left[0].fields["id"], ids[1], "the deleted one is gone");
+}

@@ -52,6 +52,7 @@ pub(super) fn fill(envelope: &mut Envelope, post: FormPost, form: &FormConfig) -
         targets.push(ScanTarget {
             name: upload.filename.unwrap_or(upload.field),
             data: upload.data,
+            whole_message: false,
         });
     }
 

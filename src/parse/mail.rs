@@ -15,6 +15,7 @@ pub(super) fn fill(envelope: &mut Envelope, raw: &Bytes, keep_raw: bool) -> Vec<
     let mut targets = vec![ScanTarget {
         name: "message".into(),
         data: raw.clone(),
+        whole_message: true,
     }];
     let parsed = MessageParser::default().parse(raw.as_ref());
     let Some(message) = parsed else {
@@ -116,6 +117,7 @@ pub(super) fn fill(envelope: &mut Envelope, raw: &Bytes, keep_raw: bool) -> Vec<
         targets.push(ScanTarget {
             name: filename.unwrap_or_else(|| format!("part {}", targets.len())),
             data: share_or_copy(raw, contents),
+            whole_message: false,
         });
     }
 

@@ -34,6 +34,9 @@ pub struct Message {
 pub struct ScanTarget {
     pub name: String,
     pub data: Bytes,
+    /// The whole raw message (not one part of it): a held item keeps it
+    /// so that the re-scan sees everything the first scan would have.
+    pub whole_message: bool,
 }
 
 /// Per-source knowledge the parser needs.

@@ -5,17 +5,37 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use super::{Appended, Entry, Sink, SinkError, SinkFuture};
+use super::{Appended, Entry, Sink, SinkError, SinkFuture, StoredEntry};
+use crate::route::Stream;
 
 #[derive(Debug, Default)]
 pub struct MemorySink {
     entries: Mutex<Vec<Entry>>,
+    /// Entry ids (`N-0`, N the 1-based position) removed with `remove`.
+    removed: Mutex<std::collections::HashSet<String>>,
     down: AtomicBool,
 }
 
 impl MemorySink {
+    /// Every entry written and not removed, oldest first.
     pub fn entries(&self) -> Vec<Entry> {
-        self.entries.lock().expect("memory sink lock").clone()
+        let removed = self.removed.lock().expect("memory sink lock");
+        self.entries
+            .lock()
+            .expect("memory sink lock")
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !removed.contains(&format!("{}-0", i + 1)))
+            .map(|(_, e)| e.clone())
+            .collect()
+    }
+
+    fn check(&self) -> Result<(), SinkError> {
+        if self.down.load(Ordering::SeqCst) {
+            Err(SinkError::Timeout(Duration::ZERO))
+        } else {
+            Ok(())
+        }
     }
 
     /// Makes every following write fail (or succeed again).
@@ -56,6 +76,58 @@ impl Sink for MemorySink {
             } else {
                 Ok(())
             }
+        })
+    }
+
+    fn read<'a>(
+        &'a self,
+        stream: Stream,
+        after: Option<&'a str>,
+        count: usize,
+    ) -> SinkFuture<'a, Vec<StoredEntry>> {
+        Box::pin(async move {
+            self.check()?;
+            let after: usize = after
+                .and_then(|a| a.split('-').next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+            let removed = self.removed.lock().expect("memory sink lock");
+            let entries = self.entries.lock().expect("memory sink lock");
+            Ok(entries
+                .iter()
+                .enumerate()
+                .map(|(i, e)| (format!("{}-0", i + 1), i + 1, e))
+                .filter(|(id, n, e)| e.stream == stream && *n > after && !removed.contains(id))
+                .take(count)
+                .map(|(entry_id, _, e)| {
+                    let mut fields = std::collections::HashMap::new();
+                    fields.insert("id".to_string(), e.id.to_string());
+                    fields.insert("kind".to_string(), e.kind.to_string());
+                    fields.insert("envelope".to_string(), e.envelope.clone());
+                    if let Some(reason) = &e.reason {
+                        fields.insert("reason".to_string(), reason.clone());
+                    }
+                    StoredEntry { entry_id, fields }
+                })
+                .collect())
+        })
+    }
+
+    fn remove<'a>(&'a self, _stream: Stream, entry_id: &'a str) -> SinkFuture<'a, ()> {
+        Box::pin(async move {
+            self.check()?;
+            self.removed
+                .lock()
+                .expect("memory sink lock")
+                .insert(entry_id.to_string());
+            Ok(())
+        })
+    }
+
+    fn len(&self, stream: Stream) -> SinkFuture<'_, u64> {
+        Box::pin(async move {
+            self.check()?;
+            Ok(self.entries().iter().filter(|e| e.stream == stream).count() as u64)
         })
     }
 }

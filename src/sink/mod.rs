@@ -30,6 +30,14 @@ pub struct Entry {
     pub idempotency_key: Option<String>,
 }
 
+/// An entry as read back from a stream (the re-drive of held items).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEntry {
+    /// The Redis stream entry id.
+    pub entry_id: String,
+    pub fields: std::collections::HashMap<String, String>,
+}
+
 /// What a successful append did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Appended {
@@ -60,4 +68,16 @@ pub trait Sink: Send + Sync + 'static {
     fn append<'a>(&'a self, entry: &'a Entry) -> SinkFuture<'a, Appended>;
     /// Whether a write would succeed now (for `/readyz`).
     fn ping(&self) -> SinkFuture<'_, ()>;
+    /// Up to `count` entries of `stream` with ids above `after` (`None`:
+    /// from the start), oldest first.
+    fn read<'a>(
+        &'a self,
+        stream: Stream,
+        after: Option<&'a str>,
+        count: usize,
+    ) -> SinkFuture<'a, Vec<StoredEntry>>;
+    /// Deletes one entry (once it has been written elsewhere).
+    fn remove<'a>(&'a self, stream: Stream, entry_id: &'a str) -> SinkFuture<'a, ()>;
+    /// The number of entries in `stream`.
+    fn len(&self, stream: Stream) -> SinkFuture<'_, u64>;
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, RedisError};
 
-use super::{Appended, Entry, Sink, SinkError, SinkFuture};
+use super::{Appended, Entry, Sink, SinkError, SinkFuture, StoredEntry};
 use crate::config::{RedisConfig, SecretValue};
 
 /// XADD at most once per idempotency key, atomically: a crash can never
@@ -162,6 +162,63 @@ impl Sink for RedisSink {
             self.bounded(redis::cmd("PING").query_async::<String>(&mut connection))
                 .await
                 .map(drop)
+        })
+    }
+
+    fn read<'a>(
+        &'a self,
+        stream: crate::route::Stream,
+        after: Option<&'a str>,
+        count: usize,
+    ) -> SinkFuture<'a, Vec<StoredEntry>> {
+        Box::pin(async move {
+            let mut connection = self.connection.clone();
+            // `(id` is exclusive: the entries after it.
+            let start = after.map_or_else(|| "-".to_string(), |a| format!("({a}"));
+            let reply: Vec<(String, Vec<(String, String)>)> = self
+                .bounded(
+                    redis::cmd("XRANGE")
+                        .arg(self.stream_key(stream))
+                        .arg(start)
+                        .arg("+")
+                        .arg("COUNT")
+                        .arg(count)
+                        .query_async(&mut connection),
+                )
+                .await?;
+            Ok(reply
+                .into_iter()
+                .map(|(entry_id, pairs)| StoredEntry {
+                    entry_id,
+                    fields: pairs.into_iter().collect(),
+                })
+                .collect())
+        })
+    }
+
+    fn remove<'a>(&'a self, stream: crate::route::Stream, entry_id: &'a str) -> SinkFuture<'a, ()> {
+        Box::pin(async move {
+            let mut connection = self.connection.clone();
+            self.bounded(
+                redis::cmd("XDEL")
+                    .arg(self.stream_key(stream))
+                    .arg(entry_id)
+                    .query_async::<i64>(&mut connection),
+            )
+            .await
+            .map(drop)
+        })
+    }
+
+    fn len(&self, stream: crate::route::Stream) -> SinkFuture<'_, u64> {
+        Box::pin(async move {
+            let mut connection = self.connection.clone();
+            self.bounded(
+                redis::cmd("XLEN")
+                    .arg(self.stream_key(stream))
+                    .query_async::<u64>(&mut connection),
+            )
+            .await
         })
     }
 }

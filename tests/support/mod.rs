@@ -4,6 +4,7 @@
 //! each other's streams.
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod clamd;
 pub mod envelope;
 
 use std::collections::HashMap;
@@ -87,7 +88,10 @@ impl Gateway {
 
     /// Starts a gateway against `redis_url` with `extra` config appended.
     pub async fn start_with(test: &str, redis_url: &str, extra: &str) -> Gateway {
-        Gateway::start_edited(test, redis_url, extra, |text| text).await
+        Gateway::start_custom(test, redis_url, |prefix, token_file| {
+            default_toml(redis_url, prefix, token_file, extra)
+        })
+        .await
     }
 
     /// Like [`Gateway::start_with`], with the config text passed through
@@ -98,11 +102,24 @@ impl Gateway {
         extra: &str,
         edit: impl FnOnce(String) -> String,
     ) -> Gateway {
+        Gateway::start_custom(test, redis_url, |prefix, token_file| {
+            edit(default_toml(redis_url, prefix, token_file, extra))
+        })
+        .await
+    }
+
+    /// Starts a gateway with a whole config of the test's own, made from
+    /// the key prefix and the token file's path.
+    pub async fn start_custom(
+        test: &str,
+        redis_url: &str,
+        make: impl FnOnce(&str, &std::path::Path) -> String,
+    ) -> Gateway {
         let dir = tempfile::tempdir().expect("temp dir");
         let token_file: PathBuf = dir.path().join("token");
         std::fs::write(&token_file, format!("{TOKEN}\n")).expect("write token");
         let prefix = unique_prefix(test);
-        let text = edit(default_toml(redis_url, &prefix, &token_file, extra));
+        let text = make(&prefix, &token_file);
         let config = intake::config::Config::from_toml(&text).expect("test config parses");
         config.validate().expect("test config is valid");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");

@@ -110,7 +110,9 @@ async fn readiness(state: &AppState) -> Response<Body> {
             "status": if redis.is_ok() { "ready" } else { "not_ready" },
             "redis": redis_state,
             "rules": "none loaded",
-            "scanner": "disabled",
+            // A dead scanner does not make the gateway unready: items
+            // are held and re-scanned later, never lost.
+            "scanner": state.pipeline.scanner().report(),
         }),
     )
 }

@@ -1,0 +1,182 @@
+//! The `[scan]` section: where clamd is, how many scans run at once, how
+//! long one may take, and what happens to items too large to scan.
+//!
+//! Without the section scanning is off and items say `unscanned`.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::clamd::ClamdAddress;
+use crate::config::{ByteSize, HumanDuration};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScanConfig {
+    /// Scan at all. `false` keeps the section but passes items as
+    /// `unscanned` (for a short maintenance window, not for production).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// clamd's address: `tcp://host:port` or `unix:///path/to/clamd.sock`.
+    pub clamd: String,
+    /// Scans running at once (one clamd connection each). Keep it at or
+    /// below clamd's `MaxThreads`.
+    #[serde(default = "default_max_concurrent")]
+    pub max_concurrent: usize,
+    /// Scans waiting for a free slot; past it an item is held, not scanned
+    /// later in memory, so a peak cannot grow the queue without bound.
+    #[serde(default = "default_queue_limit")]
+    pub queue_limit: usize,
+    /// Longest wait for one scan, connect and the wait for a slot each
+    /// included; past it the item is held and re-scanned later.
+    #[serde(default = "default_timeout")]
+    pub timeout: HumanDuration,
+    /// Largest blob sent to clamd. Keep it below clamd's `StreamMaxLength`
+    /// (25M by default); anything larger gets the `oversize` policy
+    /// without being sent.
+    #[serde(default = "default_max_size")]
+    pub max_size: ByteSize,
+    /// What happens to an item with a part too large to scan:
+    /// `quarantine` (kept for an operator) or `pass-with-tag` (to the desk
+    /// tagged `unscanned:oversize`, `scan.status = "unscanned"`).
+    #[serde(default)]
+    pub oversize: OversizePolicy,
+    /// How often held items are retried and clamd's health is checked.
+    #[serde(default = "default_redrive_interval")]
+    pub redrive_interval: HumanDuration,
+    /// Longest pause between re-drive attempts while clamd stays down
+    /// (the pause doubles from `redrive_interval` up to this).
+    #[serde(default = "default_redrive_max_backoff")]
+    pub redrive_max_backoff: HumanDuration,
+    /// Held items read from Redis per re-drive step.
+    #[serde(default = "default_redrive_batch")]
+    pub redrive_batch: usize,
+}
+
+/// The policy for parts above `max_size` (or above clamd's own limits).
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum OversizePolicy {
+    #[default]
+    Quarantine,
+    PassWithTag,
+}
+
+impl ScanConfig {
+    /// Adds every problem of this section to `problems`.
+    pub fn validate(&self, problems: &mut Vec<String>) {
+        if let Err(e) = self.clamd.parse::<ClamdAddress>() {
+            problems.push(format!("scan.clamd: {e}"));
+        }
+        if self.max_concurrent == 0 {
+            problems.push("scan.max_concurrent: must be at least 1".into());
+        }
+        if self.timeout.0 < Duration::from_millis(100) {
+            problems.push("scan.timeout: must be at least 100ms".into());
+        }
+        if self.max_size.bytes() == 0 {
+            problems.push("scan.max_size: must be more than 0".into());
+        }
+        if self.redrive_interval.0 < Duration::from_millis(10) {
+            problems.push("scan.redrive_interval: must be at least 10ms".into());
+        }
+        if self.redrive_max_backoff < self.redrive_interval {
+            problems
+                .push("scan.redrive_max_backoff: must be at least scan.redrive_interval".into());
+        }
+        if self.redrive_batch == 0 {
+            problems.push("scan.redrive_batch: must be at least 1".into());
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_max_concurrent() -> usize {
+    4
+}
+fn default_queue_limit() -> usize {
+    64
+}
+fn default_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(30))
+}
+fn default_max_size() -> ByteSize {
+    // clamd's default StreamMaxLength is 25M (MiB); 25MB stays below it.
+    ByteSize(25_000_000)
+}
+fn default_redrive_interval() -> HumanDuration {
+    HumanDuration(Duration::from_secs(5))
+}
+fn default_redrive_max_backoff() -> HumanDuration {
+    HumanDuration(Duration::from_secs(300))
+}
+fn default_redrive_batch() -> usize {
+    16
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<ScanConfig, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults_fill_everything_but_the_address() {
+        let config = parse(r#"clamd = "tcp://127.0.0.1:3310""#).unwrap();
+        assert!(config.enabled);
+        assert_eq!(config.oversize, OversizePolicy::Quarantine);
+        assert_eq!(config.max_size.bytes(), 25_000_000);
+        let mut problems = Vec::new();
+        config.validate(&mut problems);
+        assert!(problems.is_empty(), "defaults are valid: {problems:?}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let config = parse(
+            r#"
+clamd = "http://clamd"
+max_concurrent = 0
+timeout = "1ms"
+redrive_interval = "10s"
+redrive_max_backoff = "1s"
+oversize = "pass-with-tag"
+"#,
+        )
+        .unwrap();
+        let mut problems = Vec::new();
+        config.validate(&mut problems);
+        let all = problems.join("\n");
+        for key in [
+            "scan.clamd",
+            "scan.max_concurrent",
+            "scan.timeout",
+            "scan.redrive_max_backoff",
+        ] {
+            assert!(all.contains(key), "{key} not reported in:\n{all}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_and_policies_are_refused() {
+        assert!(parse("clamd = \"tcp://a:1\"\nmax_scans = 3").is_err());
+        let err = parse("clamd = \"tcp://a:1\"\noversize = \"drop\"").unwrap_err();
+        assert!(err.contains("quarantine"), "names the choices: {err}");
+    }
+
+    #[test]
+    fn the_dev_config_scans_with_the_dev_clamd() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/dev/intake.toml");
+        let config = crate::config::Config::load(&path).expect("deploy/dev/intake.toml loads");
+        let scan = config.scan.expect("the dev config has [scan]");
+        assert_eq!(scan.clamd, "tcp://127.0.0.1:13310");
+        assert!(
+            scan.max_size.bytes() < 100 * 1024 * 1024,
+            "below the dev clamd's StreamMaxLength (100M)"
+        );
+    }
+}

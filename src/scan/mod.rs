@@ -1,0 +1,438 @@
+//! Stage 3, scan: clamd sees the raw message and every decoded attachment
+//! or upload before anything reaches the desk.
+//!
+//! Guarantees: at most `max_concurrent` scans run at once and at most
+//! `queue_limit` wait; every scan is bounded by `timeout`; a blob above
+//! `max_size` is never sent but gets the oversize policy. When clamd cannot
+//! answer the scan is an error, never a pass: the pipeline holds the item
+//! in `intake:held`, and [`held::Redrive`] re-scans it when clamd is back.
+
+pub mod clamd;
+pub mod config;
+pub mod held;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use futures_util::future::try_join_all;
+use tokio::sync::{Semaphore, SemaphorePermit};
+
+use crate::parse::{Message, ScanTarget};
+use crate::verdict::ScanVerdict;
+use clamd::{ClamVersion, Clamd, ClamdAddress, ClamdError, Reply};
+pub use config::{OversizePolicy, ScanConfig};
+
+/// The tag a `pass-with-tag` item carries to the desk.
+pub const OVERSIZE_TAG: &str = "unscanned:oversize";
+
+/// Why the scanner could not decide (clamd down, timed out, too busy).
+/// Not a verdict: such items are held, never passed on unscanned.
+#[derive(Debug, thiserror::Error)]
+pub enum ScanError {
+    #[error("the virus scanner is unavailable")]
+    Unavailable(#[source] ClamdError),
+    #[error("the virus scanner is busy ({queue_limit} scans already waiting)")]
+    Busy { queue_limit: usize },
+    #[error("no scan slot came free within {0:?}")]
+    QueueTimeout(Duration),
+}
+
+/// What `/readyz` and the metrics say about the scanner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ScannerState {
+    /// No `[scan]` section, or `enabled = false`.
+    Disabled,
+    /// Not checked yet.
+    Unknown,
+    Up,
+    Down(String),
+}
+
+/// The virus scanner: cheap to clone, shared by the pipeline and the
+/// re-drive task.
+#[derive(Debug, Clone, Default)]
+pub struct Scanner {
+    inner: Option<Arc<Inner>>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    clamd: Clamd,
+    /// One permit per concurrent scan: clamd has a fixed number of
+    /// threads, and more connections only queue inside it, out of sight.
+    permits: Semaphore,
+    /// Scans waiting for a permit, bounded by `queue_limit`.
+    waiting: AtomicUsize,
+    queue_limit: usize,
+    /// Bound on the wait for a permit (the scan itself is bounded by the
+    /// client's timeout).
+    timeout: Duration,
+    max_size: usize,
+    oversize: OversizePolicy,
+    state: RwLock<Health>,
+}
+
+#[derive(Debug)]
+struct Health {
+    state: ScannerState,
+    version: Option<ClamVersion>,
+}
+
+impl Scanner {
+    /// No scanning: every item passes as `unscanned`.
+    pub fn disabled() -> Self {
+        Scanner { inner: None }
+    }
+
+    /// A scanner for `config` (already validated); `None` or
+    /// `enabled = false` gives [`Scanner::disabled`].
+    pub fn from_config(config: Option<&ScanConfig>) -> Result<Self, String> {
+        let Some(config) = config.filter(|c| c.enabled) else {
+            return Ok(Scanner::disabled());
+        };
+        let address: ClamdAddress = config.clamd.parse()?;
+        Ok(Scanner {
+            inner: Some(Arc::new(Inner {
+                clamd: Clamd::new(address, config.timeout.into()),
+                permits: Semaphore::new(config.max_concurrent),
+                waiting: AtomicUsize::new(0),
+                queue_limit: config.queue_limit,
+                timeout: config.timeout.into(),
+                max_size: config.max_size.as_usize(),
+                oversize: config.oversize,
+                state: RwLock::new(Health {
+                    state: ScannerState::Unknown,
+                    version: None,
+                }),
+            })),
+        })
+    }
+
+    pub fn is_enabled(&self) -> bool {
+        self.inner.is_some()
+    }
+
+    pub fn state(&self) -> ScannerState {
+        match &self.inner {
+            None => ScannerState::Disabled,
+            Some(inner) => inner.health().state.clone(),
+        }
+    }
+
+    /// The engine name for envelopes (`ClamAV 1.4.6`), once known.
+    pub fn engine(&self) -> Option<String> {
+        self.inner
+            .as_ref()
+            .and_then(|i| i.health().version.as_ref().map(|v| v.engine.clone()))
+    }
+
+    /// The scanner's state for `/readyz`.
+    pub fn report(&self) -> serde_json::Value {
+        let Some(inner) = &self.inner else {
+            return serde_json::json!("disabled");
+        };
+        let health = inner.health();
+        let state = match &health.state {
+            ScannerState::Up => "up".to_string(),
+            ScannerState::Unknown => "unknown".to_string(),
+            ScannerState::Down(why) => format!("down: {why}"),
+            ScannerState::Disabled => "disabled".to_string(),
+        };
+        serde_json::json!({
+            "state": state,
+            "clamd": inner.clamd.address().to_string(),
+            "engine": health.version.as_ref().map(|v| v.engine.clone()),
+            "signatures": health.version.as_ref().and_then(|v| v.database.clone()),
+            "signature_date": health.version.as_ref().and_then(|v| v.signature_date.clone()),
+        })
+    }
+
+    /// Scans one message. Entry point of this stage.
+    pub async fn scan(&self, message: &Message) -> Result<ScanVerdict, ScanError> {
+        self.scan_targets(&message.scan_targets).await
+    }
+
+    /// Scans every target (concurrently, within the pool's bound) and
+    /// combines the results: any signature makes the item infected; else
+    /// any part beyond the limits gets the oversize policy; else clean.
+    pub async fn scan_targets(&self, targets: &[ScanTarget]) -> Result<ScanVerdict, ScanError> {
+        let Some(inner) = &self.inner else {
+            return Ok(ScanVerdict::Unscanned {
+                reason: "virus scanning is not configured".into(),
+            });
+        };
+        let outcomes = try_join_all(targets.iter().map(|t| inner.scan_one(t))).await?;
+        let engine = self.engine().unwrap_or_else(|| "ClamAV".to_string());
+        let mut signatures: Vec<String> = Vec::new();
+        let mut oversize: Vec<String> = Vec::new();
+        for (target, outcome) in targets.iter().zip(outcomes) {
+            match outcome {
+                Reply::Clean => {}
+                Reply::Found(signature) => {
+                    if !signatures.contains(&signature) {
+                        signatures.push(signature);
+                    }
+                }
+                Reply::LimitExceeded(why) => oversize.push(format!("{}: {why}", target.name)),
+            }
+        }
+        if !signatures.is_empty() {
+            return Ok(ScanVerdict::Infected { engine, signatures });
+        }
+        if !oversize.is_empty() {
+            let reason = format!("too large to scan ({})", oversize.join("; "));
+            return Ok(match inner.oversize {
+                OversizePolicy::Quarantine => ScanVerdict::Unscannable { engine, reason },
+                OversizePolicy::PassWithTag => ScanVerdict::PassedUnscanned {
+                    engine,
+                    reason,
+                    tag: OVERSIZE_TAG.to_string(),
+                },
+            });
+        }
+        Ok(ScanVerdict::Clean { engine })
+    }
+
+    /// Asks clamd whether it is up and records the answer; on the way up,
+    /// reads and logs its version and signature date. Called by the
+    /// re-drive task on every tick.
+    pub async fn check(&self) -> ScannerState {
+        let Some(inner) = &self.inner else {
+            return ScannerState::Disabled;
+        };
+        match inner.clamd.ping().await {
+            Ok(()) => {
+                let was_up = inner.health().state == ScannerState::Up;
+                if !was_up || inner.health().version.is_none() {
+                    match inner.clamd.version().await {
+                        Ok(version) => inner.set_version(version),
+                        Err(e) => tracing::warn!(error = %e, "clamd answered PING but not VERSION"),
+                    }
+                }
+                inner.set_up();
+            }
+            Err(e) => inner.set_down(&e),
+        }
+        inner.health().state.clone()
+    }
+}
+
+impl Inner {
+    fn health(&self) -> std::sync::RwLockReadGuard<'_, Health> {
+        self.state.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn health_mut(&self) -> std::sync::RwLockWriteGuard<'_, Health> {
+        self.state.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set_up(&self) {
+        let mut health = self.health_mut();
+        if health.state != ScannerState::Up {
+            tracing::info!(clamd = %self.clamd.address(), "virus scanner is up");
+        }
+        health.state = ScannerState::Up;
+        metrics::gauge!("intake_scanner_up").set(1.0);
+    }
+
+    fn set_down(&self, error: &ClamdError) {
+        let mut health = self.health_mut();
+        if health.state != ScannerState::Down(error.to_string()) {
+            tracing::warn!(
+                clamd = %self.clamd.address(),
+                error = %error,
+                cause = ?std::error::Error::source(error).map(ToString::to_string),
+                "virus scanner is down; items are held until it is back"
+            );
+        }
+        health.state = ScannerState::Down(error.to_string());
+        metrics::gauge!("intake_scanner_up").set(0.0);
+    }
+
+    fn set_version(&self, version: ClamVersion) {
+        tracing::info!(
+            engine = %version.engine,
+            signatures = version.database.as_deref().unwrap_or("unknown"),
+            signature_date = version.signature_date.as_deref().unwrap_or("unknown"),
+            "ClamAV version"
+        );
+        metrics::gauge!(
+            "intake_clamav_info",
+            "engine" => version.engine.clone(),
+            "signatures" => version.database.clone().unwrap_or_else(|| "unknown".into()),
+            "signature_date" => version.signature_date.clone().unwrap_or_else(|| "unknown".into())
+        )
+        .set(1.0);
+        self.health_mut().version = Some(version);
+    }
+
+    /// One blob through the pool to clamd; the size policy applies before
+    /// anything is sent.
+    async fn scan_one(&self, target: &ScanTarget) -> Result<Reply, ScanError> {
+        if target.data.len() > self.max_size {
+            metrics::counter!("intake_scans_total", "result" => "oversize").increment(1);
+            return Ok(Reply::LimitExceeded(format!(
+                "{} bytes, above scan.max_size ({} bytes)",
+                target.data.len(),
+                self.max_size
+            )));
+        }
+        let _permit = self.permit().await.inspect_err(|_| {
+            metrics::counter!("intake_scans_total", "result" => "busy").increment(1);
+        })?;
+        let started = Instant::now();
+        let result = self.clamd.scan(&target.data).await;
+        metrics::histogram!("intake_scan_duration_seconds").record(started.elapsed().as_secs_f64());
+        let label = match &result {
+            Ok(Reply::Clean) => "clean",
+            Ok(Reply::Found(_)) => "infected",
+            Ok(Reply::LimitExceeded(_)) => "oversize",
+            Err(ClamdError::Timeout(_)) => "timeout",
+            Err(_) => "error",
+        };
+        metrics::counter!("intake_scans_total", "result" => label).increment(1);
+        match result {
+            Ok(reply) => {
+                if self.health().state != ScannerState::Up {
+                    self.set_up();
+                }
+                Ok(reply)
+            }
+            Err(e) => {
+                if e.is_down() {
+                    self.set_down(&e);
+                }
+                Err(ScanError::Unavailable(e))
+            }
+        }
+    }
+
+    /// A scan slot, or an error when too many scans wait already or none
+    /// frees up in time.
+    async fn permit(&self) -> Result<SemaphorePermit<'_>, ScanError> {
+        if let Ok(permit) = self.permits.try_acquire() {
+            return Ok(permit);
+        }
+        let queued = Queued::enter(&self.waiting);
+        if queued.position >= self.queue_limit {
+            return Err(ScanError::Busy {
+                queue_limit: self.queue_limit,
+            });
+        }
+        match tokio::time::timeout(self.timeout, self.permits.acquire()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            // The semaphore is never closed; treat it like a timeout.
+            Ok(Err(_)) | Err(_) => Err(ScanError::QueueTimeout(self.timeout)),
+        }
+    }
+}
+
+/// A place in the wait queue, given back when dropped (also on cancel).
+struct Queued<'a> {
+    counter: &'a AtomicUsize,
+    position: usize,
+}
+
+impl<'a> Queued<'a> {
+    fn enter(counter: &'a AtomicUsize) -> Self {
+        let position = counter.fetch_add(1, Ordering::SeqCst);
+        Queued { counter, position }
+    }
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.counter.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Prepares a message for `intake:held`: the envelope must carry what the
+/// re-scan needs. Attachments and uploads are already in it
+/// (`content_base64`); the raw message is added even when
+/// `messages.keep_raw = false` (the re-drive takes it out again before the
+/// item goes on), because parts the parser did not surface live only there.
+pub fn prepare_for_hold(message: &mut Message) {
+    if message.envelope.raw.is_none() {
+        if let Some(raw) = message.scan_targets.iter().find(|t| t.whole_message) {
+            message.envelope.raw =
+                Some(base64::engine::general_purpose::STANDARD.encode(&raw.data));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn scanner(max_size: &str, oversize: &str) -> Scanner {
+        let config: ScanConfig = toml::from_str(&format!(
+            "clamd = \"tcp://127.0.0.1:1\"\nmax_size = \"{max_size}\"\noversize = \"{oversize}\"\ntimeout = \"1s\""
+        ))
+        .unwrap();
+        Scanner::from_config(Some(&config)).unwrap()
+    }
+
+    fn target(len: usize) -> ScanTarget {
+        ScanTarget {
+            name: "big.bin".into(),
+            data: Bytes::from(vec![b'a'; len]),
+            whole_message: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn oversize_parts_get_the_policy_without_reaching_clamd() {
+        // Port 1 refuses connections: an attempt to scan would be an error.
+        let verdict = scanner("100B", "quarantine")
+            .scan_targets(&[target(101)])
+            .await
+            .expect("oversize is a verdict, not an error");
+        assert!(
+            matches!(verdict, ScanVerdict::Unscannable { ref reason, .. } if reason.contains("max_size")),
+            "quarantine policy: {verdict:?}"
+        );
+        let verdict = scanner("100B", "pass-with-tag")
+            .scan_targets(&[target(101)])
+            .await
+            .unwrap();
+        assert!(
+            matches!(verdict, ScanVerdict::PassedUnscanned { ref tag, .. } if tag == OVERSIZE_TAG),
+            "pass-with-tag policy: {verdict:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn unreachable_clamd_is_an_error_never_a_pass() {
+        let scanner = scanner("1MB", "quarantine");
+        let result = scanner.scan_targets(&[target(10)]).await;
+        assert!(
+            matches!(result, Err(ScanError::Unavailable(_))),
+            "must fail closed: {result:?}"
+        );
+        assert!(matches!(scanner.state(), ScannerState::Down(_)));
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_refuses_instead_of_growing() {
+        let config: ScanConfig = toml::from_str(
+            "clamd = \"tcp://127.0.0.1:1\"\nmax_concurrent = 1\nqueue_limit = 0\ntimeout = \"1s\"",
+        )
+        .unwrap();
+        let scanner = Scanner::from_config(Some(&config)).unwrap();
+        let inner = scanner.inner.as_ref().unwrap();
+        let _held = inner.permits.try_acquire().unwrap();
+        let result = inner.scan_one(&target(10)).await;
+        assert!(
+            matches!(result, Err(ScanError::Busy { queue_limit: 0 })),
+            "no room to wait: {result:?}"
+        );
+        assert_eq!(
+            inner.waiting.load(Ordering::SeqCst),
+            0,
+            "queue place given back"
+        );
+    }
+}
