@@ -4,9 +4,12 @@
 //! from `held`. While clamd stays down the pause doubles up to
 //! `redrive_max_backoff`.
 //!
-//! Exactly once: the routed write carries the idempotency key
-//! `held:<receipt id>`, so a crash (or a second replica) between the write
-//! and the `XDEL` finds the key, writes nothing new, and only deletes.
+//! Exactly once: the routed write carries an idempotency key (the
+//! source's own, kept on the held entry, or else `held:<receipt id>`), so a
+//! crash (or a second replica) between the write and the `XDEL` finds the
+//! key, writes nothing new, and only deletes; and an IMAP mail re-read
+//! after a crash, once held and once routed straight to the desk, still
+//! makes one desk item.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -160,7 +163,15 @@ impl Redrive {
             envelope: serde_json::to_string(&envelope)?,
             reason: route.reason,
             folded_into: route.folded_into,
-            idempotency_key: Some(format!("held:{}", envelope.id)),
+            // The source's own key when it had one (an IMAP re-read that was
+            // routed straight to the desk meanwhile is then recognised),
+            // else the receipt.
+            idempotency_key: Some(
+                held.fields
+                    .get("idempotency_key")
+                    .cloned()
+                    .unwrap_or_else(|| format!("held:{}", envelope.id)),
+            ),
         };
         self.sink.append(&entry).await?;
         self.sink.remove(Stream::Held, &held.entry_id).await?;
@@ -225,6 +236,14 @@ mod tests {
 
     /// Writes a held entry as the pipeline does and returns its receipt.
     async fn hold(sink: &MemorySink, subject: &str) -> crate::submission::ReceiptId {
+        hold_keyed(sink, subject, None).await
+    }
+
+    async fn hold_keyed(
+        sink: &MemorySink,
+        subject: &str,
+        key: Option<&str>,
+    ) -> crate::submission::ReceiptId {
         let submission = Submission::new(
             Source::Mailgate {
                 sender: None,
@@ -251,10 +270,46 @@ mod tests {
             envelope: serde_json::to_string(&message.envelope).unwrap(),
             reason: Some("test".into()),
             folded_into: None,
-            idempotency_key: None,
+            idempotency_key: key.map(str::to_string),
         };
         sink.append(&entry).await.unwrap();
         message.envelope.id
+    }
+
+    #[tokio::test]
+    async fn a_reread_routed_straight_to_the_desk_meets_its_held_copy() {
+        // An IMAP mail was held (scanner down), the gateway died before
+        // flagging it, and the re-read after restart went straight to the
+        // desk under the same source key. The re-drive must not add a
+        // second desk item.
+        let sink = Arc::new(MemorySink::default());
+        hold_keyed(&sink, "twice read", Some("imap:acct:7:42:<m@x>")).await;
+        sink.append(&Entry {
+            stream: Stream::Desk,
+            id: crate::submission::ReceiptId::new(),
+            kind: "message",
+            envelope: "{}".into(),
+            reason: None,
+            folded_into: None,
+            idempotency_key: Some("imap:acct:7:42:<m@x>".into()),
+        })
+        .await
+        .unwrap();
+        redrive(sink.clone())
+            .drain(&CancellationToken::new())
+            .await
+            .unwrap();
+        let desk = sink
+            .entries()
+            .into_iter()
+            .filter(|e| e.stream == Stream::Desk)
+            .count();
+        assert_eq!(desk, 1, "the held copy is recognised, not added");
+        assert_eq!(
+            sink.len(Stream::Held).await.unwrap(),
+            0,
+            "and it leaves held"
+        );
     }
 
     #[tokio::test]

@@ -107,6 +107,9 @@ impl Sink for MemorySink {
                     if let Some(reason) = &e.reason {
                         fields.insert("reason".to_string(), reason.clone());
                     }
+                    if let Some(key) = &e.idempotency_key {
+                        fields.insert("idempotency_key".to_string(), key.clone());
+                    }
                     StoredEntry { entry_id, fields }
                 })
                 .collect())

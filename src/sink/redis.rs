@@ -113,6 +113,12 @@ impl Sink for RedisSink {
             if let Some(folded) = &folded {
                 fields.push(("folded_into", folded.as_str()));
             }
+            // Kept on the entry so that whoever moves it on later (the held
+            // re-drive) writes under the same key: a source's re-read and
+            // the moved entry then meet in the destination stream.
+            if let Some(key) = &entry.idempotency_key {
+                fields.push(("idempotency_key", key.as_str()));
+            }
             let stream = self.stream_key(entry.stream);
             let mut connection = self.connection.clone();
             match &entry.idempotency_key {
