@@ -89,7 +89,23 @@ pub async fn run_on(
         ),
         None => None,
     };
-    let pipeline = Pipeline::new(Guard::without_rules(), Scanner::disabled(), Arc::new(sink));
+    let guard_store = crate::guard::store::RedisStore::new(
+        sink.connection(),
+        &config.redis.prefix,
+        config.redis.timeout.into(),
+    );
+    let guard = match &config.rules.dir {
+        Some(dir) => Guard::from_dir(dir.clone(), Some(guard_store))
+            .map_err(|e| anyhow::anyhow!("rules.dir: the rules do not load:\n{e}"))?,
+        None => Guard::new(
+            crate::guard::rules::RuleSet::nothing(),
+            None,
+            Some(guard_store),
+            crate::guard::limiter::LimiterClock::Live,
+        ),
+    };
+    tracing::info!(rules = guard.rules().rules.len(), dir = ?config.rules.dir, "rules loaded");
+    let pipeline = Pipeline::new(guard.clone(), Scanner::disabled(), Arc::new(sink));
     let state = Arc::new(AppState {
         config: config.clone(),
         pipeline,
@@ -121,6 +137,11 @@ pub async fn run_on(
                 .await
         }
     });
+    let rules_watch = tokio::spawn(
+        guard
+            .clone()
+            .watch(config.rules.poll_interval.into(), stop.clone()),
+    );
     let limits = http::server::ConnectionLimits::from_config(&config.http);
     let public = http::server::serve(
         listener,
@@ -136,7 +157,11 @@ pub async fn run_on(
             return;
         };
         tracing::info!(listen = %config.admin.listen, "admin listener serving");
-        let admin = crate::admin::Admin(Arc::new(crate::admin::AdminState { token, metrics }));
+        let admin = crate::admin::Admin(Arc::new(crate::admin::AdminState {
+            token,
+            metrics,
+            guard: guard.clone(),
+        }));
         http::server::serve(
             listener,
             None,
@@ -153,6 +178,7 @@ pub async fn run_on(
     };
     tokio::join!(public, admin, signal);
     let _ = upkeep.await;
+    let _ = rules_watch.await;
     tracing::info!("intake stopped");
     Ok(())
 }
