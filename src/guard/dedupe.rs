@@ -30,6 +30,9 @@ pub struct Fingerprint {
     /// Digest of the normalized subject and text.
     pub content: String,
     pub simhash: u64,
+    /// Digest of the numbers in the text (order numbers, amounts): two
+    /// texts about different orders are never near duplicates.
+    pub numbers: u32,
     /// Whether the text is long enough for near-duplicate comparison.
     pub comparable: bool,
 }
@@ -71,6 +74,15 @@ pub fn fingerprint(facts: &Facts<'_>) -> Option<Fingerprint> {
         .or_else(|| envelope.html.as_deref().map(strip_html))
         .unwrap_or_default();
     let tokens = tokens(&format!("{subject}\n{body}"));
+    let mut numbers: Vec<&str> = tokens
+        .iter()
+        .map(String::as_str)
+        .filter(|t| t.len() >= 3 && t.bytes().all(|b| b.is_ascii_digit()))
+        .collect();
+    numbers.sort_unstable();
+    numbers.dedup();
+    let numbers =
+        u32::from_str_radix(&short_digest(numbers.join(" ").as_bytes())[..8], 16).unwrap_or(0);
     Some(Fingerprint {
         customer: short_digest(customer.as_bytes()),
         message_id: envelope
@@ -79,6 +91,7 @@ pub fn fingerprint(facts: &Facts<'_>) -> Option<Fingerprint> {
             .map(|m| short_digest(m.as_bytes())),
         content: short_digest(tokens.join(" ").as_bytes()),
         simhash: simhash(&tokens),
+        numbers,
         comparable: tokens.len() >= MIN_NEAR_TOKENS,
     })
 }
@@ -166,7 +179,7 @@ pub struct Memory {
     /// key to (value, expiry in ms).
     values: HashMap<String, (String, u64)>,
     /// customer to recent (ms, simhash, receipt).
-    recent: HashMap<String, Vec<(u64, u64, String)>>,
+    recent: HashMap<String, Vec<(u64, u64, u32, String)>>,
     counts: HashMap<String, u64>,
 }
 
@@ -206,6 +219,11 @@ end
 return 1
 "#;
 
+/// A recent item in the per-customer set: `simhash:numbers:receipt`.
+fn member(fp: &Fingerprint, receipt: ReceiptId) -> String {
+    format!("{:016x}:{:08x}:{receipt}", fp.simhash, fp.numbers)
+}
+
 struct Keys {
     mid: String,
     content: String,
@@ -241,53 +259,59 @@ impl DedupeStore {
         now_ms: u64,
     ) -> Result<Option<(ReceiptId, Kind)>, GuardError> {
         let window = settings.window.as_millis() as u64;
-        let (mid, content, recent): (Option<String>, Option<String>, Vec<(String, u64)>) =
-            match self {
-                DedupeStore::Redis(store) => {
-                    let keys = Self::keys(store.prefix(), &fp.customer, Some(fp));
-                    let mut pipe = redis::pipe();
-                    pipe.cmd("GET").arg(&keys.mid);
-                    pipe.cmd("GET").arg(&keys.content);
-                    pipe.cmd("ZRANGEBYSCORE")
-                        .arg(&keys.recent)
-                        .arg(now_ms.saturating_sub(window))
-                        .arg("+inf");
-                    let mut connection = store.connection();
-                    let (mid, content, members): (Option<String>, Option<String>, Vec<String>) =
-                        store.bounded(pipe.query_async(&mut connection)).await?;
-                    let recent = members
-                        .iter()
-                        .filter_map(|m| {
-                            let (hash, receipt) = m.split_once(':')?;
-                            Some((receipt.to_string(), u64::from_str_radix(hash, 16).ok()?))
-                        })
-                        .collect();
-                    (mid, content, recent)
-                }
-                DedupeStore::Memory(memory) => {
-                    let memory = memory.lock().expect("dedupe lock");
-                    let keys = Self::keys("", &fp.customer, Some(fp));
-                    let get = |k: &str| {
-                        memory
-                            .values
-                            .get(k)
-                            .filter(|(_, exp)| *exp > now_ms)
-                            .map(|(v, _)| v.clone())
-                    };
-                    let recent = memory
-                        .recent
-                        .get(&fp.customer)
-                        .map(|items| {
-                            items
-                                .iter()
-                                .filter(|(at, ..)| at + window > now_ms)
-                                .map(|(_, h, r)| (r.clone(), *h))
-                                .collect()
-                        })
-                        .unwrap_or_default();
-                    (get(&keys.mid), get(&keys.content), recent)
-                }
-            };
+        #[allow(clippy::type_complexity)]
+        let (mid, content, recent): (
+            Option<String>,
+            Option<String>,
+            Vec<(String, u64, u32)>,
+        ) = match self {
+            DedupeStore::Redis(store) => {
+                let keys = Self::keys(store.prefix(), &fp.customer, Some(fp));
+                let mut pipe = redis::pipe();
+                pipe.cmd("GET").arg(&keys.mid);
+                pipe.cmd("GET").arg(&keys.content);
+                pipe.cmd("ZRANGEBYSCORE")
+                    .arg(&keys.recent)
+                    .arg(now_ms.saturating_sub(window))
+                    .arg("+inf");
+                let mut connection = store.connection();
+                let (mid, content, members): (Option<String>, Option<String>, Vec<String>) =
+                    store.bounded(pipe.query_async(&mut connection)).await?;
+                let recent = members
+                    .iter()
+                    .filter_map(|m| {
+                        let mut parts = m.splitn(3, ':');
+                        let hash = u64::from_str_radix(parts.next()?, 16).ok()?;
+                        let numbers = u32::from_str_radix(parts.next()?, 16).ok()?;
+                        Some((parts.next()?.to_string(), hash, numbers))
+                    })
+                    .collect();
+                (mid, content, recent)
+            }
+            DedupeStore::Memory(memory) => {
+                let memory = memory.lock().expect("dedupe lock");
+                let keys = Self::keys("", &fp.customer, Some(fp));
+                let get = |k: &str| {
+                    memory
+                        .values
+                        .get(k)
+                        .filter(|(_, exp)| *exp > now_ms)
+                        .map(|(v, _)| v.clone())
+                };
+                let recent = memory
+                    .recent
+                    .get(&fp.customer)
+                    .map(|items| {
+                        items
+                            .iter()
+                            .filter(|(at, ..)| at + window > now_ms)
+                            .map(|(_, h, n, r)| (r.clone(), *h, *n))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                (get(&keys.mid), get(&keys.content), recent)
+            }
+        };
         if settings.exact {
             if fp.message_id.is_some() {
                 if let Some(r) = mid.and_then(|r| r.parse().ok()) {
@@ -301,7 +325,8 @@ impl DedupeStore {
         if settings.near_duplicates && fp.comparable {
             let nearest = recent
                 .into_iter()
-                .map(|(r, h)| (r, (h ^ fp.simhash).count_ones()))
+                .filter(|(_, _, n)| *n == fp.numbers)
+                .map(|(r, h, _)| (r, (h ^ fp.simhash).count_ones()))
                 .filter(|(_, d)| *d <= settings.max_distance)
                 .min_by_key(|(_, d)| *d);
             if let Some(r) = nearest.and_then(|(r, _)| r.parse().ok()) {
@@ -326,7 +351,7 @@ impl DedupeStore {
         let use_content = settings.exact && fp.is_some();
         let member = fp
             .filter(|f| f.comparable && settings.near_duplicates)
-            .map(|f| format!("{:016x}:{receipt}", f.simhash));
+            .map(|f| member(f, receipt));
         match self {
             DedupeStore::Redis(store) => {
                 let keys = Self::keys(store.prefix(), customer, fp);
@@ -370,7 +395,7 @@ impl DedupeStore {
                 }
                 if let (Some(fp), Some(_)) = (fp, &member) {
                     let items = memory.recent.entry(customer.to_string()).or_default();
-                    items.push((now_ms, fp.simhash, receipt.to_string()));
+                    items.push((now_ms, fp.simhash, fp.numbers, receipt.to_string()));
                     items.retain(|(at, ..)| at + window > now_ms);
                     let excess = items.len().saturating_sub(settings.recent);
                     items.drain(..excess);

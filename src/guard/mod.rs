@@ -70,6 +70,19 @@ impl std::fmt::Debug for Guard {
 pub struct Checked {
     pub verdict: GuardVerdict,
     pub ticket: Ticket,
+    /// What each matching rule did (for `intake replay`'s table).
+    pub outcomes: Vec<RuleOutcome>,
+}
+
+/// What one matching rule did to one item.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleOutcome {
+    pub rule: String,
+    /// Past its quota?
+    pub over: bool,
+    /// Over, but in shadow mode: counted, not done.
+    pub shadow: bool,
+    pub action: Action,
 }
 
 /// Follow-up work for [`Guard::stored`] and [`Guard::not_stored`].
@@ -161,12 +174,14 @@ impl Guard {
                     reason: trap.clone(),
                 },
                 ticket,
+                outcomes: Vec::new(),
             });
         }
         let set = self.rules();
         let facts = Facts::of(&message.envelope);
         let mut matched: Vec<String> = Vec::new();
         let mut tags: Vec<String> = Vec::new();
+        let mut outcomes: Vec<RuleOutcome> = Vec::new();
         if facts.auto_submitted {
             tags.push("auto_submitted".into());
         }
@@ -216,9 +231,14 @@ impl Guard {
                 metrics::counter!("intake_rule_matches_total", "rule" => rule.name.clone())
                     .increment(1);
                 let key = rule.key_of(&facts);
-                if let Decision::Limited { retry_after } =
-                    self.inner.limiters.check(rule, &key).await?
-                {
+                let decision = self.inner.limiters.check(rule, &key).await?;
+                outcomes.push(RuleOutcome {
+                    rule: rule.name.clone(),
+                    over: decision != Decision::Allowed,
+                    shadow: rule.shadow,
+                    action: rule.action,
+                });
+                if let Decision::Limited { retry_after } = decision {
                     if rule.shadow {
                         metrics::counter!("intake_rule_shadow_hits_total", "rule" => rule.name.clone(), "action" => rule.action.name()).increment(1);
                         tracing::info!(rule = %rule.name, action = rule.action.name(), id = %message.envelope.id, "shadow rule would act");
@@ -304,7 +324,11 @@ impl Guard {
                 abuse.tags.push(tag);
             }
         }
-        Ok(Checked { verdict, ticket })
+        Ok(Checked {
+            verdict,
+            ticket,
+            outcomes,
+        })
     }
 
     /// Called once the item is stored: counts a fold and returns the
