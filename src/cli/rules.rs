@@ -105,7 +105,7 @@ fn check(dir: &std::path::Path) -> ExitCode {
 
 /// The message `explain` reasons about.
 fn message(args: &ExplainArgs) -> Result<Message, String> {
-    let ip = args.ip.clone().unwrap_or_else(|| "0.0.0.0".into());
+    let ip = args.ip.clone().unwrap_or_default();
     if let Some(form) = &args.form {
         let config: FormConfig =
             toml::from_str(&format!("id = {form:?}")).map_err(|e| e.to_string())?;
