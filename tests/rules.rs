@@ -6,6 +6,7 @@
 mod support;
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Duration;
 
 use reqwest::header;
@@ -603,6 +604,16 @@ impl Drop for Process {
 }
 
 fn spawn_gateway(dir: &Path, name: &str, prefix: &str, rules: &Path) -> Process {
+    spawn_gateway_with(dir, name, prefix, rules, "")
+}
+
+fn spawn_gateway_with(
+    dir: &Path,
+    name: &str,
+    prefix: &str,
+    rules: &Path,
+    rules_extra: &str,
+) -> Process {
     let port = support::free_port();
     let token = dir.join("token");
     std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
@@ -610,7 +621,7 @@ fn spawn_gateway(dir: &Path, name: &str, prefix: &str, rules: &Path) -> Process 
         &support::redis_url(),
         prefix,
         &token,
-        &format!("[rules]\ndir = \"{}\"\n", rules.display()),
+        &format!("[rules]\ndir = \"{}\"\n{rules_extra}", rules.display()),
     );
     text = text.replace(
         "listen = \"127.0.0.1:0\"",
@@ -618,7 +629,7 @@ fn spawn_gateway(dir: &Path, name: &str, prefix: &str, rules: &Path) -> Process 
     );
     let config = dir.join(format!("{name}.toml"));
     std::fs::write(&config, text).unwrap();
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_intake"))
+    let child = Command::new(env!("CARGO_BIN_EXE_intake"))
         .args(["serve", "--config"])
         .arg(&config)
         .stderr(std::process::Stdio::null())
@@ -670,4 +681,55 @@ async fn a_cluster_limit_holds_across_two_gateway_processes() {
     );
     let desk = support::read_stream(&support::redis_url(), &format!("{prefix}:desk")).await;
     assert_eq!(desk.len(), 4);
+}
+
+#[tokio::test]
+async fn sighup_reloads_the_rules_of_a_running_gateway() {
+    let rules = Rules::new(&[(
+        "30-forms.toml",
+        "[[rule]]\nname = \"net\"\nmatch = { channel = \"form\" }\nkey = [\"ip\"]\nrate = \"1/d\"\nburst = 1\naction = \"reject\"\n",
+    )]);
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = support::unique_prefix("rules_sighup");
+    // A poll interval of an hour: only the signal can reload in time.
+    let gw = spawn_gateway_with(
+        dir.path(),
+        "hup",
+        &prefix,
+        rules.path(),
+        "poll_interval = \"1h\"\n",
+    );
+    let post = |i: usize| {
+        client()
+            .post(format!("{}/v1/forms/contact", gw.url))
+            .header(header::ORIGIN, "https://shop.test")
+            .form(&[
+                ("email", format!("h{i}@example.com")),
+                ("message", format!("post {i} order {}", 600 + i)),
+            ])
+            .send()
+    };
+    assert_eq!(post(0).await.unwrap().status(), 202);
+    assert_eq!(post(1).await.unwrap().status(), 429, "burst 1");
+    rules.write(
+        "30-forms.toml",
+        "[[rule]]\nname = \"net\"\nmatch = { channel = \"form\" }\nkey = [\"ip\"]\nrate = \"1/d\"\nburst = 5\naction = \"reject\"\n",
+    );
+    let status = Command::new("kill")
+        .args(["-HUP", &gw.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let s = post(2).await.unwrap().status();
+        if s == 202 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "SIGHUP did not load the new burst"
+        );
+    }
 }
