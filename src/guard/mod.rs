@@ -283,7 +283,9 @@ impl Guard {
         // 6. A desk-bound item becomes the customer's latest; if another
         //    replica stored the same item a moment ago, fold into that.
         let verdict = match verdict {
-            GuardVerdict::Pass if ticket.customer.is_some() => {
+            // (Only when something will look it up: dedupe, or a rule
+            // that collapses into the latest item.)
+            GuardVerdict::Pass if ticket.customer.is_some() && remembers(&set) => {
                 let customer = ticket.customer.clone().expect("checked");
                 let receipt = message.envelope.id;
                 match self
@@ -390,6 +392,13 @@ fn reject(hit: &Hit<'_>, why: &str) -> GuardVerdict {
             window: hit.rule.rate.per,
         }),
     }
+}
+
+/// Whether desk items must be remembered per customer.
+fn remembers(set: &RuleSet) -> bool {
+    set.dedupe.exact
+        || set.dedupe.near_duplicates
+        || set.rules.iter().any(|r| r.action == Action::Collapse)
 }
 
 fn export_rule_count(set: &RuleSet) {
