@@ -33,6 +33,16 @@ pub fn main(config_path: &Path) -> ExitCode {
             return ExitCode::from(EX_CONFIG);
         }
     };
+    // Rules that do not load are a configuration problem, named like one.
+    if let Some(dir) = &config.rules.dir {
+        if let Err(e) = crate::guard::rules::RuleSet::load_dir(dir) {
+            eprintln!(
+                "intake: rules.dir: the rules in {} do not load:\n{e}",
+                dir.display()
+            );
+            return ExitCode::from(EX_CONFIG);
+        }
+    }
     init_tracing(&config);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,

@@ -209,3 +209,28 @@ fn replay_prints_a_per_rule_table_for_a_maildir() {
         "first throttled sender: {top}"
     );
 }
+
+#[test]
+fn serve_refuses_to_start_with_rules_that_do_not_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules");
+    std::fs::create_dir(&rules).unwrap();
+    std::fs::write(
+        rules.join("10-a.toml"),
+        "[[rule]]\nname = \"a\"\nkey = [\"sender\"]\nrate = \"5/h\"\naction = \"rejekt\"\n",
+    )
+    .unwrap();
+    let config = dir.path().join("intake.toml");
+    std::fs::write(
+        &config,
+        "[redis]\nurl = \"redis://127.0.0.1:1\"\n[rules]\ndir = \"rules\"\n",
+    )
+    .unwrap();
+    let out = intake(&["serve", "--config", &config.display().to_string()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "EX_CONFIG: {stderr}");
+    assert!(
+        stderr.contains("10-a.toml:5:") && stderr.contains("rule[0].action"),
+        "{stderr}"
+    );
+}
