@@ -76,7 +76,7 @@ fn describe() {
     );
     describe_counter!(
         "intake_rule_actions_total",
-        "Items past a rule's quota that it acted on, by rule and action (block lists too)"
+        "Items past a rule's quota (not in shadow), by rule and action; the strongest such action is the verdict. Block-list hits count as action block"
     );
     describe_counter!(
         "intake_rule_shadow_hits_total",

@@ -241,7 +241,8 @@ impl Guard {
                 if let Decision::Limited { retry_after } = decision {
                     if rule.shadow {
                         metrics::counter!("intake_rule_shadow_hits_total", "rule" => rule.name.clone(), "action" => rule.action.name()).increment(1);
-                        tracing::info!(rule = %rule.name, action = rule.action.name(), id = %message.envelope.id, "shadow rule would act");
+                        // Debug, not info: a flood past a shadow rule would be a log line per item.
+                        tracing::debug!(rule = %rule.name, action = rule.action.name(), id = %message.envelope.id, "shadow rule would act");
                         continue;
                     }
                     metrics::counter!("intake_rule_actions_total", "rule" => rule.name.clone(), "action" => rule.action.name()).increment(1);
