@@ -733,3 +733,24 @@ async fn sighup_reloads_the_rules_of_a_running_gateway() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_block_list_refuses_forms_and_keeps_mail_without_bouncing_it() {
+    let rules = Rules::new(&[(
+        "10-lists.toml",
+        "[[block]]\nname = \"spammers\"\ndomains = [\"*.spam.example\"]\n",
+    )]);
+    let gw = start("rules_block", &rules).await;
+    let form = post_form(&gw, "Bot+1@Mail.Spam.Example", "buy now").await;
+    assert_eq!(form.status(), 403, "a blocked form poster is refused");
+    let mail = post_mail(&gw, mail("bot@mail.spam.example", "offer", "buy now", "")).await;
+    assert_eq!(mail.status(), 202, "blocked mail is kept, not bounced");
+    let suppressed = gw.entries("suppressed").await;
+    assert_eq!(suppressed.len(), 2, "both are kept for audit");
+    assert!(suppressed.iter().all(|e| e.field("kind") == "blocked"));
+    assert_eq!(
+        suppressed[0].envelope()["abuse"]["matched_rules"][0],
+        "block:spammers"
+    );
+    assert!(gw.entries("desk").await.is_empty());
+}
