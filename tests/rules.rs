@@ -754,3 +754,37 @@ async fn a_block_list_refuses_forms_and_keeps_mail_without_bouncing_it() {
     );
     assert!(gw.entries("desk").await.is_empty());
 }
+
+#[tokio::test]
+async fn with_redis_down_the_rules_fail_closed_and_recover() {
+    let rules = Rules::new(&[(
+        "30-forms.toml",
+        "[[rule]]\nname = \"net\"\nmatch = { channel = \"form\" }\nkey = [\"ip\"]\nrate = \"100/h\"\nburst = 50\naction = \"reject\"\nscope = \"cluster\"\n[dedupe]\n",
+    )]);
+    let mut redis = support::PrivateRedis::start();
+    let gw = Gateway::start_with("rules_redis_down", &redis.url(), &rules.config()).await;
+    receipt(post_form(&gw, "ida@example.com", "first post").await).await;
+    redis.stop();
+    let down = post_form(&gw, "ida@example.com", "second post").await;
+    assert_eq!(
+        down.status(),
+        503,
+        "no rate decision, no acknowledgement: never a silent pass"
+    );
+    assert!(down.headers().contains_key(header::RETRY_AFTER));
+    redis.restart();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let status = post_form(&gw, "ida@example.com", "third post")
+            .await
+            .status();
+        if status == 202 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the guard did not recover: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
