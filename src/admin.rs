@@ -22,6 +22,8 @@ pub struct AdminState {
     /// The bearer token every admin request must carry.
     pub token: SecretValue,
     pub metrics: PrometheusHandle,
+    /// For `POST /v1/rules/reload` and `GET /v1/rules`.
+    pub guard: crate::guard::Guard,
 }
 
 #[derive(Clone)]
@@ -48,8 +50,51 @@ fn route(state: &AdminState, request: &Request<Incoming>) -> Result<Response<Bod
     match (request.method(), request.uri().path()) {
         (&Method::GET, "/metrics") => Ok(metrics(state)),
         (_, "/metrics") => Err(ApiError::MethodNotAllowed { allow: "GET" }),
+        (&Method::POST, "/v1/rules/reload") => Ok(reload(state)),
+        (_, "/v1/rules/reload") => Err(ApiError::MethodNotAllowed { allow: "POST" }),
+        (&Method::GET, "/v1/rules") => Ok(rules(state)),
+        (_, "/v1/rules") => Err(ApiError::MethodNotAllowed { allow: "GET" }),
         _ => Err(ApiError::NotFound),
     }
+}
+
+/// Reloads the rules: 200 with what loaded, or 422 with every problem
+/// (file, line, key) while the old rules stay in force.
+fn reload(state: &AdminState) -> Response<Body> {
+    use crate::sources::http::respond::json_response;
+    match state.guard.reload("admin request") {
+        Ok(done) => json_response(
+            StatusCode::OK,
+            &serde_json::json!({"status": "reloaded", "rules": done.rules, "files": done.files}),
+        ),
+        Err(error) => json_response(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &serde_json::json!({
+                "status": "failed",
+                "message": "the rule files have problems; the previous rules stay in force",
+                "errors": error.0.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+            }),
+        ),
+    }
+}
+
+/// The rules in force, and the last reload's problems if it failed.
+fn rules(state: &AdminState) -> Response<Body> {
+    let set = state.guard.rules();
+    let rules: Vec<_> = set
+        .rules
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "name": r.name, "action": r.action.name(), "rate": r.rate.to_string(),
+                "burst": r.burst, "shadow": r.shadow, "origin": r.origin,
+            })
+        })
+        .collect();
+    crate::sources::http::respond::json_response(
+        StatusCode::OK,
+        &serde_json::json!({"rules": rules, "last_reload_error": state.guard.last_reload_error()}),
+    )
 }
 
 fn metrics(state: &AdminState) -> Response<Body> {

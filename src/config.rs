@@ -41,6 +41,9 @@ pub struct Config {
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
+    /// Rate-limit, collapse and loop rules (`rules/*.toml`).
+    #[serde(default)]
+    pub rules: crate::guard::config::RulesConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -333,6 +336,9 @@ impl Config {
                 *p = base.join(&*p);
             }
         };
+        if let Some(dir) = &mut self.rules.dir {
+            fix(dir);
+        }
         if let Some(tls) = &mut self.http.tls {
             fix(&mut tls.cert);
             fix(&mut tls.key);
@@ -400,6 +406,7 @@ impl Config {
                 }
             }
         }
+        self.rules.validate(&mut problems);
         let mut seen = HashSet::new();
         for (i, form) in self.forms.iter().enumerate() {
             let at = format!("form[{i}] ({})", form.id);

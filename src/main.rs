@@ -1,5 +1,5 @@
-//! The `intake` command line: the daemon (`serve`) and the mail server's
-//! pipe client (`mailgate`). Errors become exit codes here and nowhere else.
+//! The `intake` command line: the daemon (`serve`), the mail server's
+//! pipe client (`mailgate`) and the rule tools (`rules`, `replay`). Errors become exit codes here and nowhere else.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -33,6 +33,12 @@ enum Command {
     /// Read one message on stdin and hand it to a running gateway
     /// (for a mail server's pipe transport). Exit codes follow sysexits.h.
     Mailgate(Box<intake::mailgate::MailgateArgs>),
+    /// Check rule files, or explain what they do to an item.
+    #[command(subcommand)]
+    Rules(intake::cli::rules::RulesCommand),
+    /// Run rules and dedupe over archived mail (Maildir or mbox), offline,
+    /// and report what each rule would have done.
+    Replay(intake::cli::replay::ReplayArgs),
 }
 
 fn main() -> ExitCode {
@@ -53,5 +59,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve { config } => intake::serve::main(&config),
         Command::Mailgate(args) => intake::mailgate::main(*args),
+        Command::Rules(command) => intake::cli::rules::main(command),
+        Command::Replay(args) => intake::cli::replay::main(args),
     }
 }

@@ -77,7 +77,8 @@ impl Pipeline {
         let mut message = parse::parse(submission, options)?;
 
         // 2. Guard: cheap checks first, so a flood never costs a scan.
-        let guard = self.guard.check(&message).await?;
+        let checked = self.guard.check(&mut message).await?;
+        let guard = checked.verdict.clone();
 
         // 3. Scan what is headed for the desk. A scanner that cannot answer
         //    holds the item; it is never passed on unscanned by accident.
@@ -109,7 +110,7 @@ impl Pipeline {
             stream,
             kind,
             reason,
-            folded_into,
+            duplicate_of,
             answer,
         } = route;
         let entry = Entry {
@@ -118,17 +119,21 @@ impl Pipeline {
             kind,
             envelope: serde_json::to_string(&message.envelope)?,
             reason,
-            folded_into,
+            duplicate_of,
+            count: None,
             idempotency_key,
         };
-        let appended = self.sink.append(&entry).await.inspect_err(|e| {
-            let cause = match e {
-                SinkError::Unavailable(_) => "unavailable",
-                SinkError::Timeout(_) => "timeout",
-                SinkError::Refused(_) => "refused",
-            };
-            metrics::counter!("intake_store_failures_total", "cause" => cause).increment(1);
-        })?;
+        let appended = match self.sink.append(&entry).await {
+            Ok(appended) => appended,
+            Err(e) => {
+                self.guard.not_stored(&checked.ticket).await;
+                return Err(self.store_failed(e));
+            }
+        };
+        if let Appended::Written { .. } = appended {
+            // 6. A folded item updates its desk item through `events`.
+            self.announce_fold(&checked.ticket, entry.id).await;
+        }
         match appended {
             Appended::Written { entry_id } => {
                 metrics::counter!(
@@ -165,6 +170,54 @@ impl Pipeline {
                     already_stored: true,
                 })
             }
+        }
+    }
+}
+
+impl Pipeline {
+    fn store_failed(&self, e: SinkError) -> PipelineError {
+        let cause = match e {
+            SinkError::Unavailable(_) => "unavailable",
+            SinkError::Timeout(_) => "timeout",
+            SinkError::Refused(_) => "refused",
+        };
+        metrics::counter!("intake_store_failures_total", "cause" => cause).increment(1);
+        PipelineError::Sink(e)
+    }
+
+    /// Writes "N more like this" to `events` for a folded item. The item
+    /// itself is stored already, so a failure here is logged and counted,
+    /// not reported to the client (a retry would store it twice).
+    async fn announce_fold(&self, ticket: &crate::guard::Ticket, id: ReceiptId) {
+        let event = match self.guard.stored(ticket, id).await {
+            Ok(Some(event)) => event,
+            Ok(None) => return,
+            Err(e) => {
+                metrics::counter!("intake_events_failures_total").increment(1);
+                tracing::warn!(error = %e, %id, "fold not counted");
+                return;
+            }
+        };
+        let body = serde_json::json!({
+            "id": event.into,
+            "kind": "duplicates",
+            "count": event.count,
+            "latest": event.latest,
+            "rule": event.rule,
+        });
+        let entry = Entry {
+            stream: Stream::Events,
+            id: event.into,
+            kind: "duplicates",
+            envelope: body.to_string(),
+            reason: Some(format!("{} more like this from this customer", event.count)),
+            duplicate_of: None,
+            count: Some(event.count),
+            idempotency_key: None,
+        };
+        if let Err(e) = self.sink.append(&entry).await {
+            metrics::counter!("intake_events_failures_total").increment(1);
+            tracing::warn!(error = %e, into = %event.into, "events update not written");
         }
     }
 }

@@ -5,10 +5,11 @@
 use std::fmt;
 use std::time::Duration;
 
+use crate::envelope::Channel;
 use crate::envelope::ScanStatus;
 use crate::parse::Message;
 use crate::submission::ReceiptId;
-use crate::verdict::{GuardVerdict, ScanVerdict};
+use crate::verdict::{GuardVerdict, RatePolicy, ScanVerdict};
 
 /// The streams of DESIGN.md, without their prefix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -47,7 +48,7 @@ pub struct Route {
     /// Why it did not go to the desk.
     pub reason: Option<String>,
     /// For collapsed items: the desk item it was folded into.
-    pub folded_into: Option<ReceiptId>,
+    pub duplicate_of: Option<ReceiptId>,
     pub answer: Answer,
 }
 
@@ -63,7 +64,10 @@ pub enum Answer {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Refusal {
     /// Too many items from this sender; come back later.
-    RateLimited { retry_after: Duration },
+    RateLimited {
+        retry_after: Duration,
+        policy: Option<RatePolicy>,
+    },
     /// Carries a virus.
     Infected { signatures: Vec<String> },
     /// Refused by policy (a blocklist).
@@ -88,7 +92,7 @@ pub fn route(message: &mut Message, guard: GuardVerdict, scan: ScanVerdict) -> R
                 stream: Stream::Quarantine,
                 kind: "infected",
                 reason: Some(format!("virus found: {}", signatures.join(", "))),
-                folded_into: None,
+                duplicate_of: None,
                 answer: Answer::Refused(Refusal::Infected { signatures }),
             };
         }
@@ -102,7 +106,7 @@ pub fn route(message: &mut Message, guard: GuardVerdict, scan: ScanVerdict) -> R
                 stream: Stream::Quarantine,
                 kind: "unscannable",
                 reason: Some(reason),
-                folded_into: None,
+                duplicate_of: None,
                 answer: Answer::Accepted,
             };
         }
@@ -126,34 +130,54 @@ pub fn route(message: &mut Message, guard: GuardVerdict, scan: ScanVerdict) -> R
             stream: Stream::Suppressed,
             kind: "collapsed",
             reason: Some(format!("collapsed by rule {rule}")),
-            folded_into: Some(into),
+            duplicate_of: Some(into),
             answer: Answer::Accepted,
         },
         GuardVerdict::Quarantine { reason } => Route {
             stream: Stream::Quarantine,
             kind: "quarantined",
             reason: Some(reason),
-            folded_into: None,
+            duplicate_of: None,
             // Kept for an operator, who may release it: the sender is not
             // told to resend.
             answer: Answer::Accepted,
         },
+        // Mail is never refused by a rule: a refusal makes the mail server
+        // retry (a copy per retry) or bounce to a possibly forged sender.
+        // It is kept in `suppressed` and acknowledged; forms hear 429.
         GuardVerdict::Reject {
             reason,
             retry_after,
+            policy,
         } => Route {
             stream: Stream::Suppressed,
             kind: "rejected",
             reason: Some(reason),
-            folded_into: None,
-            answer: Answer::Refused(Refusal::RateLimited { retry_after }),
+            duplicate_of: None,
+            answer: match envelope.channel {
+                Channel::Form => Answer::Refused(Refusal::RateLimited {
+                    retry_after,
+                    policy,
+                }),
+                Channel::Email => Answer::Accepted,
+            },
+        },
+        GuardVerdict::Block { reason } => Route {
+            stream: Stream::Suppressed,
+            kind: "blocked",
+            reason: Some(reason),
+            duplicate_of: None,
+            answer: match envelope.channel {
+                Channel::Form => Answer::Refused(Refusal::Policy),
+                Channel::Email => Answer::Accepted,
+            },
         },
         // Bots get the answer of a success and learn nothing.
         GuardVerdict::Trap { reason } => Route {
             stream: Stream::Suppressed,
             kind: "trapped",
             reason: Some(reason),
-            folded_into: None,
+            duplicate_of: None,
             answer: Answer::Accepted,
         },
     }
@@ -164,7 +188,7 @@ fn desk() -> Route {
         stream: Stream::Desk,
         kind: "message",
         reason: None,
-        folded_into: None,
+        duplicate_of: None,
         answer: Answer::Accepted,
     }
 }
@@ -177,7 +201,7 @@ pub fn held(error: &crate::scan::ScanError) -> Route {
         stream: Stream::Held,
         kind: "held",
         reason: Some(format!("waiting for the virus scanner: {error}")),
-        folded_into: None,
+        duplicate_of: None,
         answer: Answer::Accepted,
     }
 }

@@ -33,6 +33,16 @@ pub fn main(config_path: &Path) -> ExitCode {
             return ExitCode::from(EX_CONFIG);
         }
     };
+    // Rules that do not load are a configuration problem, named like one.
+    if let Some(dir) = &config.rules.dir {
+        if let Err(e) = crate::guard::rules::RuleSet::load_dir(dir) {
+            eprintln!(
+                "intake: rules.dir: the rules in {} do not load:\n{e}",
+                dir.display()
+            );
+            return ExitCode::from(EX_CONFIG);
+        }
+    }
     init_tracing(&config);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
@@ -89,11 +99,27 @@ pub async fn run_on(
         ),
         None => None,
     };
+    let guard_store = crate::guard::store::RedisStore::new(
+        sink.connection(),
+        &config.redis.prefix,
+        config.redis.timeout.into(),
+    );
+    let guard = match &config.rules.dir {
+        Some(dir) => Guard::from_dir(dir.clone(), Some(guard_store))
+            .map_err(|e| anyhow::anyhow!("rules.dir: the rules do not load:\n{e}"))?,
+        None => Guard::new(
+            crate::guard::rules::RuleSet::nothing(),
+            None,
+            Some(guard_store),
+            crate::guard::limiter::LimiterClock::Live,
+        ),
+    };
+    tracing::info!(rules = guard.rules().rules.len(), dir = ?config.rules.dir, "rules loaded");
     let scanner = Scanner::from_config(config.scan.as_ref())
         .map_err(anyhow::Error::msg)
         .context("scan.clamd")?;
     let sink: Arc<dyn crate::sink::Sink> = Arc::new(sink);
-    let pipeline = Pipeline::new(Guard::without_rules(), scanner.clone(), sink.clone());
+    let pipeline = Pipeline::new(guard.clone(), scanner.clone(), sink.clone());
     let state = Arc::new(AppState {
         config: config.clone(),
         pipeline,
@@ -145,6 +171,11 @@ pub async fn run_on(
             None
         }
     };
+    let rules_watch = tokio::spawn(
+        guard
+            .clone()
+            .watch(config.rules.poll_interval.into(), stop.clone()),
+    );
     let limits = http::server::ConnectionLimits::from_config(&config.http);
     let public = http::server::serve(
         listener,
@@ -160,7 +191,11 @@ pub async fn run_on(
             return;
         };
         tracing::info!(listen = %config.admin.listen, "admin listener serving");
-        let admin = crate::admin::Admin(Arc::new(crate::admin::AdminState { token, metrics }));
+        let admin = crate::admin::Admin(Arc::new(crate::admin::AdminState {
+            token,
+            metrics,
+            guard: guard.clone(),
+        }));
         http::server::serve(
             listener,
             None,
@@ -184,6 +219,7 @@ pub async fn run_on(
             tracing::warn!("re-drive did not stop within the drain deadline");
         }
     }
+    let _ = rules_watch.await;
     tracing::info!("intake stopped");
     Ok(())
 }

@@ -95,4 +95,45 @@ fn describe() {
         "intake_redis_up",
         "1 when the last Redis check answered, else 0"
     );
+    describe_counter!(
+        "intake_rule_matches_total",
+        "Items a rule's match held for, by rule"
+    );
+    describe_counter!(
+        "intake_rule_actions_total",
+        "Items past a rule's quota (not in shadow), by rule and action; the strongest such action is the verdict. Block-list hits count as action block"
+    );
+    describe_counter!(
+        "intake_rule_shadow_hits_total",
+        "Items a shadow rule would have acted on, by rule and action"
+    );
+    describe_gauge!(
+        "intake_rule_keys",
+        "Keys tracked in memory by a local rule after evicting idle ones, by rule"
+    );
+    describe_counter!(
+        "intake_rule_keys_overflow_total",
+        "Checks that used a rule's shared overflow bucket because max_keys was reached"
+    );
+    describe_counter!(
+        "intake_rule_fast_path_total",
+        "Cluster-rule refusals answered from the local cache without a Redis round trip"
+    );
+    describe_counter!(
+        "intake_collapsed_total",
+        "Items folded into an earlier desk item, by rule (dedupe-exact, dedupe-near or a rate rule)"
+    );
+    describe_gauge!("intake_rules_loaded", "Rules in force");
+    describe_counter!(
+        "intake_rules_reloads_total",
+        "Rule reloads, by result (ok, failed)"
+    );
+    describe_gauge!(
+        "intake_rules_reload_failed",
+        "1 when the last reload failed and the previous rules are still in force"
+    );
+    describe_counter!(
+        "intake_events_failures_total",
+        "Fold updates for intake:events that could not be written"
+    );
 }

@@ -22,10 +22,25 @@ pub enum GuardVerdict {
     Reject {
         reason: String,
         retry_after: Duration,
+        /// The quota that was exceeded, for the `RateLimit-Policy` header.
+        policy: Option<RatePolicy>,
     },
+    /// On a block list: forms are refused (403); mail is kept in
+    /// `suppressed` (refusing it would make the mail server bounce to a
+    /// sender address that may be forged).
+    Block { reason: String },
     /// A bot trap fired (filled honeypot): answered like a success so the
     /// bot learns nothing, kept in `suppressed`.
     Trap { reason: String },
+}
+
+/// A rule's quota as the IETF RateLimit header fields describe it:
+/// `quota` items per `window`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RatePolicy {
+    pub name: String,
+    pub quota: u32,
+    pub window: Duration,
 }
 
 /// The scanner's decision about the whole item.

@@ -26,7 +26,8 @@ fn entry(key: Option<&str>) -> Entry {
         kind: "message",
         envelope: "{}".into(),
         reason: None,
-        folded_into: None,
+        duplicate_of: None,
+        count: None,
         idempotency_key: key.map(str::to_string),
     }
 }

@@ -162,7 +162,8 @@ impl Redrive {
             kind: route.kind,
             envelope: serde_json::to_string(&envelope)?,
             reason: route.reason,
-            folded_into: route.folded_into,
+            duplicate_of: route.duplicate_of,
+            count: None,
             // The source's own key when it had one (an IMAP re-read that was
             // routed straight to the desk meanwhile is then recognised),
             // else the receipt.
@@ -269,7 +270,8 @@ mod tests {
             kind: "held",
             envelope: serde_json::to_string(&message.envelope).unwrap(),
             reason: Some("test".into()),
-            folded_into: None,
+            duplicate_of: None,
+            count: None,
             idempotency_key: key.map(str::to_string),
         };
         sink.append(&entry).await.unwrap();
@@ -290,7 +292,8 @@ mod tests {
             kind: "message",
             envelope: "{}".into(),
             reason: None,
-            folded_into: None,
+            duplicate_of: None,
+            count: None,
             idempotency_key: Some("imap:acct:7:42:<m@x>".into()),
         })
         .await
@@ -348,7 +351,8 @@ mod tests {
             kind: "message",
             envelope: serde_json::to_string(&first.envelope).unwrap(),
             reason: None,
-            folded_into: None,
+            duplicate_of: None,
+            count: None,
             idempotency_key: Some(format!("held:{id}")),
         })
         .await

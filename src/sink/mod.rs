@@ -22,8 +22,11 @@ pub struct Entry {
     pub envelope: String,
     /// Entry field `reason`, for everything not on the desk.
     pub reason: Option<String>,
-    /// Entry field `folded_into`, for collapsed items.
-    pub folded_into: Option<ReceiptId>,
+    /// Entry field `duplicate_of`, for collapsed items.
+    pub duplicate_of: Option<ReceiptId>,
+    /// Entry field `count`, for `events` updates: how many items are now
+    /// folded into the desk item `id`.
+    pub count: Option<u64>,
     /// Makes the write happen at most once per key: a source that may read
     /// the same item twice (IMAP after a crash) sets it, and the second
     /// write returns the first one's receipt instead of a new entry.

@@ -65,6 +65,11 @@ impl RedisSink {
         })
     }
 
+    /// The shared connection (the guard keeps its state on it too).
+    pub fn connection(&self) -> ConnectionManager {
+        self.connection.clone()
+    }
+
     pub fn stream_key(&self, stream: crate::route::Stream) -> String {
         format!("{}:{}", self.prefix, stream.name())
     }
@@ -101,7 +106,8 @@ impl Sink for RedisSink {
     fn append<'a>(&'a self, entry: &'a Entry) -> SinkFuture<'a, Appended> {
         Box::pin(async move {
             let id = entry.id.to_string();
-            let folded = entry.folded_into.map(|f| f.to_string());
+            let duplicate_of = entry.duplicate_of.map(|f| f.to_string());
+            let count = entry.count.map(|c| c.to_string());
             let mut fields: Vec<(&str, &str)> = vec![
                 ("id", id.as_str()),
                 ("kind", entry.kind),
@@ -110,8 +116,11 @@ impl Sink for RedisSink {
             if let Some(reason) = &entry.reason {
                 fields.push(("reason", reason.as_str()));
             }
-            if let Some(folded) = &folded {
-                fields.push(("folded_into", folded.as_str()));
+            if let Some(duplicate_of) = &duplicate_of {
+                fields.push(("duplicate_of", duplicate_of.as_str()));
+            }
+            if let Some(count) = &count {
+                fields.push(("count", count.as_str()));
             }
             // Kept on the entry so that whoever moves it on later (the held
             // re-drive) writes under the same key: a source's re-read and

@@ -84,8 +84,14 @@ where
         })?;
     let mut response = match stored.answer {
         Answer::Accepted => accepted(form, &headers, next.as_deref(), &stored.id.to_string()),
-        Answer::Refused(Refusal::RateLimited { retry_after }) => {
-            return Err(ApiError::RateLimited { retry_after })
+        Answer::Refused(Refusal::RateLimited {
+            retry_after,
+            policy,
+        }) => {
+            return Err(ApiError::RateLimited {
+                retry_after,
+                policy,
+            })
         }
         Answer::Refused(Refusal::Infected { signatures }) => {
             return Err(ApiError::Infected { signatures })

@@ -99,9 +99,13 @@ where
             StatusCode::ACCEPTED,
             &serde_json::json!({ "id": stored.id.to_string(), "status": "accepted" }),
         )),
-        Answer::Refused(Refusal::RateLimited { retry_after }) => {
-            Err(ApiError::RateLimited { retry_after })
-        }
+        Answer::Refused(Refusal::RateLimited {
+            retry_after,
+            policy,
+        }) => Err(ApiError::RateLimited {
+            retry_after,
+            policy,
+        }),
         Answer::Refused(Refusal::Infected { signatures }) => Err(ApiError::Infected { signatures }),
         Answer::Refused(Refusal::Policy) => Err(ApiError::Refused),
     }

@@ -53,7 +53,10 @@ pub enum ApiError {
         cause: PipelineError,
     },
     #[error("too many messages; retry later")]
-    RateLimited { retry_after: Duration },
+    RateLimited {
+        retry_after: Duration,
+        policy: Option<crate::verdict::RatePolicy>,
+    },
     #[error("an attachment carries a virus ({})", signatures.join(", "))]
     Infected { signatures: Vec<String> },
     #[error("refused by policy")]
@@ -129,17 +132,30 @@ impl ApiError {
             ApiError::Unavailable { retry_after, .. } => {
                 headers.insert(header::RETRY_AFTER, seconds(*retry_after));
             }
-            ApiError::RateLimited { retry_after } => {
+            ApiError::RateLimited {
+                retry_after,
+                policy,
+            } => {
                 headers.insert(header::RETRY_AFTER, seconds(*retry_after));
-                // IETF draft "RateLimit header fields for HTTP".
-                headers.insert(
-                    "ratelimit",
-                    HeaderValue::from_str(&format!(
-                        "\"default\";r=0;t={}",
-                        retry_after.as_secs().max(1)
-                    ))
-                    .expect("ascii header"),
-                );
+                // IETF draft "RateLimit header fields for HTTP" (-09):
+                // the policy is the rule's quota (q items per w seconds),
+                // the state says none remain (r=0) until t seconds.
+                let name = policy.as_ref().map_or("default", |p| p.name.as_str());
+                if let Some(p) = policy {
+                    if let Ok(value) = HeaderValue::from_str(&format!(
+                        "\"{name}\";q={};w={}",
+                        p.quota,
+                        p.window.as_secs().max(1)
+                    )) {
+                        headers.insert("ratelimit-policy", value);
+                    }
+                }
+                if let Ok(value) = HeaderValue::from_str(&format!(
+                    "\"{name}\";r=0;t={}",
+                    retry_after.as_secs().max(1)
+                )) {
+                    headers.insert("ratelimit", value);
+                }
             }
             ApiError::MethodNotAllowed { allow } => {
                 headers.insert(header::ALLOW, HeaderValue::from_static(allow));
@@ -201,10 +217,22 @@ mod tests {
     fn rate_limited_carries_retry_after_and_ratelimit() {
         let response = ApiError::RateLimited {
             retry_after: Duration::from_secs(90),
+            policy: Some(crate::verdict::RatePolicy {
+                name: "form-per-network".into(),
+                quota: 20,
+                window: Duration::from_secs(3600),
+            }),
         }
         .into_response();
         assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(response.headers()[header::RETRY_AFTER], "90");
-        assert!(response.headers().contains_key("ratelimit"));
+        assert_eq!(
+            response.headers()["ratelimit-policy"],
+            "\"form-per-network\";q=20;w=3600"
+        );
+        assert_eq!(
+            response.headers()["ratelimit"],
+            "\"form-per-network\";r=0;t=90"
+        );
     }
 }

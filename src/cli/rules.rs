@@ -1,0 +1,283 @@
+//! `intake rules check [DIR]` and `intake rules explain`: validate rule
+//! files before deploying them, and see what the rules make of a sender,
+//! an address, a form or a whole message.
+
+use std::io::Read as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use bytes::Bytes;
+use clap::{Args, Subcommand};
+
+use super::{fail, EXIT_INVALID, EXIT_NOINPUT, EXIT_UNAVAILABLE};
+use crate::config::FormConfig;
+use crate::envelope::Source;
+use crate::guard::facts::Facts;
+use crate::guard::limiter::LimiterClock;
+use crate::guard::rules::RuleSet;
+use crate::guard::store::RedisStore;
+use crate::guard::Guard;
+use crate::parse::{self, Message, ParseOptions};
+use crate::submission::{FormPost, Payload, Submission};
+
+#[derive(Subcommand)]
+pub enum RulesCommand {
+    /// Validate rule files; every problem names file, line and key.
+    Check {
+        /// The rules folder.
+        #[arg(default_value = "/etc/intake/rules")]
+        dir: PathBuf,
+    },
+    /// Which rules an item would match, their keys and buckets, and the
+    /// resulting action. Without --sender, --ip or --form, reads a raw
+    /// message on stdin.
+    Explain(ExplainArgs),
+}
+
+#[derive(Args)]
+pub struct ExplainArgs {
+    /// The rules folder.
+    #[arg(long, default_value = "/etc/intake/rules")]
+    rules: PathBuf,
+    /// The sender (mail) or the form's email field.
+    #[arg(long)]
+    sender: Option<String>,
+    /// The client address.
+    #[arg(long)]
+    ip: Option<String>,
+    /// Explain a post to this form instead of a mail.
+    #[arg(long)]
+    form: Option<String>,
+    /// The receiving mailbox (recipient address).
+    #[arg(long)]
+    mailbox: Option<String>,
+    /// Read the current state of cluster buckets from this Redis.
+    #[arg(long, env = "INTAKE_REDIS_URL")]
+    redis: Option<String>,
+    /// The gateway's `redis.prefix`.
+    #[arg(long, default_value = "intake")]
+    prefix: String,
+}
+
+pub fn main(command: RulesCommand) -> ExitCode {
+    match command {
+        RulesCommand::Check { dir } => check(&dir),
+        RulesCommand::Explain(args) => explain(args),
+    }
+}
+
+fn check(dir: &std::path::Path) -> ExitCode {
+    match RuleSet::load_dir(dir) {
+        Ok(set) => {
+            println!(
+                "ok: {} rules, {} allow and {} block lists in {} files ({})",
+                set.rules.len(),
+                set.allow.len(),
+                set.block.len(),
+                set.files.len(),
+                dir.display()
+            );
+            for rule in &set.rules {
+                println!(
+                    "  {:<24} {:<10} {:<18} key {:<24}{}",
+                    rule.name,
+                    rule.action.name(),
+                    rule.quota_text(),
+                    rule.key
+                        .iter()
+                        .map(|k| k.name())
+                        .collect::<Vec<_>>()
+                        .join("+"),
+                    if rule.shadow { " (shadow)" } else { "" }
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            for problem in &error.0 {
+                eprintln!("{problem}");
+            }
+            eprintln!("{} problem(s); nothing was loaded", error.0.len());
+            ExitCode::from(EXIT_INVALID)
+        }
+    }
+}
+
+/// The message `explain` reasons about.
+fn message(args: &ExplainArgs) -> Result<Message, String> {
+    let ip = args.ip.clone().unwrap_or_default();
+    if let Some(form) = &args.form {
+        let config: FormConfig =
+            toml::from_str(&format!("id = {form:?}")).map_err(|e| e.to_string())?;
+        let mut post = FormPost::default();
+        if let Some(sender) = &args.sender {
+            post.add_field("email".into(), sender.clone());
+        }
+        post.add_field("message".into(), "(explain)".into());
+        let submission = Submission::new(
+            Source::Form {
+                form: form.clone(),
+                ip,
+                user_agent: None,
+                origin: None,
+                referer: None,
+            },
+            Payload::Form(post),
+        );
+        return parse::parse(
+            submission,
+            ParseOptions {
+                form: Some(&config),
+                keep_raw: false,
+            },
+        )
+        .map_err(|e| e.to_string());
+    }
+    let raw = if args.sender.is_some() || args.ip.is_some() {
+        let from = args.sender.as_deref().unwrap_or("unknown@invalid");
+        format!("From: {from}\r\nSubject: (explain)\r\n\r\n(explain)\r\n").into_bytes()
+    } else {
+        let mut raw = Vec::new();
+        std::io::stdin()
+            .read_to_end(&mut raw)
+            .map_err(|e| format!("cannot read stdin: {e}"))?;
+        raw
+    };
+    let submission = Submission::new(
+        Source::Mailgate {
+            sender: None,
+            recipients: args.mailbox.iter().cloned().collect(),
+            ip,
+        },
+        Payload::Mail(Bytes::from(raw)),
+    );
+    parse::parse(
+        submission,
+        ParseOptions {
+            form: None,
+            keep_raw: false,
+        },
+    )
+    .map_err(|e| e.to_string())
+}
+
+fn explain(args: ExplainArgs) -> ExitCode {
+    let set = match RuleSet::load_dir(&args.rules) {
+        Ok(set) => set,
+        Err(e) => return fail(EXIT_INVALID, format!("the rules do not load:\n{e}")),
+    };
+    let message = match message(&args) {
+        Ok(m) => m,
+        Err(e) => return fail(EXIT_NOINPUT, e),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let store = match &args.redis {
+            Some(url) => match redis::Client::open(url.as_str()) {
+                Ok(client) => match tokio::time::timeout(
+                    std::time::Duration::from_secs(5),
+                    client.get_connection_manager(),
+                )
+                .await
+                {
+                    Ok(Ok(c)) => Some(RedisStore::new(
+                        c,
+                        &args.prefix,
+                        std::time::Duration::from_secs(2),
+                    )),
+                    _ => return fail(EXIT_UNAVAILABLE, format!("Redis at {url} does not answer")),
+                },
+                Err(e) => return fail(EXIT_UNAVAILABLE, format!("--redis: {e}")),
+            },
+            None => None,
+        };
+        let guard = Guard::new(set.clone(), None, store, LimiterClock::Live);
+        let facts = Facts::of(&message.envelope);
+        println!("item:");
+        println!("  channel         {:?}", facts.channel);
+        println!(
+            "  sender          {}",
+            facts.sender.as_deref().unwrap_or("-")
+        );
+        println!(
+            "  ip              {}",
+            facts.ip.map_or("-".into(), |ip| ip.to_string())
+        );
+        println!("  form            {}", facts.form.unwrap_or("-"));
+        println!(
+            "  mailboxes       {}",
+            if facts.mailboxes.is_empty() {
+                "-".into()
+            } else {
+                facts.mailboxes.join(", ")
+            }
+        );
+        println!("  auto_submitted  {}", facts.auto_submitted);
+        if let Some(list) = set.block.iter().find(|l| l.matches(&facts)) {
+            println!(
+                "\nblock list {}: refused (forms 403; mail kept in suppressed)",
+                list.name
+            );
+            return ExitCode::SUCCESS;
+        }
+        if let Some(list) = set.allow.iter().find(|l| l.matches(&facts)) {
+            println!(
+                "\nallow list {}: no rate limits, no collapse; goes to the desk",
+                list.name
+            );
+            return ExitCode::SUCCESS;
+        }
+        println!("\nrules:");
+        let mut strongest: Option<&crate::guard::rules::Rule> = None;
+        let mut any = false;
+        for rule in &set.rules {
+            if !rule.matcher.matches(&facts) {
+                continue;
+            }
+            any = true;
+            let key = rule.key_of(&facts);
+            let state = match guard.limiters().peek(rule, &key).await {
+                Ok(Some(s)) => match s.retry_after {
+                    Some(t) => format!("over quota, next item passes in {}s", t.as_secs().max(1)),
+                    None => format!("{} more pass now", s.remaining),
+                },
+                Ok(None) if args.redis.is_some() => {
+                    "local bucket (in each gateway process; not readable here)".into()
+                }
+                Ok(None) => "unknown (give --redis to read cluster buckets)".into(),
+                Err(e) => return fail(EXIT_UNAVAILABLE, e),
+            };
+            let over = state.starts_with("over");
+            println!(
+                "  {} ({}) {}{}\n    key    {key}\n    quota  {}\n    bucket {state}",
+                rule.name,
+                rule.origin,
+                rule.action.name(),
+                if rule.shadow {
+                    ", shadow: only counted"
+                } else {
+                    ""
+                },
+                rule.quota_text(),
+            );
+            if over && !rule.shadow && strongest.is_none_or(|s| rule.action > s.action) {
+                strongest = Some(rule);
+            }
+        }
+        if !any {
+            println!("  (no rule matches)");
+        }
+        match strongest {
+            Some(rule) => println!(
+                "\nresult: {} by {} (the strongest rule over its quota)",
+                rule.action.name(),
+                rule.name
+            ),
+            None => println!("\nresult: passes to the desk (unless it duplicates an earlier item)"),
+        }
+        ExitCode::SUCCESS
+    })
+}

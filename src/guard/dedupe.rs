@@ -1,0 +1,564 @@
+//! Flood collapse: exact duplicates (same Message-ID, or the same
+//! normalized text from the same customer) and near duplicates (SimHash
+//! over word shingles, compared with the customer's recent items) are
+//! folded into the first item instead of becoming desk items.
+//!
+//! The history lives in Redis (keys hash-tagged per customer), so it holds
+//! across replicas and restarts; `intake replay` runs the same logic on an
+//! in-memory store.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use super::facts::Facts;
+use super::rules::Dedupe;
+use super::store::{short_digest, RedisStore};
+use super::GuardError;
+use crate::submission::ReceiptId;
+
+/// Fewer words than this and near-duplicate comparison is skipped: short
+/// texts ("thanks!") look alike without being the same message.
+const MIN_NEAR_TOKENS: usize = 8;
+
+/// What dedupe knows about one item.
+#[derive(Debug, Clone)]
+pub struct Fingerprint {
+    /// Digest of the customer's identity (normalized sender, else IP).
+    pub customer: String,
+    /// Digest of the Message-ID, if any.
+    pub message_id: Option<String>,
+    /// Digest of the normalized subject and text.
+    pub content: String,
+    pub simhash: u64,
+    /// Digest of the numbers in the text (order numbers, amounts): two
+    /// texts about different orders are never near duplicates.
+    pub numbers: u32,
+    /// Whether the text is long enough for near-duplicate comparison.
+    pub comparable: bool,
+}
+
+/// How an item duplicates an earlier one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Exact,
+    Near,
+}
+
+impl Kind {
+    pub fn rule(self) -> &'static str {
+        match self {
+            Kind::Exact => "dedupe-exact",
+            Kind::Near => "dedupe-near",
+        }
+    }
+}
+
+/// Reads a fingerprint from the message; `None` without a customer.
+pub fn fingerprint(facts: &Facts<'_>) -> Option<Fingerprint> {
+    let customer = match (&facts.sender, facts.ip) {
+        (Some(sender), _) => format!("s:{sender}"),
+        (None, Some(ip)) => format!("ip:{ip}"),
+        (None, None) => return None,
+    };
+    let envelope = facts.envelope;
+    let subject = envelope
+        .subject
+        .as_deref()
+        .map(strip_reply_prefixes)
+        .unwrap_or("");
+    let body = envelope
+        .stripped_text
+        .as_deref()
+        .or(envelope.text.as_deref())
+        .map(str::to_string)
+        .or_else(|| envelope.html.as_deref().map(strip_html))
+        .unwrap_or_default();
+    let tokens = tokens(&format!("{subject}\n{body}"));
+    let mut numbers: Vec<&str> = tokens
+        .iter()
+        .map(String::as_str)
+        .filter(|t| t.len() >= 3 && t.bytes().all(|b| b.is_ascii_digit()))
+        .collect();
+    numbers.sort_unstable();
+    numbers.dedup();
+    let numbers =
+        u32::from_str_radix(&short_digest(numbers.join(" ").as_bytes())[..8], 16).unwrap_or(0);
+    Some(Fingerprint {
+        customer: short_digest(customer.as_bytes()),
+        message_id: envelope
+            .message_id
+            .as_deref()
+            .map(|m| short_digest(m.as_bytes())),
+        content: short_digest(tokens.join(" ").as_bytes()),
+        simhash: simhash(&tokens),
+        numbers,
+        comparable: tokens.len() >= MIN_NEAR_TOKENS,
+    })
+}
+
+fn strip_reply_prefixes(mut subject: &str) -> &str {
+    loop {
+        let trimmed = subject.trim_start();
+        let lower = trimmed.to_ascii_lowercase();
+        let cut = ["re:", "fw:", "fwd:", "aw:", "wg:", "tr:"]
+            .iter()
+            .find(|p| lower.starts_with(*p))
+            .map(|p| p.len());
+        match cut {
+            Some(n) => subject = &trimmed[n..],
+            None => return trimmed,
+        }
+    }
+}
+
+/// Text of an HTML body: tags dropped, entities left (they do not change
+/// a fingerprint's meaning).
+fn strip_html(html: &str) -> String {
+    let mut out = String::with_capacity(html.len());
+    let mut in_tag = false;
+    for c in html.chars() {
+        match c {
+            '<' => in_tag = true,
+            '>' if in_tag => {
+                in_tag = false;
+                out.push(' ');
+            }
+            _ if !in_tag => out.push(c),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Lower-case words; quoted lines dropped; punctuation and whitespace
+/// runs are separators; digit runs (order numbers) are kept.
+fn tokens(text: &str) -> Vec<String> {
+    text.lines()
+        .filter(|l| !l.trim_start().starts_with('>'))
+        .flat_map(|l| l.split(|c: char| !c.is_alphanumeric()))
+        .filter(|w| !w.is_empty())
+        .map(str::to_lowercase)
+        .collect()
+}
+
+/// 64-bit SimHash over 3-word shingles (single words for shorter texts).
+pub fn simhash(tokens: &[String]) -> u64 {
+    let width = if tokens.len() >= 3 { 3 } else { 1 };
+    let mut weights = [0i32; 64];
+    for shingle in tokens.windows(width) {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for word in shingle {
+            for b in word.bytes().chain([b' ']) {
+                h ^= u64::from(b);
+                h = h.wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+        // FNV's low bits mix poorly on short input; spread them.
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 33;
+        for (bit, w) in weights.iter_mut().enumerate() {
+            *w += if h >> bit & 1 == 1 { 1 } else { -1 };
+        }
+    }
+    weights.iter().enumerate().fold(
+        0u64,
+        |acc, (bit, w)| if *w > 0 { acc | 1 << bit } else { acc },
+    )
+}
+
+/// Where the history is kept.
+pub enum DedupeStore {
+    Redis(RedisStore),
+    /// For `intake replay` and unit tests; times are the items' own.
+    Memory(Mutex<Memory>),
+}
+
+#[derive(Default)]
+pub struct Memory {
+    /// key to (value, expiry in ms).
+    values: HashMap<String, (String, u64)>,
+    /// customer to recent (ms, simhash, receipt).
+    recent: HashMap<String, Vec<(u64, u64, u32, String)>>,
+    counts: HashMap<String, u64>,
+}
+
+/// Lookup: GET Message-ID key, GET content key, recent SimHashes.
+/// Reserve (atomic): fails with the earlier receipt if either exact key
+/// is taken; else records this item and makes it the customer's latest.
+/// KEYS mid, content, recent, last; ARGV receipt, window ms, now ms,
+/// member ("" for none), recent cap, use mid, use content.
+const RESERVE: &str = r#"
+if ARGV[6] == '1' then local v = redis.call('GET', KEYS[1]); if v then return v end end
+if ARGV[7] == '1' then local v = redis.call('GET', KEYS[2]); if v then return v end end
+local window = tonumber(ARGV[2])
+if ARGV[6] == '1' then redis.call('SET', KEYS[1], ARGV[1], 'PX', window) end
+if ARGV[7] == '1' then redis.call('SET', KEYS[2], ARGV[1], 'PX', window) end
+if ARGV[4] ~= '' then
+  local now = tonumber(ARGV[3])
+  redis.call('ZADD', KEYS[3], now, ARGV[4])
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - window)
+  redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -(tonumber(ARGV[5]) + 1))
+  redis.call('PEXPIRE', KEYS[3], window)
+end
+redis.call('SET', KEYS[4], ARGV[1], 'PX', math.max(window, 86400000))
+return false
+"#;
+
+/// Undoes a reservation whose item was not stored, so a retry is not
+/// folded into an item that does not exist. KEYS mid, content, recent,
+/// last; ARGV receipt, member.
+const RELEASE: &str = r#"
+for i = 1, 4 do
+  if i == 3 then
+    if ARGV[2] ~= '' then redis.call('ZREM', KEYS[3], ARGV[2]) end
+  elseif redis.call('GET', KEYS[i]) == ARGV[1] then
+    redis.call('DEL', KEYS[i])
+  end
+end
+return 1
+"#;
+
+/// A recent item in the per-customer set: `simhash:numbers:receipt`.
+fn member(fp: &Fingerprint, receipt: ReceiptId) -> String {
+    format!("{:016x}:{:08x}:{receipt}", fp.simhash, fp.numbers)
+}
+
+struct Keys {
+    mid: String,
+    content: String,
+    recent: String,
+    last: String,
+    counts: String,
+}
+
+impl DedupeStore {
+    pub fn memory() -> Self {
+        DedupeStore::Memory(Mutex::new(Memory::default()))
+    }
+
+    fn keys(prefix: &str, customer: &str, fp: Option<&Fingerprint>) -> Keys {
+        let base = format!("{prefix}:dd:{{{customer}}}");
+        Keys {
+            mid: format!(
+                "{base}:mid:{}",
+                fp.and_then(|f| f.message_id.as_deref()).unwrap_or("-")
+            ),
+            content: format!("{base}:h:{}", fp.map_or("-", |f| f.content.as_str())),
+            recent: format!("{base}:recent"),
+            last: format!("{base}:last"),
+            counts: format!("{base}:n"),
+        }
+    }
+
+    /// The earlier item this one duplicates, if any.
+    pub async fn lookup(
+        &self,
+        fp: &Fingerprint,
+        settings: &Dedupe,
+        now_ms: u64,
+    ) -> Result<Option<(ReceiptId, Kind)>, GuardError> {
+        let window = settings.window.as_millis() as u64;
+        #[allow(clippy::type_complexity)]
+        let (mid, content, recent): (
+            Option<String>,
+            Option<String>,
+            Vec<(String, u64, u32)>,
+        ) = match self {
+            DedupeStore::Redis(store) => {
+                let keys = Self::keys(store.prefix(), &fp.customer, Some(fp));
+                let mut pipe = redis::pipe();
+                pipe.cmd("GET").arg(&keys.mid);
+                pipe.cmd("GET").arg(&keys.content);
+                pipe.cmd("ZRANGEBYSCORE")
+                    .arg(&keys.recent)
+                    .arg(now_ms.saturating_sub(window))
+                    .arg("+inf");
+                let mut connection = store.connection();
+                let (mid, content, members): (Option<String>, Option<String>, Vec<String>) =
+                    store.bounded(pipe.query_async(&mut connection)).await?;
+                let recent = members
+                    .iter()
+                    .filter_map(|m| {
+                        let mut parts = m.splitn(3, ':');
+                        let hash = u64::from_str_radix(parts.next()?, 16).ok()?;
+                        let numbers = u32::from_str_radix(parts.next()?, 16).ok()?;
+                        Some((parts.next()?.to_string(), hash, numbers))
+                    })
+                    .collect();
+                (mid, content, recent)
+            }
+            DedupeStore::Memory(memory) => {
+                let memory = memory.lock().expect("dedupe lock");
+                let keys = Self::keys("", &fp.customer, Some(fp));
+                let get = |k: &str| {
+                    memory
+                        .values
+                        .get(k)
+                        .filter(|(_, exp)| *exp > now_ms)
+                        .map(|(v, _)| v.clone())
+                };
+                let recent = memory
+                    .recent
+                    .get(&fp.customer)
+                    .map(|items| {
+                        items
+                            .iter()
+                            .filter(|(at, ..)| at + window > now_ms)
+                            .map(|(_, h, n, r)| (r.clone(), *h, *n))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                (get(&keys.mid), get(&keys.content), recent)
+            }
+        };
+        if settings.exact {
+            if fp.message_id.is_some() {
+                if let Some(r) = mid.and_then(|r| r.parse().ok()) {
+                    return Ok(Some((r, Kind::Exact)));
+                }
+            }
+            if let Some(r) = content.and_then(|r| r.parse().ok()) {
+                return Ok(Some((r, Kind::Exact)));
+            }
+        }
+        if settings.near_duplicates && fp.comparable {
+            let nearest = recent
+                .into_iter()
+                .filter(|(_, _, n)| *n == fp.numbers)
+                .map(|(r, h, _)| (r, (h ^ fp.simhash).count_ones()))
+                .filter(|(_, d)| *d <= settings.max_distance)
+                .min_by_key(|(_, d)| *d);
+            if let Some(r) = nearest.and_then(|(r, _)| r.parse().ok()) {
+                return Ok(Some((r, Kind::Near)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Records a desk-bound item as the customer's latest. Returns the
+    /// earlier receipt when another replica stored the same item first.
+    pub async fn reserve(
+        &self,
+        customer: &str,
+        fp: Option<&Fingerprint>,
+        settings: &Dedupe,
+        receipt: ReceiptId,
+        now_ms: u64,
+    ) -> Result<Option<ReceiptId>, GuardError> {
+        let window = settings.window.as_millis() as u64;
+        let use_mid = settings.exact && fp.is_some_and(|f| f.message_id.is_some());
+        let use_content = settings.exact && fp.is_some();
+        let member = fp
+            .filter(|f| f.comparable && settings.near_duplicates)
+            .map(|f| member(f, receipt));
+        match self {
+            DedupeStore::Redis(store) => {
+                let keys = Self::keys(store.prefix(), customer, fp);
+                let script = redis::Script::new(RESERVE);
+                let mut invocation = script.prepare_invoke();
+                invocation
+                    .key(&keys.mid)
+                    .key(&keys.content)
+                    .key(&keys.recent)
+                    .key(&keys.last)
+                    .arg(receipt.to_string())
+                    .arg(window)
+                    .arg(now_ms)
+                    .arg(member.as_deref().unwrap_or(""))
+                    .arg(settings.recent)
+                    .arg(if use_mid { "1" } else { "0" })
+                    .arg(if use_content { "1" } else { "0" });
+                let mut connection = store.connection();
+                let earlier: Option<String> = store
+                    .bounded(invocation.invoke_async(&mut connection))
+                    .await?;
+                Ok(earlier.and_then(|r| r.parse().ok()))
+            }
+            DedupeStore::Memory(memory) => {
+                let mut memory = memory.lock().expect("dedupe lock");
+                let keys = Self::keys("", customer, fp);
+                for (used, key) in [(use_mid, &keys.mid), (use_content, &keys.content)] {
+                    if let Some((v, exp)) = memory.values.get(key) {
+                        if used && *exp > now_ms {
+                            return Ok(v.parse().ok());
+                        }
+                    }
+                }
+                let expiry = now_ms + window;
+                for (used, key) in [(use_mid, &keys.mid), (use_content, &keys.content)] {
+                    if used {
+                        memory
+                            .values
+                            .insert(key.clone(), (receipt.to_string(), expiry));
+                    }
+                }
+                if let (Some(fp), Some(_)) = (fp, &member) {
+                    let items = memory.recent.entry(customer.to_string()).or_default();
+                    items.push((now_ms, fp.simhash, fp.numbers, receipt.to_string()));
+                    items.retain(|(at, ..)| at + window > now_ms);
+                    let excess = items.len().saturating_sub(settings.recent);
+                    items.drain(..excess);
+                }
+                memory.values.insert(
+                    keys.last,
+                    (receipt.to_string(), now_ms + window.max(86_400_000)),
+                );
+                Ok(None)
+            }
+        }
+    }
+
+    /// The customer's latest desk item, to fold a rate-limited item into.
+    pub async fn last(&self, customer: &str, now_ms: u64) -> Result<Option<ReceiptId>, GuardError> {
+        match self {
+            DedupeStore::Redis(store) => {
+                let keys = Self::keys(store.prefix(), customer, None);
+                let mut connection = store.connection();
+                let last: Option<String> = store
+                    .bounded(
+                        redis::cmd("GET")
+                            .arg(&keys.last)
+                            .query_async(&mut connection),
+                    )
+                    .await?;
+                Ok(last.and_then(|r| r.parse().ok()))
+            }
+            DedupeStore::Memory(memory) => {
+                let keys = Self::keys("", customer, None);
+                Ok(memory
+                    .lock()
+                    .expect("dedupe lock")
+                    .values
+                    .get(&keys.last)
+                    .filter(|(_, exp)| *exp > now_ms)
+                    .and_then(|(v, _)| v.parse().ok()))
+            }
+        }
+    }
+
+    /// Undoes [`DedupeStore::reserve`] for an item that was not stored.
+    pub async fn release(
+        &self,
+        customer: &str,
+        fp: Option<&Fingerprint>,
+        receipt: ReceiptId,
+    ) -> Result<(), GuardError> {
+        let member = fp
+            .map(|f| format!("{:016x}:{receipt}", f.simhash))
+            .unwrap_or_default();
+        match self {
+            DedupeStore::Redis(store) => {
+                let keys = Self::keys(store.prefix(), customer, fp);
+                let script = redis::Script::new(RELEASE);
+                let mut invocation = script.prepare_invoke();
+                invocation
+                    .key(&keys.mid)
+                    .key(&keys.content)
+                    .key(&keys.recent)
+                    .key(&keys.last)
+                    .arg(receipt.to_string())
+                    .arg(member);
+                let mut connection = store.connection();
+                store
+                    .bounded(invocation.invoke_async::<i64>(&mut connection))
+                    .await
+                    .map(drop)
+            }
+            DedupeStore::Memory(memory) => {
+                let mut memory = memory.lock().expect("dedupe lock");
+                let keys = Self::keys("", customer, fp);
+                let receipt = receipt.to_string();
+                for key in [keys.mid, keys.content, keys.last] {
+                    if memory.values.get(&key).is_some_and(|(v, _)| *v == receipt) {
+                        memory.values.remove(&key);
+                    }
+                }
+                if let Some(items) = memory.recent.get_mut(customer) {
+                    items.retain(|(.., r)| *r != receipt);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Counts one more item folded into `into`; returns the total.
+    pub async fn count_fold(
+        &self,
+        customer: &str,
+        into: ReceiptId,
+        settings: &Dedupe,
+    ) -> Result<u64, GuardError> {
+        match self {
+            DedupeStore::Redis(store) => {
+                let keys = Self::keys(store.prefix(), customer, None);
+                let mut pipe = redis::pipe();
+                pipe.atomic()
+                    .cmd("HINCRBY")
+                    .arg(&keys.counts)
+                    .arg(into.to_string())
+                    .arg(1)
+                    .cmd("PEXPIRE")
+                    .arg(&keys.counts)
+                    .arg(settings.window.as_millis().max(86_400_000) as u64)
+                    .ignore();
+                let mut connection = store.connection();
+                let (count,): (u64,) = store.bounded(pipe.query_async(&mut connection)).await?;
+                Ok(count)
+            }
+            DedupeStore::Memory(memory) => {
+                let mut memory = memory.lock().expect("dedupe lock");
+                let count = memory
+                    .counts
+                    .entry(format!("{customer}:{into}"))
+                    .or_insert(0);
+                *count += 1;
+                Ok(*count)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(text: &str) -> Vec<String> {
+        tokens(text)
+    }
+
+    #[test]
+    fn near_duplicate_texts_have_close_simhashes() {
+        let a = simhash(&words("Hello, my order 12345 has not arrived yet. Where is it? I paid two weeks ago and nobody answers."));
+        let b = simhash(&words("Hello my order 12345 has not arrived yet!!! Where is it? I paid two weeks ago and nobody answers"));
+        let c = simhash(&words("Please cancel my subscription to the newsletter and delete my account, thank you very much."));
+        assert_eq!(
+            (a ^ b).count_ones(),
+            0,
+            "punctuation and case do not matter"
+        );
+        let d = simhash(&words("Hello, my order 12345 has not arrived yet. Where is it? I paid two weeks ago and still nobody answers."));
+        assert!(
+            (a ^ d).count_ones() <= 12,
+            "one word more stays close: {}",
+            (a ^ d).count_ones()
+        );
+        assert!(
+            (a ^ c).count_ones() > 12,
+            "different texts are far apart: {}",
+            (a ^ c).count_ones()
+        );
+    }
+
+    #[test]
+    fn quoted_lines_and_reply_prefixes_are_ignored() {
+        assert_eq!(strip_reply_prefixes("Re: AW: Fwd: order"), "order");
+        assert_eq!(words("new text\n> old quoted text"), vec!["new", "text"]);
+        assert_eq!(
+            strip_html("<p>Hi <b>there</b></p>")
+                .split_whitespace()
+                .collect::<Vec<_>>(),
+            ["Hi", "there"]
+        );
+    }
+}

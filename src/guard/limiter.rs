@@ -1,0 +1,424 @@
+//! Rate limiters, one per rule: GCRA quotas (a sustained rate plus a
+//! burst). `local` rules count in this process with governor's keyed
+//! limiter; `cluster` rules count in Redis with an atomic GCRA script, so
+//! one limit holds across replicas.
+//!
+//! Memory is bounded: idle keys are evicted ([`Limiters::housekeep`]), and
+//! past a rule's `max_keys` new keys share one overflow bucket. A cluster
+//! rule remembers locally until when a key is refused, so a flood costs
+//! one Redis round trip per emission interval, not one per item.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use governor::clock::{Clock as _, DefaultClock, FakeRelativeClock};
+use governor::state::keyed::DefaultKeyedStateStore;
+use governor::{Quota, RateLimiter};
+
+use super::rules::{Rate, Rule, Scope};
+use super::store::RedisStore;
+use super::GuardError;
+
+/// What a limiter decided for one item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Allowed,
+    Limited { retry_after: Duration },
+}
+
+/// A bucket's state without counting an item (for `rules explain`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BucketState {
+    /// Items that would pass right now.
+    pub remaining: u64,
+    /// When the next item would pass, if none would now.
+    pub retry_after: Option<Duration>,
+}
+
+/// Which clock local limiters run on: the real one, or a fake one that
+/// `intake replay` moves to each archived message's date.
+#[derive(Clone, Default)]
+pub enum LimiterClock {
+    #[default]
+    Live,
+    Fake(FakeRelativeClock),
+}
+
+type Keyed<C> = RateLimiter<
+    String,
+    DefaultKeyedStateStore<String>,
+    C,
+    governor::middleware::NoOpMiddleware<<C as governor::clock::Clock>::Instant>,
+>;
+
+enum Keyed2 {
+    Live(Keyed<DefaultClock>),
+    Fake(Keyed<FakeRelativeClock>, FakeRelativeClock),
+}
+
+/// Key of the shared bucket used once a rule tracks `max_keys` keys.
+const OVERFLOW_KEY: &str = "\u{0}overflow";
+
+/// One rule's in-process keyed limiter.
+pub struct LocalLimiter {
+    rule: String,
+    inner: Keyed2,
+    max_keys: usize,
+}
+
+impl LocalLimiter {
+    pub fn new(rule: &str, rate: Rate, burst: u32, max_keys: usize, clock: &LimiterClock) -> Self {
+        let quota = quota(rate, burst);
+        let inner = match clock {
+            LimiterClock::Live => Keyed2::Live(RateLimiter::dashmap_with_clock(
+                quota,
+                DefaultClock::default(),
+            )),
+            LimiterClock::Fake(c) => {
+                Keyed2::Fake(RateLimiter::dashmap_with_clock(quota, c.clone()), c.clone())
+            }
+        };
+        LocalLimiter {
+            rule: rule.to_string(),
+            inner,
+            max_keys,
+        }
+    }
+
+    pub fn check(&self, key: &str) -> Decision {
+        let key = if self.len() >= self.max_keys {
+            self.housekeep();
+            if self.len() >= self.max_keys {
+                metrics::counter!("intake_rule_keys_overflow_total", "rule" => self.rule.clone())
+                    .increment(1);
+                OVERFLOW_KEY.to_string()
+            } else {
+                key.to_string()
+            }
+        } else {
+            key.to_string()
+        };
+        match &self.inner {
+            Keyed2::Live(l) => l.check_key(&key).map_or_else(
+                |n| Decision::Limited {
+                    retry_after: n.wait_time_from(DefaultClock::default().now()),
+                },
+                |_| Decision::Allowed,
+            ),
+            Keyed2::Fake(l, clock) => l.check_key(&key).map_or_else(
+                |n| Decision::Limited {
+                    retry_after: n.wait_time_from(clock.now()),
+                },
+                |_| Decision::Allowed,
+            ),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match &self.inner {
+            Keyed2::Live(l) => l.len(),
+            Keyed2::Fake(l, _) => l.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Forgets keys whose bucket is full again (idle keys); returns how
+    /// many keys are still tracked.
+    pub fn housekeep(&self) -> usize {
+        match &self.inner {
+            Keyed2::Live(l) => {
+                l.retain_recent();
+                l.shrink_to_fit();
+            }
+            Keyed2::Fake(l, _) => {
+                l.retain_recent();
+                l.shrink_to_fit();
+            }
+        }
+        self.len()
+    }
+}
+
+fn quota(rate: Rate, burst: u32) -> Quota {
+    let interval = rate.interval().max(Duration::from_nanos(1));
+    Quota::with_period(interval)
+        .expect("interval is above zero")
+        .allow_burst(NonZeroU32::new(burst.max(1)).expect("burst is at least 1"))
+}
+
+/// GCRA in Redis, atomic per bucket, on the server's clock so replicas
+/// agree. KEYS[1] bucket; ARGV[1] emission interval in microseconds,
+/// ARGV[2] burst, ARGV[3] "1" to look without counting.
+/// Returns {allowed 0|1, retry after in ms, items that would pass now}.
+const GCRA: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local tolerance = interval * (tonumber(ARGV[2]) - 1)
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local allow_at = tat - tolerance
+if now < allow_at then
+  return {0, math.ceil((allow_at - now) / 1000), 0}
+end
+local remaining = math.floor((now + tolerance - tat) / interval) + 1
+if ARGV[3] == '1' then return {1, 0, remaining} end
+local new_tat = tat + interval
+redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1)
+return {1, 0, remaining - 1}
+"#;
+
+/// Most refusals remembered by the fast path before expired ones are
+/// dropped (and, if still full, all of them: the bucket in Redis stays
+/// right, the cache only saves round trips).
+const FAST_PATH_CAP: usize = 100_000;
+
+/// `cluster` limiters: GCRA in Redis behind a local cache of refusals.
+pub struct ClusterLimiter {
+    store: RedisStore,
+    script: redis::Script,
+    /// `rule \0 key` to the instant its bucket admits again.
+    refused_until: Mutex<HashMap<String, Instant>>,
+}
+
+impl ClusterLimiter {
+    pub fn new(store: RedisStore) -> Self {
+        ClusterLimiter {
+            store,
+            script: redis::Script::new(GCRA),
+            refused_until: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn bucket(&self, rule: &Rule, key: &str) -> String {
+        // The hash tag is the bucket's own digest: one bucket, one slot.
+        let digest = super::store::short_digest(key.as_bytes());
+        format!("{}:rl:{}:{{{digest}}}", self.store.prefix(), rule.name)
+    }
+
+    pub async fn check(&self, rule: &Rule, key: &str) -> Result<Decision, GuardError> {
+        let cache_key = format!("{}\u{0}{key}", rule.name);
+        let now = Instant::now();
+        if let Some(until) = self
+            .refused_until
+            .lock()
+            .expect("cache lock")
+            .get(&cache_key)
+        {
+            if *until > now {
+                metrics::counter!("intake_rule_fast_path_total", "rule" => rule.name.clone())
+                    .increment(1);
+                return Ok(Decision::Limited {
+                    retry_after: *until - now,
+                });
+            }
+        }
+        let (allowed, retry_ms, _) = self.invoke(rule, key, false).await?;
+        if allowed == 1 {
+            return Ok(Decision::Allowed);
+        }
+        let retry_after = Duration::from_millis(retry_ms.max(1) as u64);
+        let mut cache = self.refused_until.lock().expect("cache lock");
+        if cache.len() >= FAST_PATH_CAP {
+            cache.retain(|_, until| *until > now);
+            if cache.len() >= FAST_PATH_CAP {
+                cache.clear();
+            }
+        }
+        cache.insert(cache_key, now + retry_after);
+        Ok(Decision::Limited { retry_after })
+    }
+
+    pub async fn peek(&self, rule: &Rule, key: &str) -> Result<BucketState, GuardError> {
+        let (allowed, retry_ms, remaining) = self.invoke(rule, key, true).await?;
+        Ok(BucketState {
+            remaining: remaining.max(0) as u64,
+            retry_after: (allowed == 0).then(|| Duration::from_millis(retry_ms.max(0) as u64)),
+        })
+    }
+
+    async fn invoke(
+        &self,
+        rule: &Rule,
+        key: &str,
+        peek: bool,
+    ) -> Result<(i64, i64, i64), GuardError> {
+        let mut invocation = self.script.prepare_invoke();
+        invocation
+            .key(self.bucket(rule, key))
+            .arg(rule.rate.interval().as_micros().max(1) as u64)
+            .arg(rule.burst)
+            .arg(if peek { "1" } else { "0" });
+        let mut connection = self.store.connection();
+        self.store
+            .bounded(invocation.invoke_async(&mut connection))
+            .await
+    }
+
+    fn housekeep(&self) {
+        let now = Instant::now();
+        self.refused_until
+            .lock()
+            .expect("cache lock")
+            .retain(|_, until| *until > now);
+    }
+}
+
+/// A rule's limiter with the quota it was built for.
+type LocalEntry = (Rate, u32, usize, Arc<LocalLimiter>);
+
+/// Every rule's limiter; survives reloads for rules whose quota did not
+/// change, so a reload neither resets nor leaks buckets.
+pub struct Limiters {
+    clock: LimiterClock,
+    local: Mutex<HashMap<String, LocalEntry>>,
+    cluster: Option<ClusterLimiter>,
+}
+
+impl Limiters {
+    pub fn new(clock: LimiterClock, redis: Option<RedisStore>) -> Self {
+        Limiters {
+            clock,
+            local: Mutex::new(HashMap::new()),
+            cluster: redis.map(ClusterLimiter::new),
+        }
+    }
+
+    /// Counts one item against `rule`'s bucket for `key`. Cluster rules
+    /// run locally when there is no Redis (replay, explain).
+    pub async fn check(&self, rule: &Rule, key: &str) -> Result<Decision, GuardError> {
+        match (&self.cluster, rule.scope) {
+            (Some(cluster), Scope::Cluster) => cluster.check(rule, key).await,
+            _ => Ok(self.local(rule).check(key)),
+        }
+    }
+
+    /// The bucket's state without counting, when it is in Redis.
+    pub async fn peek(&self, rule: &Rule, key: &str) -> Result<Option<BucketState>, GuardError> {
+        match (&self.cluster, rule.scope) {
+            (Some(cluster), Scope::Cluster) => cluster.peek(rule, key).await.map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    fn local(&self, rule: &Rule) -> Arc<LocalLimiter> {
+        let mut local = self.local.lock().expect("limiters lock");
+        match local.get(&rule.name) {
+            Some((rate, burst, max_keys, limiter))
+                if *rate == rule.rate && *burst == rule.burst && *max_keys == rule.max_keys =>
+            {
+                limiter.clone()
+            }
+            _ => {
+                let limiter = Arc::new(LocalLimiter::new(
+                    &rule.name,
+                    rule.rate,
+                    rule.burst,
+                    rule.max_keys,
+                    &self.clock,
+                ));
+                local.insert(
+                    rule.name.clone(),
+                    (rule.rate, rule.burst, rule.max_keys, limiter.clone()),
+                );
+                limiter
+            }
+        }
+    }
+
+    /// Drops the limiters of rules no longer loaded.
+    pub fn retain(&self, names: &[&str]) {
+        self.local
+            .lock()
+            .expect("limiters lock")
+            .retain(|name, _| names.contains(&name.as_str()));
+    }
+
+    /// Evicts idle keys and exports how many are tracked per rule.
+    pub fn housekeep(&self) {
+        let limiters: Vec<(String, Arc<LocalLimiter>)> = self
+            .local
+            .lock()
+            .expect("limiters lock")
+            .iter()
+            .map(|(name, (.., l))| (name.clone(), l.clone()))
+            .collect();
+        for (name, limiter) in limiters {
+            let keys = limiter.housekeep();
+            metrics::gauge!("intake_rule_keys", "rule" => name).set(keys as f64);
+        }
+        if let Some(cluster) = &self.cluster {
+            cluster.housekeep();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn burst_then_sustained_rate_on_a_fake_clock() {
+        let clock = FakeRelativeClock::default();
+        let rate = Rate::parse("6/h").unwrap();
+        let limiter = LocalLimiter::new("t", rate, 3, 100, &LimiterClock::Fake(clock.clone()));
+        for i in 0..3 {
+            assert_eq!(
+                limiter.check("ann"),
+                Decision::Allowed,
+                "burst item {i} passes"
+            );
+        }
+        let Decision::Limited { retry_after } = limiter.check("ann") else {
+            panic!("the fourth item at once must be limited");
+        };
+        assert_eq!(
+            retry_after,
+            Duration::from_secs(600),
+            "one item per 10 minutes"
+        );
+        assert_eq!(
+            limiter.check("bob"),
+            Decision::Allowed,
+            "other keys have their own bucket"
+        );
+        clock.advance(Duration::from_secs(600));
+        assert_eq!(
+            limiter.check("ann"),
+            Decision::Allowed,
+            "one more after the interval"
+        );
+        assert!(
+            matches!(limiter.check("ann"), Decision::Limited { .. }),
+            "and only one"
+        );
+    }
+
+    #[test]
+    fn idle_keys_are_evicted_and_the_key_table_is_capped() {
+        let clock = FakeRelativeClock::default();
+        let rate = Rate::parse("60/m").unwrap();
+        let limiter = LocalLimiter::new("t", rate, 1, 10, &LimiterClock::Fake(clock.clone()));
+        for i in 0..10 {
+            limiter.check(&format!("k{i}"));
+        }
+        assert_eq!(limiter.len(), 10);
+        // The table is full of busy keys: a new key shares the overflow bucket.
+        assert_eq!(limiter.check("new-1"), Decision::Allowed);
+        assert!(
+            matches!(limiter.check("new-2"), Decision::Limited { .. }),
+            "overflow keys share one bucket"
+        );
+        assert!(
+            limiter.len() <= 11,
+            "never more than max_keys plus the overflow bucket"
+        );
+        clock.advance(Duration::from_secs(5));
+        assert_eq!(limiter.housekeep(), 0, "idle keys are forgotten");
+    }
+}

@@ -1,0 +1,544 @@
+//! Stage 2, guard: the cheap abuse checks that run before the expensive
+//! scan, so a flood never reaches clamd. The order, in [`Guard::check`]:
+//! bot traps, block lists, allow lists, duplicates, then every rule that
+//! matches; the strongest action wins (reject > quarantine > collapse >
+//! tag) and the envelope records every rule that matched.
+//!
+//! Rules come from `rules/*.toml` and are swapped whole on reload
+//! ([`reload`]); a broken file never replaces working rules.
+
+pub mod config;
+pub mod dedupe;
+pub mod facts;
+pub mod limiter;
+pub mod normalize;
+pub mod reload;
+pub mod rules;
+pub mod store;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use dedupe::{DedupeStore, Fingerprint};
+use facts::Facts;
+use limiter::{Decision, LimiterClock, Limiters};
+use rules::{Action, RuleSet};
+use store::RedisStore;
+
+use crate::parse::Message;
+use crate::submission::ReceiptId;
+use crate::verdict::{GuardVerdict, RatePolicy};
+
+/// Why the guard could not decide (its shared state in Redis was
+/// unreachable, say). Not a verdict: the pipeline answers "retry later".
+#[derive(Debug, thiserror::Error)]
+pub enum GuardError {
+    #[error("the rate-limit store is unavailable")]
+    StoreUnavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("the rate-limit store did not answer within {0:?}")]
+    StoreTimeout(Duration),
+}
+
+/// The abuse checks, shared by every request (cheap to clone).
+#[derive(Clone)]
+pub struct Guard {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    rules: RwLock<Arc<RuleSet>>,
+    limiters: Limiters,
+    dedupe: DedupeStore,
+    /// Where the rules come from; `None` for a guard without rule files.
+    dir: Option<PathBuf>,
+    /// The last reload's problems, for the admin endpoint.
+    last_error: Mutex<Option<String>>,
+}
+
+impl std::fmt::Debug for Guard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Guard")
+            .field("dir", &self.inner.dir)
+            .finish()
+    }
+}
+
+/// The guard's decision plus what must happen once the item is stored
+/// (or was not).
+#[derive(Debug, Clone)]
+pub struct Checked {
+    pub verdict: GuardVerdict,
+    pub ticket: Ticket,
+    /// What each matching rule did (for `intake replay`'s table).
+    pub outcomes: Vec<RuleOutcome>,
+}
+
+/// What one matching rule did to one item.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleOutcome {
+    pub rule: String,
+    /// Past its quota?
+    pub over: bool,
+    /// Over, but in shadow mode: counted, not done.
+    pub shadow: bool,
+    pub action: Action,
+}
+
+/// Follow-up work for [`Guard::stored`] and [`Guard::not_stored`].
+#[derive(Debug, Clone, Default)]
+pub struct Ticket {
+    customer: Option<String>,
+    fingerprint: Option<Fingerprint>,
+    /// This item was recorded as the customer's latest desk item.
+    reserved: Option<ReceiptId>,
+    /// This item is folded into an earlier one: (into, rule).
+    fold: Option<(ReceiptId, String)>,
+}
+
+/// An update for `intake:events`: N items folded into a desk item.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FoldEvent {
+    pub into: ReceiptId,
+    pub count: u64,
+    pub latest: ReceiptId,
+    pub rule: String,
+}
+
+/// One rule past its quota for this item.
+struct Hit<'r> {
+    rule: &'r rules::Rule,
+    retry_after: Duration,
+}
+
+impl Guard {
+    /// A guard with no rules: every item passes except bot traps.
+    pub fn without_rules() -> Self {
+        Guard::new(RuleSet::nothing(), None, None, LimiterClock::Live)
+    }
+
+    /// A guard with `rules`, sharing state through `redis` when given
+    /// (else in memory), reloading from `dir` when given.
+    pub fn new(
+        rules: RuleSet,
+        dir: Option<PathBuf>,
+        redis: Option<RedisStore>,
+        clock: LimiterClock,
+    ) -> Self {
+        let dedupe = match &redis {
+            Some(store) => DedupeStore::Redis(store.clone()),
+            None => DedupeStore::memory(),
+        };
+        export_rule_count(&rules);
+        Guard {
+            inner: Arc::new(Inner {
+                rules: RwLock::new(Arc::new(rules)),
+                limiters: Limiters::new(clock, redis),
+                dedupe,
+                dir,
+                last_error: Mutex::new(None),
+            }),
+        }
+    }
+
+    /// Loads the rules of `dir`; the error lists every problem.
+    pub fn from_dir(dir: PathBuf, redis: Option<RedisStore>) -> Result<Self, rules::LoadError> {
+        let set = RuleSet::load_dir(&dir)?;
+        Ok(Guard::new(set, Some(dir), redis, LimiterClock::Live))
+    }
+
+    /// The rules in force.
+    pub fn rules(&self) -> Arc<RuleSet> {
+        self.inner.rules.read().expect("rules lock").clone()
+    }
+
+    /// The limiters, for `rules explain` (bucket states).
+    pub fn limiters(&self) -> &Limiters {
+        &self.inner.limiters
+    }
+
+    /// Decides what happens to one message, and records the rules that
+    /// matched in its envelope. Entry point of this stage.
+    pub async fn check(&self, message: &mut Message) -> Result<Checked, GuardError> {
+        let now_ms =
+            (message.envelope.received_at.unix_timestamp_nanos() / 1_000_000).max(0) as u64;
+        self.check_at(message, now_ms).await
+    }
+
+    async fn check_at(&self, message: &mut Message, now_ms: u64) -> Result<Checked, GuardError> {
+        let mut ticket = Ticket::default();
+        // 1. Bot traps: answered like a success, kept aside.
+        if let Some(trap) = &message.trap {
+            return Ok(Checked {
+                verdict: GuardVerdict::Trap {
+                    reason: trap.clone(),
+                },
+                ticket,
+                outcomes: Vec::new(),
+            });
+        }
+        let set = self.rules();
+        let facts = Facts::of(&message.envelope);
+        let mut matched: Vec<String> = Vec::new();
+        let mut tags: Vec<String> = Vec::new();
+        let mut outcomes: Vec<RuleOutcome> = Vec::new();
+        if facts.auto_submitted {
+            tags.push("auto_submitted".into());
+        }
+        let verdict = 'decide: {
+            // 2. Block lists: refused whatever the rates.
+            if let Some(list) = set.block.iter().find(|l| l.matches(&facts)) {
+                matched.push(format!("block:{}", list.name));
+                metrics::counter!("intake_rule_actions_total", "rule" => list.name.clone(), "action" => "block").increment(1);
+                break 'decide GuardVerdict::Block {
+                    reason: format!("sender is on block list {}", list.name),
+                };
+            }
+            // 3. Allow lists: no rate limits, no collapse.
+            if let Some(list) = set.allow.iter().find(|l| l.matches(&facts)) {
+                matched.push(format!("allow:{}", list.name));
+                break 'decide GuardVerdict::Pass;
+            }
+            let customer = facts
+                .sender
+                .as_ref()
+                .map(|s| format!("s:{s}"))
+                .or(facts.ip.map(|ip| format!("ip:{ip}")));
+            ticket.customer = customer
+                .as_deref()
+                .map(|c| store::short_digest(c.as_bytes()));
+            ticket.fingerprint = dedupe::fingerprint(&facts);
+            // 4. Duplicates fold into the first item without costing quota.
+            if let Some(fp) = &ticket.fingerprint {
+                if let Some((into, kind)) =
+                    self.inner.dedupe.lookup(fp, &set.dedupe, now_ms).await?
+                {
+                    matched.push(kind.rule().into());
+                    break 'decide GuardVerdict::Collapse {
+                        into,
+                        rule: kind.rule().into(),
+                    };
+                }
+            }
+            // 5. Every rule that matches counts the item; the strongest
+            //    action of those past their quota wins.
+            let mut hits: Vec<Hit<'_>> = Vec::new();
+            for rule in &set.rules {
+                if !rule.matcher.matches(&facts) {
+                    continue;
+                }
+                matched.push(rule.name.clone());
+                metrics::counter!("intake_rule_matches_total", "rule" => rule.name.clone())
+                    .increment(1);
+                let key = rule.key_of(&facts);
+                let decision = self.inner.limiters.check(rule, &key).await?;
+                outcomes.push(RuleOutcome {
+                    rule: rule.name.clone(),
+                    over: decision != Decision::Allowed,
+                    shadow: rule.shadow,
+                    action: rule.action,
+                });
+                if let Decision::Limited { retry_after } = decision {
+                    if rule.shadow {
+                        metrics::counter!("intake_rule_shadow_hits_total", "rule" => rule.name.clone(), "action" => rule.action.name()).increment(1);
+                        // Debug, not info: a flood past a shadow rule would be a log line per item.
+                        tracing::debug!(rule = %rule.name, action = rule.action.name(), id = %message.envelope.id, "shadow rule would act");
+                        continue;
+                    }
+                    metrics::counter!("intake_rule_actions_total", "rule" => rule.name.clone(), "action" => rule.action.name()).increment(1);
+                    if rule.action == Action::Tag {
+                        tags.push(rule.tag.clone());
+                    }
+                    hits.push(Hit { rule, retry_after });
+                }
+            }
+            let strongest = hits.iter().max_by_key(|h| h.rule.action);
+            match strongest.map(|h| h.rule.action) {
+                None | Some(Action::Tag) => GuardVerdict::Pass,
+                Some(Action::Quarantine) => {
+                    let hit = strongest.expect("a hit");
+                    GuardVerdict::Quarantine {
+                        reason: format!(
+                            "rate limit {} ({}) exceeded",
+                            hit.rule.name,
+                            hit.rule.quota_text()
+                        ),
+                    }
+                }
+                Some(Action::Reject) => reject(strongest.expect("a hit"), ""),
+                Some(Action::Collapse) => {
+                    let hit = strongest.expect("a hit");
+                    match &ticket.customer {
+                        Some(c) => match self.inner.dedupe.last(c, now_ms).await? {
+                            Some(into) => GuardVerdict::Collapse {
+                                into,
+                                rule: hit.rule.name.clone(),
+                            },
+                            None => reject(hit, "; nothing earlier to fold into"),
+                        },
+                        None => reject(hit, "; nothing earlier to fold into"),
+                    }
+                }
+            }
+        };
+        // 6. A desk-bound item becomes the customer's latest; if another
+        //    replica stored the same item a moment ago, fold into that.
+        let verdict = match verdict {
+            // (Only when something will look it up: dedupe, or a rule
+            // that collapses into the latest item.)
+            GuardVerdict::Pass if ticket.customer.is_some() && remembers(&set) => {
+                let customer = ticket.customer.clone().expect("checked");
+                let receipt = message.envelope.id;
+                match self
+                    .inner
+                    .dedupe
+                    .reserve(
+                        &customer,
+                        ticket.fingerprint.as_ref(),
+                        &set.dedupe,
+                        receipt,
+                        now_ms,
+                    )
+                    .await?
+                {
+                    Some(into) => {
+                        matched.push(dedupe::Kind::Exact.rule().into());
+                        GuardVerdict::Collapse {
+                            into,
+                            rule: dedupe::Kind::Exact.rule().into(),
+                        }
+                    }
+                    None => {
+                        ticket.reserved = Some(receipt);
+                        GuardVerdict::Pass
+                    }
+                }
+            }
+            other => other,
+        };
+        if let GuardVerdict::Collapse { into, rule } = &verdict {
+            ticket.fold = Some((*into, rule.clone()));
+            metrics::counter!("intake_collapsed_total", "rule" => rule.clone()).increment(1);
+        }
+        let abuse = &mut message.envelope.abuse;
+        abuse.matched_rules = matched;
+        for tag in tags {
+            if !abuse.tags.contains(&tag) {
+                abuse.tags.push(tag);
+            }
+        }
+        Ok(Checked {
+            verdict,
+            ticket,
+            outcomes,
+        })
+    }
+
+    /// Called once the item is stored: counts a fold and returns the
+    /// update the desk should get in `intake:events`.
+    pub async fn stored(
+        &self,
+        ticket: &Ticket,
+        id: ReceiptId,
+    ) -> Result<Option<FoldEvent>, GuardError> {
+        let (Some((into, rule)), Some(customer)) = (&ticket.fold, &ticket.customer) else {
+            return Ok(None);
+        };
+        let settings = self.rules().dedupe.clone();
+        let count = self
+            .inner
+            .dedupe
+            .count_fold(customer, *into, &settings)
+            .await?;
+        Ok(Some(FoldEvent {
+            into: *into,
+            count,
+            latest: id,
+            rule: rule.clone(),
+        }))
+    }
+
+    /// Called when the item could not be stored: forgets it, so the
+    /// source's retry is not folded into an item that does not exist.
+    pub async fn not_stored(&self, ticket: &Ticket) {
+        if let (Some(receipt), Some(customer)) = (ticket.reserved, &ticket.customer) {
+            if let Err(e) = self
+                .inner
+                .dedupe
+                .release(customer, ticket.fingerprint.as_ref(), receipt)
+                .await
+            {
+                tracing::warn!(error = %e, "could not forget an item that was not stored");
+            }
+        }
+    }
+
+    /// Evicts idle limiter keys; the serve loop calls it periodically.
+    pub fn housekeep(&self) {
+        self.inner.limiters.housekeep();
+    }
+}
+
+fn reject(hit: &Hit<'_>, why: &str) -> GuardVerdict {
+    GuardVerdict::Reject {
+        reason: format!(
+            "rate limit {} ({}) exceeded{why}",
+            hit.rule.name,
+            hit.rule.quota_text()
+        ),
+        retry_after: hit.retry_after.max(Duration::from_secs(1)),
+        policy: Some(RatePolicy {
+            name: hit.rule.name.clone(),
+            quota: hit.rule.rate.count,
+            window: hit.rule.rate.per,
+        }),
+    }
+}
+
+/// Whether desk items must be remembered per customer.
+fn remembers(set: &RuleSet) -> bool {
+    set.dedupe.exact
+        || set.dedupe.near_duplicates
+        || set.rules.iter().any(|r| r.action == Action::Collapse)
+}
+
+fn export_rule_count(set: &RuleSet) {
+    metrics::gauge!("intake_rules_loaded").set(set.rules.len() as f64);
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::envelope::{AbuseReport, Channel, Customer, Envelope, ScanReport, Source};
+    use std::path::PathBuf;
+
+    pub fn form_envelope(email: &str, ip: &str) -> Envelope {
+        Envelope {
+            version: 1,
+            id: ReceiptId::new(),
+            received_at: time::OffsetDateTime::now_utc(),
+            channel: Channel::Form,
+            source: Source::Form {
+                form: "contact".into(),
+                ip: ip.into(),
+                user_agent: None,
+                origin: None,
+                referer: None,
+            },
+            customer: Customer {
+                email: Some(email.into()),
+                ..Default::default()
+            },
+            from: None,
+            to: vec![],
+            cc: vec![],
+            reply_to: vec![],
+            subject: Some("Contact form".into()),
+            date: None,
+            message_id: None,
+            in_reply_to: vec![],
+            references: vec![],
+            headers: vec![],
+            text: Some("hello".into()),
+            html: None,
+            stripped_text: Some("hello".into()),
+            fields: Default::default(),
+            attachments: vec![],
+            scan: ScanReport::unscanned(),
+            abuse: AbuseReport::default(),
+            raw: None,
+        }
+    }
+
+    fn message(email: &str, text: &str) -> Message {
+        let mut envelope = form_envelope(email, "198.51.100.7");
+        envelope.text = Some(text.into());
+        envelope.stripped_text = Some(text.into());
+        Message {
+            envelope,
+            scan_targets: vec![],
+            trap: None,
+        }
+    }
+
+    fn guard(text: &str) -> Guard {
+        let set =
+            RuleSet::from_texts(&[(PathBuf::from("t.toml"), text.into())]).expect("valid rules");
+        Guard::new(set, None, None, LimiterClock::Fake(Default::default()))
+    }
+
+    const TWO_PER_HOUR: &str = "[[rule]]\nname = \"per-sender\"\nkey = [\"sender\"]\nrate = \"2/h\"\nburst = 2\naction = \"ACTION\"\n";
+
+    #[tokio::test]
+    async fn strongest_action_wins_and_matches_are_recorded() {
+        let rules = format!(
+            "{}{}",
+            TWO_PER_HOUR.replace("ACTION", "tag"),
+            TWO_PER_HOUR
+                .replace("ACTION", "reject")
+                .replace("per-sender", "per-sender-hard")
+        );
+        let g = guard(&rules);
+        for i in 0..2 {
+            let mut m = message("ann@example.com", &format!("message number {i}"));
+            assert_eq!(
+                g.check(&mut m).await.unwrap().verdict,
+                GuardVerdict::Pass,
+                "within burst"
+            );
+        }
+        let mut m = message("ANN+x@example.com", "a third, different message");
+        let verdict = g.check(&mut m).await.unwrap().verdict;
+        assert!(
+            matches!(verdict, GuardVerdict::Reject { .. }),
+            "reject beats tag: {verdict:?}"
+        );
+        assert_eq!(
+            m.envelope.abuse.matched_rules,
+            ["per-sender", "per-sender-hard"]
+        );
+        assert!(
+            m.envelope.abuse.tags.contains(&"per-sender".to_string()),
+            "the tag rule fired too"
+        );
+    }
+
+    #[tokio::test]
+    async fn exact_duplicate_collapses_into_the_first_item() {
+        let g = guard("");
+        let mut first = message("ann@example.com", "Where is my parcel?");
+        let checked = g.check(&mut first).await.unwrap();
+        assert_eq!(checked.verdict, GuardVerdict::Pass);
+        let mut again = message("ann@example.com", "Where is my parcel?");
+        let checked = g.check(&mut again).await.unwrap();
+        assert_eq!(
+            checked.verdict,
+            GuardVerdict::Collapse {
+                into: first.envelope.id,
+                rule: "dedupe-exact".into()
+            }
+        );
+        let event = g
+            .stored(&checked.ticket, again.envelope.id)
+            .await
+            .unwrap()
+            .expect("an event");
+        assert_eq!((event.into, event.count), (first.envelope.id, 1));
+    }
+
+    #[tokio::test]
+    async fn shadow_rule_counts_without_acting() {
+        let g = guard(&format!(
+            "{}shadow = true\n",
+            TWO_PER_HOUR.replace("ACTION", "reject")
+        ));
+        for i in 0..5 {
+            let mut m = message("ann@example.com", &format!("text {i} differs"));
+            assert_eq!(
+                g.check(&mut m).await.unwrap().verdict,
+                GuardVerdict::Pass,
+                "shadow never acts"
+            );
+        }
+    }
+}

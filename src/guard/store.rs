@@ -1,0 +1,58 @@
+//! The guard's shared state in Redis (cluster buckets, dedupe history):
+//! the sink's multiplexed connection, every command bounded by the same
+//! timeout. An unreachable Redis is a [`GuardError`], never a silent pass.
+
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use redis::RedisError;
+
+use super::GuardError;
+
+#[derive(Clone)]
+pub struct RedisStore {
+    connection: ConnectionManager,
+    prefix: String,
+    timeout: Duration,
+}
+
+impl RedisStore {
+    pub fn new(connection: ConnectionManager, prefix: &str, timeout: Duration) -> Self {
+        RedisStore {
+            connection,
+            prefix: prefix.to_string(),
+            timeout,
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    pub fn connection(&self) -> ConnectionManager {
+        self.connection.clone()
+    }
+
+    pub async fn bounded<T>(
+        &self,
+        fut: impl std::future::Future<Output = Result<T, RedisError>>,
+    ) -> Result<T, GuardError> {
+        match tokio::time::timeout(self.timeout, fut).await {
+            Err(_) => Err(GuardError::StoreTimeout(self.timeout)),
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => Err(GuardError::StoreUnavailable(Box::new(e))),
+        }
+    }
+}
+
+/// 16 hex digits of SHA-256: short, stable across processes and
+/// versions, and keeps customer addresses out of key names.
+pub fn short_digest(data: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(16);
+    for byte in &Sha256::digest(data)[..8] {
+        let _ = write!(out, "{byte:02x}");
+    }
+    out
+}

@@ -1,0 +1,236 @@
+//! `intake rules check`, `intake rules explain` and `intake replay` as a
+//! sysadmin runs them: exit codes, problems named by file, line and key,
+//! and the per-rule table of a replay over a generated Maildir.
+
+mod support;
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+fn intake(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_intake"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("intake runs")
+}
+
+fn shipped() -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("rules")
+        .display()
+        .to_string()
+}
+
+#[test]
+fn check_accepts_the_shipped_rules() {
+    let out = intake(&["rules", "check", &shipped()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "valid: {stdout}");
+    assert!(
+        stdout.contains("one-customer-mail") && stdout.contains("(shadow)"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn check_names_file_line_and_key_of_every_problem_and_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("10-a.toml"),
+        "[[rule]]\nname = \"a\"\nkey = [\"sender\"]\nrate = \"5/hr\"\naction = \"reject\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("20-b.toml"),
+        "[[rule]]\nname = \"b\"\nkey = [\"sender\"]\nrate = \"5/h\"\naction = \"drop\"\n",
+    )
+    .unwrap();
+    let out = intake(&["rules", "check", &dir.path().display().to_string()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "invalid rules exit 1: {stderr}");
+    assert!(
+        stderr.contains("10-a.toml:4:") && stderr.contains("rule[0].rate"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("20-b.toml:5:") && stderr.contains("rule[0].action"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("2 problem(s)"), "{stderr}");
+}
+
+#[test]
+fn usage_errors_exit_64() {
+    assert_eq!(
+        intake(&["rules", "explain", "--bogus"]).status.code(),
+        Some(64)
+    );
+    assert_eq!(intake(&["replay"]).status.code(), Some(64));
+}
+
+#[test]
+fn explain_shows_matching_rules_keys_and_the_normalized_sender() {
+    let out = intake(&[
+        "rules",
+        "explain",
+        "--rules",
+        &shipped(),
+        "--sender",
+        "Ann+Shoes@Example.COM",
+        "--ip",
+        "203.0.113.9",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.contains("sender          ann@example.com"),
+        "normalized: {stdout}"
+    );
+    assert!(
+        stdout.contains("one-customer-mail") && stdout.contains("key    sender=ann@example.com"),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("form-per-network"),
+        "form rules do not match mail: {stdout}"
+    );
+    let out = intake(&[
+        "rules",
+        "explain",
+        "--rules",
+        &shipped(),
+        "--form",
+        "contact",
+        "--ip",
+        "203.0.113.9",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("key    ip_prefix=203.0.113.0/24"),
+        "the /24 network: {stdout}"
+    );
+}
+
+#[tokio::test]
+async fn explain_reads_the_cluster_bucket_state_from_redis() {
+    let rules = tempfile::tempdir().unwrap();
+    std::fs::write(rules.path().join("r.toml"), "[[rule]]\nname = \"m\"\nmatch = { channel = \"email\" }\nkey = [\"sender\"]\nrate = \"1/h\"\nburst = 1\naction = \"reject\"\nscope = \"cluster\"\n").unwrap();
+    let gw = support::Gateway::start_with(
+        "explain",
+        &support::redis_url(),
+        &format!("[rules]\ndir = \"{}\"\n", rules.path().display()),
+    )
+    .await;
+    let dir = rules.path().display().to_string();
+    let args = [
+        "rules",
+        "explain",
+        "--rules",
+        dir.as_str(),
+        "--sender",
+        "gus@example.com",
+        "--redis",
+        &gw.redis_url,
+        "--prefix",
+        &gw.prefix,
+    ];
+    let before = String::from_utf8_lossy(&intake(&args).stdout).to_string();
+    assert!(
+        before.contains("1 more pass now") && before.contains("result: passes"),
+        "{before}"
+    );
+    let response = support::client()
+        .post(format!("{}/v1/messages", gw.url))
+        .bearer_auth(support::TOKEN)
+        .header("content-type", "message/rfc822")
+        .body("From: gus@example.com\r\nSubject: x\r\n\r\nhello\r\n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let after = String::from_utf8_lossy(&intake(&args).stdout).to_string();
+    assert!(
+        after.contains("over quota") && after.contains("result: reject by m"),
+        "{after}"
+    );
+}
+
+#[test]
+fn replay_prints_a_per_rule_table_for_a_maildir() {
+    let maildir = tempfile::tempdir().unwrap();
+    let gen = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/bench/gen-maildir");
+    let status = Command::new(gen)
+        .arg(maildir.path())
+        .arg("600")
+        .stdout(Stdio::null())
+        .status()
+        .expect("generator runs");
+    assert!(status.success());
+    let out = intake(&[
+        "replay",
+        "--rules",
+        &shipped(),
+        &maildir.path().display().to_string(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("replayed 600 messages"), "{stdout}");
+    let row = |name: &str| -> Vec<String> {
+        stdout
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no row for {name}: {stdout}"))
+            .split_whitespace()
+            .map(str::to_string)
+            .collect()
+    };
+    // The generator's auto-responder sends 30 auto-replies (5 %): the
+    // shipped rule lets 2 through and quarantines the rest.
+    assert_eq!(
+        row("auto-replies")[1..],
+        ["quarantine", "30", "28", "28", "0"],
+        "{stdout}"
+    );
+    // The flooder's 180 mails (30 %) repeat 5 texts: dedupe folds them.
+    let collapsed: u64 = row("collapsed")[1].parse().unwrap();
+    assert!(collapsed >= 175, "the flood is collapsed: {stdout}");
+    assert!(
+        stdout.contains("angry@example.org"),
+        "the flooder leads the throttled senders: {stdout}"
+    );
+    let top = stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("top throttled"))
+        .nth(1)
+        .unwrap_or_default();
+    assert!(
+        top.ends_with("angry@example.org"),
+        "first throttled sender: {top}"
+    );
+}
+
+#[test]
+fn serve_refuses_to_start_with_rules_that_do_not_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules");
+    std::fs::create_dir(&rules).unwrap();
+    std::fs::write(
+        rules.join("10-a.toml"),
+        "[[rule]]\nname = \"a\"\nkey = [\"sender\"]\nrate = \"5/h\"\naction = \"rejekt\"\n",
+    )
+    .unwrap();
+    let config = dir.path().join("intake.toml");
+    std::fs::write(
+        &config,
+        "[redis]\nurl = \"redis://127.0.0.1:1\"\n[rules]\ndir = \"rules\"\n",
+    )
+    .unwrap();
+    let out = intake(&["serve", "--config", &config.display().to_string()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "EX_CONFIG: {stderr}");
+    assert!(
+        stderr.contains("10-a.toml:5:") && stderr.contains("rule[0].action"),
+        "{stderr}"
+    );
+}
