@@ -69,7 +69,7 @@ pub struct Envelope {
     pub abuse: AbuseReport,
     /// The original message, base64, so nothing the parser missed is lost.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub raw: Option<String>,
+    pub raw: Option<Base64>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -187,7 +187,48 @@ pub struct Attachment {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content_id: Option<String>,
     pub disposition: Disposition,
-    pub content_base64: String,
+    pub content_base64: Base64,
+}
+
+/// Bytes that appear base64-encoded in the JSON. The envelope holds the
+/// bytes themselves (shared with the raw message and the scanner's
+/// targets, never copied) and encodes them only while the JSON is written,
+/// so a large attachment is not held a second time as a base64 string.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct Base64(pub bytes::Bytes);
+
+impl Base64 {
+    pub fn bytes(&self) -> &bytes::Bytes {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Base64 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Base64({} bytes)", self.0.len())
+    }
+}
+
+impl Serialize for Base64 {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        // collect_str streams the Display into serde_json's output: no
+        // intermediate String of the whole encoding.
+        serializer.collect_str(&base64::display::Base64Display::new(
+            &self.0,
+            &base64::engine::general_purpose::STANDARD,
+        ))
+    }
+}
+
+impl<'de> Deserialize<'de> for Base64 {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use base64::Engine as _;
+        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        base64::engine::general_purpose::STANDARD
+            .decode(text.as_bytes())
+            .map(|bytes| Base64(bytes.into()))
+            .map_err(serde::de::Error::custom)
+    }
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]

@@ -105,6 +105,11 @@ impl Pipeline {
             route::route(&mut message, guard, scan)
         };
 
+        // The scanner's buffers (the raw message, decoded parts) are done
+        // with; let go of them before the envelope is encoded, so a large
+        // mail is not held twice while it is written.
+        message.scan_targets = Vec::new();
+
         // 5. Sink: the write that makes the item accepted.
         let Route {
             stream,

@@ -154,7 +154,7 @@ fn every_source_variant_and_optional_field_matches_the_schema() {
             sha256: "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824".into(),
             content_id: Some("logo@shop.test".into()),
             disposition: Disposition::Inline,
-            content_base64: "aGVsbG8=".into(),
+            content_base64: intake::envelope::Base64(bytes::Bytes::from_static(b"hello")),
         }],
         scan: ScanReport {
             status: ScanStatus::Infected,
@@ -167,7 +167,9 @@ fn every_source_variant_and_optional_field_matches_the_schema() {
             duplicates: 12,
             auto_submitted: true,
         },
-        raw: Some("RnJvbTogYUBleGFtcGxlLmNvbQ0KDQpoaQ0K".into()),
+        raw: Some(intake::envelope::Base64(bytes::Bytes::from_static(
+            b"From: a@example.com\r\n\r\nhi\r\n",
+        ))),
     };
     let sources = [
         (

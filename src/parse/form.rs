@@ -3,11 +3,9 @@
 //! fields (`_replyto`, `_subject`, `_next`, `_gotcha`, ...) steer the
 //! gateway and are taken out of `fields`.
 
-use base64::Engine as _;
-
 use super::{sha256_hex, ScanTarget};
 use crate::config::FormConfig;
-use crate::envelope::{Address, Attachment, Channel, Disposition, Envelope};
+use crate::envelope::{Address, Attachment, Base64, Channel, Disposition, Envelope};
 use crate::submission::FormPost;
 
 /// Fills `envelope` from a form post and returns the uploads to scan.
@@ -47,7 +45,7 @@ pub(super) fn fill(envelope: &mut Envelope, post: FormPost, form: &FormConfig) -
             sha256: sha256_hex(&upload.data),
             content_id: None,
             disposition: Disposition::Attachment,
-            content_base64: base64::engine::general_purpose::STANDARD.encode(&upload.data),
+            content_base64: Base64(upload.data.clone()),
         });
         targets.push(ScanTarget {
             name: upload.filename.unwrap_or(upload.field),

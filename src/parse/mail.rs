@@ -3,12 +3,11 @@
 
 use std::borrow::Cow;
 
-use base64::Engine as _;
 use bytes::Bytes;
 use mail_parser::{HeaderValue, MessageParser, MimeHeaders, PartType};
 
 use super::{reply, sha256_hex, ScanTarget};
-use crate::envelope::{Address, Attachment, Disposition, Envelope, Header, Source};
+use crate::envelope::{Address, Attachment, Base64, Disposition, Envelope, Header, Source};
 
 /// Fills `envelope` from a raw message and returns what must be scanned.
 pub(super) fn fill(envelope: &mut Envelope, raw: &Bytes, keep_raw: bool) -> Vec<ScanTarget> {
@@ -22,7 +21,7 @@ pub(super) fn fill(envelope: &mut Envelope, raw: &Bytes, keep_raw: bool) -> Vec<
         // mail-parser found no message at all (it is very lenient, so this is
         // garbage). Keep it whole for an operator rather than refuse it.
         envelope.abuse.tags.push("unparsed".into());
-        envelope.raw = Some(base64::engine::general_purpose::STANDARD.encode(raw));
+        envelope.raw = Some(Base64(raw.clone()));
         envelope.text = Some(String::from_utf8_lossy(raw).into_owned());
         return targets;
     };
@@ -99,6 +98,8 @@ pub(super) fn fill(envelope: &mut Envelope, raw: &Bytes, keep_raw: bool) -> Vec<
             .content_disposition()
             .is_some_and(|d| d.ctype().eq_ignore_ascii_case("inline"));
         let filename = part.attachment_name().map(str::to_string);
+        // One buffer for the envelope and the scanner.
+        let data = share_or_copy(raw, contents);
         envelope.attachments.push(Attachment {
             filename: filename.clone(),
             content_type,
@@ -112,11 +113,11 @@ pub(super) fn fill(envelope: &mut Envelope, raw: &Bytes, keep_raw: bool) -> Vec<
             } else {
                 Disposition::Attachment
             },
-            content_base64: base64::engine::general_purpose::STANDARD.encode(contents),
+            content_base64: Base64(data.clone()),
         });
         targets.push(ScanTarget {
             name: filename.unwrap_or_else(|| format!("part {}", targets.len())),
-            data: share_or_copy(raw, contents),
+            data,
             whole_message: false,
         });
     }
@@ -148,7 +149,7 @@ pub(super) fn fill(envelope: &mut Envelope, raw: &Bytes, keep_raw: bool) -> Vec<
     envelope.customer.mailbox_hash = mailbox_hash(envelope);
 
     if keep_raw {
-        envelope.raw = Some(base64::engine::general_purpose::STANDARD.encode(raw));
+        envelope.raw = Some(Base64(raw.clone()));
     }
     targets
 }
@@ -409,7 +410,12 @@ mod tests {
             a.sha256,
             "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
         );
-        assert_eq!(a.content_base64, "aGVsbG8=");
+        assert_eq!(&a.content_base64.bytes()[..], b"hello");
+        assert_eq!(
+            serde_json::to_value(a).unwrap()["content_base64"],
+            "aGVsbG8=",
+            "written as base64 in the JSON"
+        );
         assert_eq!(a.disposition, Disposition::Attachment);
     }
 

@@ -14,8 +14,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine as _;
-use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
 use super::{ScanError, Scanner};
@@ -187,12 +185,11 @@ impl Redrive {
     /// attachment or upload.
     fn message_of(&self, held: &StoredEntry) -> Option<Message> {
         let envelope: Envelope = serde_json::from_str(held.fields.get("envelope")?).ok()?;
-        let engine = base64::engine::general_purpose::STANDARD;
         let mut scan_targets = Vec::with_capacity(envelope.attachments.len() + 1);
         if let Some(raw) = &envelope.raw {
             scan_targets.push(ScanTarget {
                 name: "message".into(),
-                data: Bytes::from(engine.decode(raw).ok()?),
+                data: raw.bytes().clone(),
                 whole_message: true,
             });
         }
@@ -202,7 +199,7 @@ impl Redrive {
                     .filename
                     .clone()
                     .unwrap_or_else(|| format!("part {}", i + 1)),
-                data: Bytes::from(engine.decode(&attachment.content_base64).ok()?),
+                data: attachment.content_base64.bytes().clone(),
                 whole_message: false,
             });
         }
@@ -221,6 +218,7 @@ mod tests {
     use crate::parse::{self, ParseOptions};
     use crate::sink::memory::MemorySink;
     use crate::submission::{Payload, Submission};
+    use bytes::Bytes;
 
     fn redrive(sink: Arc<MemorySink>) -> Redrive {
         Redrive {

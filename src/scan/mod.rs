@@ -15,7 +15,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
 use futures_util::future::try_join_all;
 use tokio::sync::{Semaphore, SemaphorePermit};
 
@@ -356,8 +355,7 @@ impl Drop for Queued<'_> {
 pub fn prepare_for_hold(message: &mut Message) {
     if message.envelope.raw.is_none() {
         if let Some(raw) = message.scan_targets.iter().find(|t| t.whole_message) {
-            message.envelope.raw =
-                Some(base64::engine::general_purpose::STANDARD.encode(&raw.data));
+            message.envelope.raw = Some(crate::envelope::Base64(raw.data.clone()));
         }
     }
 }
