@@ -35,6 +35,9 @@ pub struct Config {
     /// The web forms the shop posts to, as `[[form]]` tables.
     #[serde(default, rename = "form")]
     pub forms: Vec<FormConfig>,
+    /// IMAP accounts whose mailboxes are polled, as `[[imap]]` tables.
+    #[serde(default)]
+    pub imap: Vec<crate::sources::imap::ImapConfig>,
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
@@ -334,6 +337,9 @@ impl Config {
             fix(&mut tls.cert);
             fix(&mut tls.key);
         }
+        for imap in &mut self.imap {
+            imap.resolve_paths(base);
+        }
         for secret in [
             &mut self.redis.password,
             &mut self.messages.token,
@@ -424,6 +430,19 @@ impl Config {
             }
             if form.max_size.bytes() == 0 {
                 problems.push(format!("{at}.max_size: must be above 0"));
+            }
+        }
+        let mut watched = HashSet::new();
+        for (i, imap) in self.imap.iter().enumerate() {
+            let at = format!("imap[{i}] ({})", imap.account());
+            imap.validate(&at, &mut problems);
+            for mailbox in &imap.mailboxes {
+                if !watched.insert((imap.account().to_string(), mailbox.clone())) {
+                    problems.push(format!(
+                        "{at}.mailboxes: `{mailbox}` of account `{}` is watched twice; give one of the tables another `name`",
+                        imap.account()
+                    ));
+                }
             }
         }
         if problems.is_empty() {

@@ -91,6 +91,39 @@ impl Pipeline {
         };
 
         // 5. Sink: the write that makes the item accepted.
+        self.store(message, route, idempotency_key).await
+    }
+
+    /// Stores an item its source has already set aside (an IMAP mail over
+    /// the size limit, known only by its headers): parsed for the envelope,
+    /// then written to `stream` with `kind` and `reason`, without guard or
+    /// scan, since there is nothing whole to check.
+    pub async fn set_aside(
+        &self,
+        submission: Submission,
+        options: ParseOptions<'_>,
+        stream: Stream,
+        kind: &'static str,
+        reason: String,
+    ) -> Result<Stored, PipelineError> {
+        let idempotency_key = submission.idempotency_key.clone();
+        let message = parse::parse(submission, options)?;
+        let route = Route {
+            stream,
+            kind,
+            reason: Some(reason),
+            folded_into: None,
+            answer: Answer::Accepted,
+        };
+        self.store(message, route, idempotency_key).await
+    }
+
+    async fn store(
+        &self,
+        message: parse::Message,
+        route: Route,
+        idempotency_key: Option<String>,
+    ) -> Result<Stored, PipelineError> {
         let Route {
             stream,
             kind,

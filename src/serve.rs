@@ -19,6 +19,7 @@ use crate::pipeline::Pipeline;
 use crate::scan::Scanner;
 use crate::sink::redis::RedisSink;
 use crate::sources::http::{self, AppState};
+use crate::sources::imap::ImapSource;
 
 /// Exit code for a configuration the daemon cannot run with (EX_CONFIG).
 const EX_CONFIG: u8 = 78;
@@ -89,7 +90,20 @@ pub async fn run_on(
         ),
         None => None,
     };
-    let pipeline = Pipeline::new(Guard::without_rules(), Scanner::disabled(), Arc::new(sink));
+    let redis_connection = sink.connection();
+    let pipeline = Arc::new(Pipeline::new(
+        Guard::without_rules(),
+        Scanner::disabled(),
+        Arc::new(sink),
+    ));
+    let imap = ImapSource::new(
+        &config.imap,
+        pipeline.clone(),
+        redis_connection,
+        &config.redis.prefix,
+        config.redis.timeout.into(),
+    )
+    .context("imap")?;
     let state = Arc::new(AppState {
         config: config.clone(),
         pipeline,
@@ -100,6 +114,7 @@ pub async fn run_on(
         tls = tls.is_some(),
         forms = config.forms.len(),
         raw_mail = state.mailgate_token.is_some(),
+        imap_mailboxes = imap.mailboxes(),
         "intake is serving"
     );
     match state.pipeline.sink().ping().await {
@@ -147,11 +162,14 @@ pub async fn run_on(
         )
         .await;
     };
+    // IMAP mailboxes stop with the same signal: unacknowledged mail stays
+    // on the server, and each lease is released for another replica.
+    let imap = imap.run(stop.clone());
     let signal = async {
         shutdown.await;
         stop.cancel();
     };
-    tokio::join!(public, admin, signal);
+    tokio::join!(public, admin, imap, signal);
     let _ = upkeep.await;
     tracing::info!("intake stopped");
     Ok(())

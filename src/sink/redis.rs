@@ -65,6 +65,12 @@ impl RedisSink {
         })
     }
 
+    /// The shared connection, for sources that keep state of their own in
+    /// the same Redis (the IMAP source's checkpoints and leases).
+    pub fn connection(&self) -> ConnectionManager {
+        self.connection.clone()
+    }
+
     pub fn stream_key(&self, stream: crate::route::Stream) -> String {
         format!("{}:{}", self.prefix, stream.name())
     }
