@@ -4,6 +4,8 @@
 //! each other's streams.
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod imap;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -618,12 +618,22 @@ impl Worker {
     ) -> Result<(Session, bool), ImapError> {
         let timeout = self.config.command_timeout.0;
         let renew = self.config.idle_renew.0;
+        // News that arrived between our last SEARCH and the IDLE (an
+        // EXISTS sent with another command's answer) lands in the
+        // unsolicited channel, not in the IDLE stream: clear what is old
+        // (our own moves' EXPUNGEs), then look again once IDLE is running.
+        let news = session.unsolicited_responses.clone();
+        while news.try_recv().is_ok() {}
         let mut handle = session.idle();
         bounded("IDLE", timeout, async {
             handle.init().await.map_err(ImapError::protocol("IDLE"))
         })
         .await?;
-        let woke = {
+        let missed = std::iter::from_fn(|| news.try_recv().ok())
+            .any(|r| matches!(r, async_imap::types::UnsolicitedResponse::Exists(_)));
+        let woke = if missed {
+            true
+        } else {
             let (wait, _interrupt) = handle.wait_with_timeout(renew.min(IDLE_SILENCE));
             tokio::select! {
                 result = tokio::time::timeout(renew, wait) => match result {

@@ -129,7 +129,11 @@ impl MailboxStore {
     /// Gives the lease up, so another replica need not wait for it to expire.
     pub async fn release(&self) -> Result<(), ImapError> {
         let _: i64 = self
-            .script(RELEASE, &[&self.lease_key], std::slice::from_ref(&self.owner))
+            .script(
+                RELEASE,
+                &[&self.lease_key],
+                std::slice::from_ref(&self.owner),
+            )
             .await?;
         Ok(())
     }
