@@ -141,11 +141,9 @@ pub async fn connect(
                 client
                     .run_command_and_check_ok("STARTTLS", None)
                     .await
-                    .map_err(|e| match e {
-                        async_imap::error::Error::Bad(_) | async_imap::error::Error::No(_) => {
-                            ImapError::NoStarttls
-                        }
-                        other => ImapError::protocol("STARTTLS")(other),
+                    .map_err(|e| match ImapError::protocol("STARTTLS")(e) {
+                        ImapError::Refused { .. } => ImapError::NoStarttls,
+                        other => other,
                     })
             })
             .await?;
@@ -172,7 +170,7 @@ pub async fn connect(
         async_imap::error::Error::No(reason) | async_imap::error::Error::Bad(reason) => {
             ImapError::Auth {
                 user: user.clone(),
-                reason: reason.trim().to_string(),
+                reason: super::error::server_text(&reason),
             }
         }
         other => ImapError::protocol("login")(other),

@@ -31,6 +31,8 @@ pub enum ImapError {
     Auth { user: String, reason: String },
     #[error("cannot read the password or token: {0}")]
     Secret(String),
+    #[error("the IMAP server refused {step}: {said}")]
+    Refused { step: &'static str, said: String },
     #[error("IMAP {step} failed")]
     Protocol {
         step: &'static str,
@@ -55,7 +57,9 @@ impl ImapError {
             ImapError::Timeout { .. } => "timeout",
             ImapError::Tls { .. } | ImapError::Ca(_) | ImapError::NoStarttls => "tls",
             ImapError::Auth { .. } | ImapError::Secret(_) => "auth",
-            ImapError::Protocol { .. } | ImapError::NoUidValidity(_) => "protocol",
+            ImapError::Protocol { .. }
+            | ImapError::Refused { .. }
+            | ImapError::NoUidValidity(_) => "protocol",
             ImapError::Store(_) => "store",
             ImapError::Redis(_) | ImapError::RedisTimeout(_) => "redis",
         }
@@ -67,8 +71,34 @@ impl ImapError {
         matches!(self, ImapError::Auth { .. } | ImapError::Secret(_))
     }
 
+    /// Maps a client error of `step`; a NO or BAD answer becomes
+    /// [`ImapError::Refused`] with the server's own words.
     pub(crate) fn protocol(step: &'static str) -> impl FnOnce(async_imap::error::Error) -> Self {
-        move |source| ImapError::Protocol { step, source }
+        move |source| match &source {
+            async_imap::error::Error::No(text) | async_imap::error::Error::Bad(text) => {
+                ImapError::Refused {
+                    step,
+                    said: server_text(text),
+                }
+            }
+            _ => ImapError::Protocol { step, source },
+        }
+    }
+}
+
+/// The human text of a NO / BAD answer. async-imap hands it over as the
+/// Debug form of the parsed outcome (`... information: Some("...") }` or
+/// `code: None, info: Some("...")`);
+/// the quoted information is what the server said.
+pub(crate) fn server_text(text: &str) -> String {
+    const MARK: &str = "Some(\"";
+    match text.find(MARK) {
+        Some(start) => {
+            let rest = &text[start + MARK.len()..];
+            let end = rest.rfind("\")").unwrap_or(rest.len());
+            rest[..end].replace("\\\"", "\"")
+        }
+        None => text.trim().to_string(),
     }
 }
 
@@ -81,4 +111,18 @@ pub(crate) async fn bounded<T>(
     tokio::time::timeout(timeout, fut)
         .await
         .map_err(|_| ImapError::Timeout { step, timeout })?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_servers_own_words_are_kept() {
+        let debug = r#"outcome: Outcome { code: None, information: Some("Mailbox doesn't exist: x (0.001 secs).") }"#;
+        assert_eq!(server_text(debug), "Mailbox doesn't exist: x (0.001 secs).");
+        assert_eq!(server_text(" plain words "), "plain words");
+        let login = r#"code: None, info: Some("[AUTHENTICATIONFAILED] Authentication failed.")"#;
+        assert_eq!(server_text(login), "[AUTHENTICATIONFAILED] Authentication failed.");
+    }
 }
