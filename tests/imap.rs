@@ -512,3 +512,50 @@ async fn imaps_and_starttls_verify_the_server_against_the_configured_ca() {
         cleanup(&boxes).await;
     }
 }
+
+#[tokio::test]
+async fn a_server_certificate_from_an_untrusted_ca_is_refused() {
+    let tls_port: u16 = std::env::var("INTAKE_TEST_IMAP_TLS_PORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(11993);
+    let boxes = Boxes::new("untrusted");
+    let mut imap = dev_login().await;
+    create(&mut imap, &boxes.inbox).await;
+    append_all(&mut imap, &boxes.inbox, &[small_mail(1, "untrusted")], None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let pw = secret_file(dir.path(), "pw", &dev_password());
+    let prefix = unique_prefix("imap_untrusted");
+    // No ca_file: the system's roots, which do not include the dev CA.
+    let table = imap_toml(tls_port, &boxes, &pw, "backoff_max = \"1h\"")
+        .replace("tls = \"none\"", "tls = \"implicit\"")
+        .replace("host = \"127.0.0.1\"", "host = \"localhost\"");
+    let config = process_config(dir.path(), &prefix, &table);
+    let mut gateway = GatewayProcess::start(&config, &dir.path().join("log"));
+    eventually(20, "the TLS failure in the log", || async {
+        gateway
+            .log_text()
+            .contains("TLS with localhost failed")
+            .then_some(())
+    })
+    .await;
+    let log = gateway.log_text();
+    assert!(
+        log.contains("UnknownIssuer")
+            || log.contains("unknown issuer")
+            || log.contains("invalid peer certificate"),
+        "the log says why:\n{log}"
+    );
+    assert_eq!(
+        xlen(&redis_url(), &prefix, "desk").await,
+        0,
+        "nothing read over an unverified link"
+    );
+    assert_eq!(
+        count(&mut imap, &boxes.inbox).await,
+        1,
+        "the mail stays on the server"
+    );
+    gateway.terminate();
+    cleanup(&boxes).await;
+}

@@ -123,6 +123,9 @@ mod tests {
         assert_eq!(server_text(debug), "Mailbox doesn't exist: x (0.001 secs).");
         assert_eq!(server_text(" plain words "), "plain words");
         let login = r#"code: None, info: Some("[AUTHENTICATIONFAILED] Authentication failed.")"#;
-        assert_eq!(server_text(login), "[AUTHENTICATIONFAILED] Authentication failed.");
+        assert_eq!(
+            server_text(login),
+            "[AUTHENTICATIONFAILED] Authentication failed."
+        );
     }
 }

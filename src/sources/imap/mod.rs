@@ -825,6 +825,56 @@ mod tests {
         assert_eq!(by_bytes(&[1, 4], &sizes, 100), vec![vec![1, 4]]);
     }
 
+    fn stored(stream: Stream, answer: Answer) -> Stored {
+        Stored {
+            id: crate::submission::ReceiptId::new(),
+            stream,
+            entry_id: "1-0".into(),
+            already_stored: false,
+            answer,
+        }
+    }
+
+    #[test]
+    fn refused_and_quarantined_mail_goes_to_the_quarantine_folder() {
+        let infected = Answer::Refused(Refusal::Infected {
+            signatures: vec!["Test".into()],
+        });
+        assert_eq!(
+            destination(&stored(Stream::Quarantine, infected)),
+            Dest::Quarantine
+        );
+        assert_eq!(
+            destination(&stored(Stream::Quarantine, Answer::Accepted)),
+            Dest::Quarantine,
+            "a rule's quarantine"
+        );
+        assert_eq!(
+            destination(&stored(
+                Stream::Suppressed,
+                Answer::Refused(Refusal::Policy)
+            )),
+            Dest::Quarantine,
+            "a blocklisted sender"
+        );
+        let limited = Answer::Refused(Refusal::RateLimited {
+            retry_after: Duration::from_secs(60),
+        });
+        assert_eq!(
+            destination(&stored(Stream::Suppressed, limited)),
+            Dest::Processed,
+            "a throttled mail is recorded in suppressed; nobody to tell, nothing to keep apart"
+        );
+        assert_eq!(
+            destination(&stored(Stream::Desk, Answer::Accepted)),
+            Dest::Processed
+        );
+        assert_eq!(
+            destination(&stored(Stream::Held, Answer::Accepted)),
+            Dest::Processed
+        );
+    }
+
     #[test]
     fn jitter_is_spread() {
         let draws: HashSet<u64> = (0..20).map(|_| (random_fraction() * 1e9) as u64).collect();
