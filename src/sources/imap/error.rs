@@ -43,6 +43,8 @@ pub enum ImapError {
     NoUidValidity(String),
     #[error("a mail could not be stored; it stays on the server")]
     Store(#[source] crate::pipeline::PipelineError),
+    #[error("a mail's pipeline task failed: {0}")]
+    Task(String),
     #[error("Redis did not keep the checkpoint or lease")]
     Redis(#[source] redis::RedisError),
     #[error("Redis did not answer within {0:?}")]
@@ -60,7 +62,7 @@ impl ImapError {
             ImapError::Protocol { .. }
             | ImapError::Refused { .. }
             | ImapError::NoUidValidity(_) => "protocol",
-            ImapError::Store(_) => "store",
+            ImapError::Store(_) | ImapError::Task(_) => "store",
             ImapError::Redis(_) | ImapError::RedisTimeout(_) => "redis",
         }
     }

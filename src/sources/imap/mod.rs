@@ -97,7 +97,7 @@ impl ImapSource {
         let mut tasks = tokio::task::JoinSet::new();
         for worker in self.workers {
             let stop = stop.clone();
-            tasks.spawn(async move { worker.run(stop).await });
+            tasks.spawn(async move { Arc::new(worker).run(stop).await });
         }
         while let Some(result) = tasks.join_next().await {
             if let Err(e) = result {
@@ -128,7 +128,7 @@ enum Dest {
 impl Worker {
     /// Claim the lease, work the mailbox while it is held, repeat until
     /// shutdown.
-    async fn run(self, stop: CancellationToken) {
+    async fn run(self: Arc<Self>, stop: CancellationToken) {
         let ttl = self.config.lease_ttl.0;
         let retry = ttl / 4;
         let mut waiting_logged = false;
@@ -191,7 +191,7 @@ impl Worker {
 
     /// Sessions one after another, with backoff between failures, until
     /// `lost` is cancelled.
-    async fn work(&self, lost: &CancellationToken) {
+    async fn work(self: &Arc<Self>, lost: &CancellationToken) {
         let mut backoff = Backoff::new(self.config.backoff_max.0);
         loop {
             if lost.is_cancelled() {
@@ -236,7 +236,7 @@ impl Worker {
     /// One connection: catch up with the backlog, then wait for news (IDLE
     /// or polling), again and again.
     async fn session(
-        &self,
+        self: &Arc<Self>,
         lost: &CancellationToken,
         backoff: &mut Backoff,
     ) -> Result<(), ImapError> {
@@ -330,7 +330,7 @@ impl Worker {
 
     /// Reads every mail above `after`, batch by batch, until none is left.
     async fn drain(
-        &self,
+        self: &Arc<Self>,
         session: &mut Session,
         features: Features,
         uidvalidity: u32,
@@ -368,7 +368,7 @@ impl Worker {
     /// per destination and the checkpoint. On a failure the stored prefix
     /// is still acknowledged, and the rest stays for the next try.
     async fn batch(
-        &self,
+        self: &Arc<Self>,
         session: &mut Session,
         features: Features,
         uidvalidity: u32,
@@ -444,19 +444,30 @@ impl Worker {
                     })
                     .collect();
                 drop(mails);
-                // In order, a bounded number at once: the first failure
-                // stops the batch, and only what came before it is acked.
-                let mut results =
-                    futures_util::stream::iter(present)
-                        .map(|(uid, raw)| async move {
-                            (uid, self.deliver(uidvalidity, uid, raw).await)
-                        })
-                        .buffered(self.config.concurrency);
+                // In order, a bounded number at once, each on its own task
+                // so parsing uses every core: the first failure stops the
+                // batch, and only what came before it is acknowledged. (A
+                // task still running then may store its mail; it is read
+                // again later and recognised by its idempotency key.)
+                let mut results = futures_util::stream::iter(present)
+                    .map(|(uid, raw)| {
+                        let worker = self.clone();
+                        let task =
+                            tokio::spawn(
+                                async move { worker.deliver(uidvalidity, uid, raw).await },
+                            );
+                        async move { (uid, task.await) }
+                    })
+                    .buffered(self.config.concurrency);
                 while let Some((uid, result)) = results.next().await {
                     match result {
-                        Ok(dest) => done.push((uid, dest)),
-                        Err(e) => {
+                        Ok(Ok(dest)) => done.push((uid, dest)),
+                        Ok(Err(e)) => {
                             failure = Some(e);
+                            break;
+                        }
+                        Err(e) => {
+                            failure = Some(ImapError::Task(e.to_string()));
                             break;
                         }
                     }
