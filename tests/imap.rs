@@ -44,6 +44,20 @@ async fn wait_count(port: u16, mailbox: &str, n: u32, secs: u64) {
     }
 }
 
+/// Every way `envelope` breaks schema/envelope-v1.json, one line each.
+fn schema_errors(envelope: &serde_json::Value) -> Vec<String> {
+    let schema: serde_json::Value =
+        serde_json::from_str(include_str!("../schema/envelope-v1.json")).expect("schema is JSON");
+    let validator = jsonschema::draft202012::options()
+        .should_validate_formats(true)
+        .build(&schema)
+        .expect("schema compiles");
+    validator
+        .iter_errors(envelope)
+        .map(|e| format!("at `{}`: {e}", e.instance_path))
+        .collect()
+}
+
 fn assert_each_once(uids: &[u64], n: usize) {
     let mut unique = uids.to_vec();
     unique.dedup();
@@ -101,6 +115,11 @@ async fn new_mail_is_seen_at_once_through_idle_and_moved_after_it_is_stored() {
     assert_eq!(env["source"]["mailbox"], boxes.inbox.as_str());
     assert_eq!(env["source"]["uid"], 1);
     assert!(env["source"]["uidvalidity"].as_u64().unwrap() > 0);
+    let errors = schema_errors(&env);
+    assert!(
+        errors.is_empty(),
+        "an IMAP envelope breaks the schema: {errors:#?}"
+    );
     wait_count(dev_port(), &boxes.done, 1, 10).await;
     wait_count(dev_port(), &boxes.inbox, 0, 10).await;
     // The gateway is idling now: a second mail can only come in through
@@ -248,6 +267,11 @@ async fn oversized_mail_is_recorded_by_its_headers_and_quarantined_unread() {
     let env = quarantine[0].envelope();
     assert_eq!(env["subject"], "huge scan", "headers are recorded");
     assert_eq!(env["source"]["uid"], 1);
+    let errors = schema_errors(&env);
+    assert!(
+        errors.is_empty(),
+        "an oversize record breaks the schema: {errors:#?}"
+    );
     let raw = base64::engine::general_purpose::STANDARD
         .decode(env["raw"].as_str().expect("raw kept"))
         .unwrap();
@@ -557,5 +581,45 @@ async fn a_server_certificate_from_an_untrusted_ca_is_refused() {
         "the mail stays on the server"
     );
     gateway.terminate();
+    cleanup(&boxes).await;
+}
+
+#[tokio::test]
+async fn mail_stays_on_the_server_while_redis_is_down_and_is_stored_when_it_is_back() {
+    let mut redis = support::PrivateRedis::start();
+    let boxes = Boxes::new("redisdown");
+    let mut imap = dev_login().await;
+    create(&mut imap, &boxes.inbox).await;
+    let dir = tempfile::tempdir().unwrap();
+    let pw = secret_file(dir.path(), "pw", &dev_password());
+    let extra = imap_toml(dev_port(), &boxes, &pw, "");
+    let gw = Gateway::start_with("imap_redisdown", &redis.url(), &extra).await;
+    eventually(20, "the gateway's session is up", || async {
+        let mut s = dev_login().await;
+        s.status(&boxes.done, "(MESSAGES)").await.ok().map(drop)
+    })
+    .await;
+
+    redis.stop();
+    append_all(&mut imap, &boxes.inbox, &[small_mail(1, "redisdown")], None).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        count(&mut imap, &boxes.inbox).await,
+        1,
+        "not stored, so not moved"
+    );
+    assert_eq!(
+        count(&mut imap, &boxes.done).await,
+        0,
+        "nothing acknowledged"
+    );
+
+    redis.restart();
+    wait_count(dev_port(), &boxes.done, 1, 30).await;
+    wait_count(dev_port(), &boxes.inbox, 0, 10).await;
+    let desk = gw.entries("desk").await;
+    assert_eq!(desk.len(), 1, "stored once when Redis is back");
+    assert_eq!(desk[0].envelope()["subject"], "redisdown mail 1");
+    gw.stop().await;
     cleanup(&boxes).await;
 }

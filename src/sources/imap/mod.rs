@@ -273,9 +273,32 @@ impl Worker {
                 .uid_validity
                 .ok_or_else(|| ImapError::NoUidValidity(self.mailbox.clone()))?;
             let after = self.resume_point(uidvalidity).await?;
-            self.drain(&mut session, features, uidvalidity, after, lost)
-                .await?;
-            backoff.reset();
+            match self
+                .drain(&mut session, features, uidvalidity, after, lost)
+                .await
+            {
+                Ok(()) => backoff.reset(),
+                // The pipeline could not store (Redis down, or later a
+                // pipeline that pushes back): the IMAP side is healthy, so
+                // keep the session, wait, and read the same mails again.
+                Err(ImapError::Store(e)) => {
+                    let error = ImapError::Store(e);
+                    metrics::counter!("intake_imap_errors_total", "kind" => error.kind())
+                        .increment(1);
+                    let wait = backoff.next();
+                    tracing::warn!(
+                        mailbox = %self.label,
+                        error = %chain(&error),
+                        retry_in = ?wait,
+                        "mail cannot be stored now; it stays on the server and is read again"
+                    );
+                    if sleep_or_stop(wait, lost).await {
+                        return Ok(());
+                    }
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
             if lost.is_cancelled() {
                 let _ = bounded("LOGOUT", Duration::from_secs(2), async {
                     session
