@@ -38,6 +38,9 @@ pub struct Config {
     /// Virus scanning with clamd; without it items say `unscanned`.
     #[serde(default)]
     pub scan: Option<crate::scan::ScanConfig>,
+    /// IMAP accounts whose mailboxes are polled, as `[[imap]]` tables.
+    #[serde(default)]
+    pub imap: Vec<crate::sources::imap::ImapConfig>,
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
@@ -343,6 +346,9 @@ impl Config {
             fix(&mut tls.cert);
             fix(&mut tls.key);
         }
+        for imap in &mut self.imap {
+            imap.resolve_paths(base);
+        }
         for secret in [
             &mut self.redis.password,
             &mut self.messages.token,
@@ -437,6 +443,19 @@ impl Config {
             }
             if form.max_size.bytes() == 0 {
                 problems.push(format!("{at}.max_size: must be above 0"));
+            }
+        }
+        let mut watched = HashSet::new();
+        for (i, imap) in self.imap.iter().enumerate() {
+            let at = format!("imap[{i}] ({})", imap.account());
+            imap.validate(&at, &mut problems);
+            for mailbox in &imap.mailboxes {
+                if !watched.insert((imap.account().to_string(), mailbox.clone())) {
+                    problems.push(format!(
+                        "{at}.mailboxes: `{mailbox}` of account `{}` is watched twice; give one of the tables another `name`",
+                        imap.account()
+                    ));
+                }
             }
         }
         if problems.is_empty() {

@@ -73,6 +73,19 @@ impl Pipeline {
         options: ParseOptions<'_>,
     ) -> Result<Stored, PipelineError> {
         let idempotency_key = submission.idempotency_key.clone();
+        // 0. A source re-reading an item it may have stored (IMAP after a
+        //    crash) learns so before the item is counted again.
+        if let Some(key) = &idempotency_key {
+            if let Some(seen) = self
+                .sink
+                .seen(key)
+                .await
+                .map_err(|e| self.store_failed(e))?
+            {
+                return Ok(self.recognised(seen));
+            }
+        }
+
         // 1. Parse: bytes or form fields become an envelope.
         let mut message = parse::parse(submission, options)?;
 
@@ -111,6 +124,43 @@ impl Pipeline {
         message.scan_targets = Vec::new();
 
         // 5. Sink: the write that makes the item accepted.
+        self.store(message, route, idempotency_key, Some(&checked.ticket))
+            .await
+    }
+
+    /// Stores an item its source has already set aside (an IMAP mail over
+    /// the size limit, known only by its headers): parsed for the envelope,
+    /// then written to `stream` with `kind` and `reason`, without guard or
+    /// scan, since there is nothing whole to check.
+    pub async fn set_aside(
+        &self,
+        submission: Submission,
+        options: ParseOptions<'_>,
+        stream: Stream,
+        kind: &'static str,
+        reason: String,
+    ) -> Result<Stored, PipelineError> {
+        let idempotency_key = submission.idempotency_key.clone();
+        let message = parse::parse(submission, options)?;
+        let route = Route {
+            stream,
+            kind,
+            reason: Some(reason),
+            duplicate_of: None,
+            answer: Answer::Accepted,
+        };
+        self.store(message, route, idempotency_key, None).await
+    }
+
+    /// Writes the entry; `ticket` is the guard's reservation, released when
+    /// the write fails and announced (duplicate counts) when it succeeds.
+    async fn store(
+        &self,
+        message: parse::Message,
+        route: Route,
+        idempotency_key: Option<String>,
+        ticket: Option<&crate::guard::Ticket>,
+    ) -> Result<Stored, PipelineError> {
         let Route {
             stream,
             kind,
@@ -131,13 +181,15 @@ impl Pipeline {
         let appended = match self.sink.append(&entry).await {
             Ok(appended) => appended,
             Err(e) => {
-                self.guard.not_stored(&checked.ticket).await;
+                if let Some(ticket) = ticket {
+                    self.guard.not_stored(ticket).await;
+                }
                 return Err(self.store_failed(e));
             }
         };
-        if let Appended::Written { .. } = appended {
+        if let (Appended::Written { .. }, Some(ticket)) = (&appended, ticket) {
             // 6. A folded item updates its desk item through `events`.
-            self.announce_fold(&checked.ticket, entry.id).await;
+            self.announce_fold(ticket, entry.id).await;
         }
         match appended {
             Appended::Written { entry_id } => {
@@ -180,6 +232,21 @@ impl Pipeline {
 }
 
 impl Pipeline {
+    /// The answer for an item stored before: its first receipt, nothing
+    /// written again.
+    fn recognised(&self, seen: crate::sink::Seen) -> Stored {
+        metrics::counter!("intake_items_already_stored_total", "stream" => seen.stream.name())
+            .increment(1);
+        tracing::info!(id = %seen.receipt, stream = %seen.stream, "item was stored before; not written again");
+        Stored {
+            id: seen.receipt.parse().unwrap_or_default(),
+            stream: seen.stream,
+            entry_id: seen.entry_id,
+            answer: Answer::Accepted,
+            already_stored: true,
+        }
+    }
+
     fn store_failed(&self, e: SinkError) -> PipelineError {
         let cause = match e {
             SinkError::Unavailable(_) => "unavailable",

@@ -19,6 +19,7 @@ use crate::pipeline::Pipeline;
 use crate::scan::Scanner;
 use crate::sink::redis::RedisSink;
 use crate::sources::http::{self, AppState};
+use crate::sources::imap::ImapSource;
 
 /// Exit code for a configuration the daemon cannot run with (EX_CONFIG).
 const EX_CONFIG: u8 = 78;
@@ -118,8 +119,17 @@ pub async fn run_on(
     let scanner = Scanner::from_config(config.scan.as_ref())
         .map_err(anyhow::Error::msg)
         .context("scan.clamd")?;
+    let redis_connection = sink.connection();
     let sink: Arc<dyn crate::sink::Sink> = Arc::new(sink);
-    let pipeline = Pipeline::new(guard.clone(), scanner.clone(), sink.clone());
+    let pipeline = Arc::new(Pipeline::new(guard.clone(), scanner.clone(), sink.clone()));
+    let imap = ImapSource::new(
+        &config.imap,
+        pipeline.clone(),
+        redis_connection,
+        &config.redis.prefix,
+        config.redis.timeout.into(),
+    )
+    .context("imap")?;
     let state = Arc::new(AppState {
         config: config.clone(),
         pipeline,
@@ -130,6 +140,7 @@ pub async fn run_on(
         tls = tls.is_some(),
         forms = config.forms.len(),
         raw_mail = state.mailgate_token.is_some(),
+        imap_mailboxes = imap.mailboxes(),
         "intake is serving"
     );
     match state.pipeline.sink().ping().await {
@@ -206,11 +217,14 @@ pub async fn run_on(
         )
         .await;
     };
+    // IMAP mailboxes stop with the same signal: unacknowledged mail stays
+    // on the server, and each lease is released for another replica.
+    let imap = imap.run(stop.clone());
     let signal = async {
         shutdown.await;
         stop.cancel();
     };
-    tokio::join!(public, admin, signal);
+    tokio::join!(public, admin, imap, signal);
     let _ = upkeep.await;
     if let Some(redrive) = redrive {
         // The task stops at its next step; a scan in flight is bounded by

@@ -91,6 +91,34 @@ fn describe() {
         "intake_clamav_info",
         "Always 1; labels give the ClamAV engine, signature version and date"
     );
+    describe_counter!(
+        "intake_imap_mails_total",
+        "IMAP mails by outcome: fetched, stored, already_stored (re-read after a crash), oversize, unreadable"
+    );
+    describe_counter!(
+        "intake_imap_errors_total",
+        "IMAP failures by kind: connect, timeout, tls, auth, protocol, store, redis"
+    );
+    describe_counter!(
+        "intake_imap_reconnects_total",
+        "IMAP sessions given up and started again after a failure"
+    );
+    describe_counter!(
+        "intake_imap_wakeups_total",
+        "Looks for new mail after waiting, by how: idle or poll"
+    );
+    describe_counter!(
+        "intake_imap_uidvalidity_changes_total",
+        "Mailboxes found with a new UIDVALIDITY and read again from the start"
+    );
+    describe_gauge!(
+        "intake_imap_lease_held",
+        "1 while this replica holds the mailbox's lease and works it"
+    );
+    describe_gauge!(
+        "intake_imap_backlog",
+        "Mails in the mailbox not yet read, as of the last search"
+    );
     describe_gauge!(
         "intake_redis_up",
         "1 when the last Redis check answered, else 0"

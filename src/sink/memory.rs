@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use super::{Appended, Entry, Sink, SinkError, SinkFuture, StoredEntry};
+use super::{Appended, Entry, Seen, Sink, SinkError, SinkFuture, StoredEntry};
 use crate::route::Stream;
 
 #[derive(Debug, Default)]
@@ -124,6 +124,20 @@ impl Sink for MemorySink {
                 .expect("memory sink lock")
                 .insert(entry_id.to_string());
             Ok(())
+        })
+    }
+
+    fn seen<'a>(&'a self, key: &'a str) -> SinkFuture<'a, Option<Seen>> {
+        Box::pin(async move {
+            self.check()?;
+            let entries = self.entries.lock().expect("memory sink lock");
+            Ok(entries.iter().enumerate().find_map(|(i, e)| {
+                (e.idempotency_key.as_deref() == Some(key)).then(|| Seen {
+                    stream: e.stream,
+                    receipt: e.id.to_string(),
+                    entry_id: format!("{}-0", i + 1),
+                })
+            }))
         })
     }
 

@@ -83,4 +83,26 @@ pub trait Sink: Send + Sync + 'static {
     fn remove<'a>(&'a self, stream: Stream, entry_id: &'a str) -> SinkFuture<'a, ()>;
     /// The number of entries in `stream`.
     fn len(&self, stream: Stream) -> SinkFuture<'_, u64>;
+    /// Where an item with this idempotency key was stored before, if it
+    /// was: the stream and the earlier receipt and entry id. Sources that
+    /// re-read (IMAP after a crash) ask first, so a re-read is recognised
+    /// before the abuse checks count it as a new duplicate.
+    fn seen<'a>(&'a self, key: &'a str) -> SinkFuture<'a, Option<Seen>>;
 }
+
+/// An idempotency key found in a stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seen {
+    pub stream: Stream,
+    pub receipt: String,
+    pub entry_id: String,
+}
+
+/// The streams a source's item can land in directly (events never hold
+/// one), in the order they are checked for an idempotency key.
+pub const ITEM_STREAMS: [Stream; 4] = [
+    Stream::Desk,
+    Stream::Suppressed,
+    Stream::Quarantine,
+    Stream::Held,
+];

@@ -9,7 +9,7 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, RedisError};
 
-use super::{Appended, Entry, Sink, SinkError, SinkFuture, StoredEntry};
+use super::{Appended, Entry, Seen, Sink, SinkError, SinkFuture, StoredEntry, ITEM_STREAMS};
 use crate::config::{RedisConfig, SecretValue};
 
 /// XADD at most once per idempotency key, atomically: a crash can never
@@ -65,7 +65,9 @@ impl RedisSink {
         })
     }
 
-    /// The shared connection (the guard keeps its state on it too).
+    /// The shared connection, for stages and sources that keep state of
+    /// their own in the same Redis (the guard's limits and dedupe, the IMAP
+    /// source's checkpoints and leases).
     pub fn connection(&self) -> ConnectionManager {
         self.connection.clone()
     }
@@ -222,6 +224,31 @@ impl Sink for RedisSink {
             )
             .await
             .map(drop)
+        })
+    }
+
+    fn seen<'a>(&'a self, key: &'a str) -> SinkFuture<'a, Option<Seen>> {
+        Box::pin(async move {
+            // One round trip: a GET per stream's key namespace, pipelined.
+            let mut pipe = redis::pipe();
+            for stream in ITEM_STREAMS {
+                pipe.cmd("GET").arg(self.idempotency_key(stream, key));
+            }
+            let mut connection = self.connection.clone();
+            let values: Vec<Option<String>> =
+                self.bounded(pipe.query_async(&mut connection)).await?;
+            Ok(ITEM_STREAMS
+                .into_iter()
+                .zip(values)
+                .find_map(|(stream, value)| {
+                    let value = value?;
+                    let (receipt, entry_id) = value.split_once(' ').unwrap_or((value.as_str(), ""));
+                    Some(Seen {
+                        stream,
+                        receipt: receipt.to_string(),
+                        entry_id: entry_id.to_string(),
+                    })
+                }))
         })
     }
 

@@ -3,3 +3,4 @@
 //! only once the item is stored.
 
 pub mod http;
+pub mod imap;

@@ -6,6 +6,7 @@
 
 pub mod clamd;
 pub mod envelope;
+pub mod imap;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -25,7 +25,7 @@ use respond::{json_response, ApiError, Body};
 /// What every request handler shares.
 pub struct AppState {
     pub config: Arc<Config>,
-    pub pipeline: Pipeline,
+    pub pipeline: Arc<Pipeline>,
     /// The bearer token of `POST /v1/messages`; `None` switches it off.
     pub mailgate_token: Option<SecretValue>,
 }

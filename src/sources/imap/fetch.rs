@@ -1,0 +1,243 @@
+//! The IMAP commands that move mail, each over a whole batch in one round
+//! trip: UID SEARCH for what is pending, UID FETCH of sizes, headers or
+//! whole mails over a UID set, and UID MOVE / STORE to acknowledge.
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use futures_util::TryStreamExt;
+
+use super::connect::{Features, Session};
+use super::error::ImapError;
+
+/// UIDs above `after` still waiting, oldest first. With `unseen_only`
+/// (processed mail is flagged, not moved) mail already seen is skipped.
+pub async fn pending(
+    session: &mut Session,
+    after: u32,
+    unseen_only: bool,
+) -> Result<Vec<u32>, ImapError> {
+    let from = after.saturating_add(1);
+    let query = if unseen_only {
+        format!("UID {from}:* UNSEEN")
+    } else {
+        format!("UID {from}:*")
+    };
+    let found = session
+        .uid_search(query)
+        .await
+        .map_err(ImapError::protocol("UID SEARCH"))?;
+    // `n:*` always matches the highest UID, even below n: filter it out.
+    let mut uids: Vec<u32> = found.into_iter().filter(|uid| *uid > after).collect();
+    uids.sort_unstable();
+    Ok(uids)
+}
+
+/// RFC822.SIZE of each mail of `uids` still in the mailbox (one expunged
+/// meanwhile is simply missing from the answer).
+pub async fn sizes(session: &mut Session, uids: &[u32]) -> Result<HashMap<u32, u32>, ImapError> {
+    let fetches = fetch(session, uids, "(UID RFC822.SIZE)", "UID FETCH sizes").await?;
+    Ok(fetches
+        .iter()
+        .filter_map(|f| Some((f.uid?, f.size?)))
+        .collect())
+}
+
+/// The whole mail of each of `uids`, without setting \Seen.
+pub async fn bodies(session: &mut Session, uids: &[u32]) -> Result<HashMap<u32, Bytes>, ImapError> {
+    let fetches = fetch(session, uids, "(UID BODY.PEEK[])", "UID FETCH mails").await?;
+    Ok(fetches
+        .iter()
+        .filter_map(|f| Some((f.uid?, Bytes::copy_from_slice(f.body()?))))
+        .collect())
+}
+
+/// Only the header of each of `uids` (for mail too big to download).
+pub async fn headers(
+    session: &mut Session,
+    uids: &[u32],
+) -> Result<HashMap<u32, Bytes>, ImapError> {
+    let fetches = fetch(
+        session,
+        uids,
+        "(UID BODY.PEEK[HEADER])",
+        "UID FETCH headers",
+    )
+    .await?;
+    Ok(fetches
+        .iter()
+        .filter_map(|f| Some((f.uid?, Bytes::copy_from_slice(f.header()?))))
+        .collect())
+}
+
+async fn fetch(
+    session: &mut Session,
+    uids: &[u32],
+    items: &str,
+    step: &'static str,
+) -> Result<Vec<async_imap::types::Fetch>, ImapError> {
+    if uids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let wanted: std::collections::HashSet<u32> = uids.iter().copied().collect();
+    let stream = session
+        .uid_fetch(uid_set(uids), items)
+        .await
+        .map_err(ImapError::protocol(step))?;
+    let all: Vec<_> = stream
+        .try_collect()
+        .await
+        .map_err(ImapError::protocol(step))?;
+    // Unsolicited FETCH responses (another client's flag change) may be
+    // mixed in: keep only answers about the UIDs asked for.
+    Ok(all
+        .into_iter()
+        .filter(|f| f.uid.is_some_and(|uid| wanted.contains(&uid)))
+        .collect())
+}
+
+/// Where acknowledged mail goes.
+#[derive(Debug, Clone, Copy)]
+pub enum Ack<'a> {
+    MoveTo(&'a str),
+    FlagSeen,
+}
+
+/// Acknowledges `uids` in one command: moved to a folder, or flagged \Seen.
+pub async fn acknowledge(
+    session: &mut Session,
+    features: Features,
+    uids: &[u32],
+    ack: Ack<'_>,
+) -> Result<(), ImapError> {
+    if uids.is_empty() {
+        return Ok(());
+    }
+    let set = uid_set(uids);
+    match ack {
+        Ack::FlagSeen => store(session, &set, "+FLAGS.SILENT (\\Seen)").await,
+        Ack::MoveTo(folder) if features.moves => session
+            .uid_mv(&set, folder)
+            .await
+            .map_err(ImapError::protocol("UID MOVE")),
+        Ack::MoveTo(folder) => {
+            // RFC 3501 without MOVE: copy, mark deleted, expunge. A crash
+            // in between leaves a copy in both places, never none.
+            session
+                .uid_copy(&set, folder)
+                .await
+                .map_err(ImapError::protocol("UID COPY"))?;
+            store(session, &set, "+FLAGS.SILENT (\\Deleted)").await?;
+            if features.uidplus {
+                let expunged = session
+                    .uid_expunge(&set)
+                    .await
+                    .map_err(ImapError::protocol("UID EXPUNGE"))?;
+                let _: Vec<_> = expunged
+                    .try_collect()
+                    .await
+                    .map_err(ImapError::protocol("UID EXPUNGE"))?;
+            } else {
+                let expunged = session
+                    .expunge()
+                    .await
+                    .map_err(ImapError::protocol("EXPUNGE"))?;
+                let _: Vec<_> = expunged
+                    .try_collect()
+                    .await
+                    .map_err(ImapError::protocol("EXPUNGE"))?;
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn store(session: &mut Session, set: &str, what: &str) -> Result<(), ImapError> {
+    let answers = session
+        .uid_store(set, what)
+        .await
+        .map_err(ImapError::protocol("UID STORE"))?;
+    let _: Vec<_> = answers
+        .try_collect()
+        .await
+        .map_err(ImapError::protocol("UID STORE"))?;
+    Ok(())
+}
+
+/// A compact UID set: sorted UIDs as ranges, `1:200,305,400:410`.
+pub fn uid_set(uids: &[u32]) -> String {
+    let mut sorted = uids.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut out = String::new();
+    let mut i = 0;
+    while i < sorted.len() {
+        let start = sorted[i];
+        let mut end = start;
+        while i + 1 < sorted.len() && sorted[i + 1] == end + 1 {
+            i += 1;
+            end = sorted[i];
+        }
+        if !out.is_empty() {
+            out.push(',');
+        }
+        if start == end {
+            out.push_str(&start.to_string());
+        } else {
+            out.push_str(&format!("{start}:{end}"));
+        }
+        i += 1;
+    }
+    out
+}
+
+/// The Message-ID header's value from raw header bytes, if any.
+pub fn message_id(raw: &[u8]) -> Option<String> {
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .or_else(|| raw.windows(2).position(|w| w == b"\n\n"))
+        .unwrap_or(raw.len());
+    let header = &raw[..end];
+    let mut lines = header.split(|b| *b == b'\n').peekable();
+    while let Some(line) = lines.next() {
+        if line.len() >= 11 && line[..11].eq_ignore_ascii_case(b"message-id:") {
+            let mut value = String::from_utf8_lossy(&line[11..]).into_owned();
+            // Folded continuation lines.
+            while let Some(next) = lines.peek() {
+                if next.first().is_some_and(|b| *b == b' ' || *b == b'\t') {
+                    value.push_str(&String::from_utf8_lossy(next));
+                    lines.next();
+                } else {
+                    break;
+                }
+            }
+            let value = value.trim().trim_matches(['<', '>']).trim().to_string();
+            return (!value.is_empty()).then_some(value);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uid_sets_are_ranges() {
+        assert_eq!(uid_set(&[5, 1, 2, 3, 7, 8, 10]), "1:3,5,7:8,10");
+        assert_eq!(uid_set(&[42]), "42");
+        assert_eq!(uid_set(&[]), "");
+    }
+
+    #[test]
+    fn message_id_is_found_case_and_fold_insensitively() {
+        let raw = b"From: a@b\r\nmessage-ID:\r\n <abc@shop.test>\r\nSubject: x\r\n\r\nMessage-ID: <body@x>\r\n";
+        assert_eq!(message_id(raw).as_deref(), Some("abc@shop.test"));
+        assert_eq!(
+            message_id(b"From: a@b\r\n\r\nMessage-ID: <no>\r\n"),
+            None,
+            "not from the body"
+        );
+    }
+}
