@@ -62,6 +62,10 @@ impl Pipeline {
         &self.sink
     }
 
+    pub fn guard(&self) -> &Guard {
+        &self.guard
+    }
+
     pub fn scanner(&self) -> &Scanner {
         &self.scanner
     }

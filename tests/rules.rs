@@ -537,6 +537,24 @@ async fn a_broken_rule_file_keeps_the_old_rules_and_a_fixed_one_is_picked_up() {
         metrics.contains("intake_rules_reload_failed 1"),
         "the failure is exported"
     );
+    let ready: serde_json::Value = client()
+        .get(format!("{}/readyz", gw.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        ready["rules"]["loaded"], 1,
+        "/readyz counts the rules in force"
+    );
+    assert!(
+        ready["rules"]["last_reload_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("rule[0].rate")),
+        "/readyz reports the failed reload: {ready}"
+    );
     receipt(post_mail(&gw, mail("erik@example.com", "a", "text one", "")).await).await;
     receipt(post_mail(&gw, mail("erik@example.com", "b", "text two", "")).await).await;
     assert_eq!(

@@ -99,6 +99,7 @@ where
 /// Ready when an item could be stored now.
 async fn readiness(state: &AppState) -> Response<Body> {
     let redis = state.pipeline.sink().ping().await;
+    let rules = state.pipeline.guard().rules();
     metrics::gauge!("intake_redis_up").set(if redis.is_ok() { 1.0 } else { 0.0 });
     let (status, redis_state) = match &redis {
         Ok(()) => (StatusCode::OK, "up".to_string()),
@@ -109,7 +110,12 @@ async fn readiness(state: &AppState) -> Response<Body> {
         &serde_json::json!({
             "status": if redis.is_ok() { "ready" } else { "not_ready" },
             "redis": redis_state,
-            "rules": "none loaded",
+            // Rules in force, and a reload that failed (the old set stays).
+            "rules": {
+                "loaded": rules.rules.len(),
+                "files": rules.files.len(),
+                "last_reload_error": state.pipeline.guard().last_reload_error(),
+            },
             // A dead scanner does not make the gateway unready: items
             // are held and re-scanned later, never lost.
             "scanner": state.pipeline.scanner().report(),
