@@ -21,4 +21,5 @@ pub mod sink;
 pub mod sources;
 pub mod submission;
 pub mod telemetry;
+pub mod tls_roots;
 pub mod verdict;

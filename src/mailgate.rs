@@ -46,8 +46,7 @@ use http::uri::{PathAndQuery, Scheme};
 use http::{HeaderName, HeaderValue, Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::rt::TokioIo;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -723,60 +722,16 @@ fn load_token(token_file: Option<&PathBuf>) -> Result<Token, MailgateError> {
     Ok(Token(bearer))
 }
 
-/// Where Unix systems keep their CA bundle, in the order rustls-native-certs
-/// (through openssl-probe) looks: Debian/Ubuntu/Alpine, RHEL/Fedora, SUSE,
-/// older RHEL, BSD and macOS, FreeBSD.
-const SYSTEM_CA_BUNDLES: &[&str] = &[
-    "/etc/ssl/certs/ca-certificates.crt",
-    "/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem",
-    "/etc/pki/tls/certs/ca-bundle.crt",
-    "/etc/ssl/ca-bundle.pem",
-    "/etc/pki/tls/cacert.pem",
-    "/etc/ssl/cert.pem",
-    "/usr/local/share/certs/ca-root-nss.crt",
-];
-
 /// A TLS connector trusting `--ca-file` alone when given, else the system's
 /// CA bundle (`SSL_CERT_FILE` first, as OpenSSL does).
 fn tls_connector(ca_file: Option<&PathBuf>) -> Result<tokio_rustls::TlsConnector, MailgateError> {
-    let mut roots = rustls::RootCertStore::empty();
-    match ca_file {
-        Some(path) => {
-            let ca_error = |source: Box<dyn StdError + Send + Sync>| MailgateError::CaFile {
-                path: path.clone(),
-                source,
-            };
-            let certs = CertificateDer::pem_file_iter(path)
-                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-                .map_err(|err| ca_error(Box::new(err)))?;
-            if certs.is_empty() {
-                return Err(ca_error("no PEM certificate in the file".into()));
-            }
-            for cert in certs {
-                roots.add(cert).map_err(|err| ca_error(Box::new(err)))?;
-            }
-        }
-        None => {
-            let from_env = std::env::var_os("SSL_CERT_FILE").map(PathBuf::from);
-            let candidates = from_env
-                .into_iter()
-                .chain(SYSTEM_CA_BUNDLES.iter().map(PathBuf::from));
-            for path in candidates {
-                // A bundle with one odd certificate is still a bundle: take
-                // what parses, as the system's own TLS libraries do.
-                if let Ok(certs) = CertificateDer::pem_file_iter(&path) {
-                    let (added, _ignored) =
-                        roots.add_parsable_certificates(certs.filter_map(Result::ok));
-                    if added > 0 {
-                        break;
-                    }
-                }
-            }
-            if roots.is_empty() {
-                return Err(MailgateError::NoSystemRoots);
-            }
-        }
-    }
+    let roots = crate::tls_roots::load(ca_file.map(PathBuf::as_path)).map_err(|err| match err {
+        crate::tls_roots::RootsError::NoSystemBundle => MailgateError::NoSystemRoots,
+        other => MailgateError::CaFile {
+            path: ca_file.cloned().unwrap_or_default(),
+            source: Box::new(other),
+        },
+    })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

@@ -3,12 +3,11 @@
 //! XOAUTH2. Every step is bounded by a timeout.
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use async_imap::types::Capabilities;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, ServerName};
+use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
@@ -43,45 +42,8 @@ impl Features {
 
 /// The TLS settings of one account, built once at start.
 pub fn tls_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, ImapError> {
-    let mut roots = rustls::RootCertStore::empty();
-    match ca_file {
-        Some(path) => {
-            let certs = CertificateDer::pem_file_iter(path)
-                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| ImapError::Ca(format!("{}: {e}", path.display())))?;
-            if certs.is_empty() {
-                return Err(ImapError::Ca(format!(
-                    "{}: no PEM certificate in the file",
-                    path.display()
-                )));
-            }
-            for cert in certs {
-                roots
-                    .add(cert)
-                    .map_err(|e| ImapError::Ca(format!("{}: {e}", path.display())))?;
-            }
-        }
-        None => {
-            // SSL_CERT_FILE first, as OpenSSL does, then the usual places.
-            let candidates = std::env::var_os("SSL_CERT_FILE")
-                .map(PathBuf::from)
-                .into_iter()
-                .chain(SYSTEM_CA_BUNDLES.iter().map(PathBuf::from));
-            for path in candidates {
-                if let Ok(certs) = CertificateDer::pem_file_iter(&path) {
-                    let (added, _) = roots.add_parsable_certificates(certs.filter_map(Result::ok));
-                    if added > 0 {
-                        break;
-                    }
-                }
-            }
-            if roots.is_empty() {
-                return Err(ImapError::Ca(
-                    "no system CA bundle found; set SSL_CERT_FILE or imap.ca_file".into(),
-                ));
-            }
-        }
-    }
+    let roots = crate::tls_roots::load(ca_file)
+        .map_err(|e| ImapError::Ca(crate::sources::http::respond::error_chain(&e)))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -90,17 +52,6 @@ pub fn tls_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, I
         .with_no_client_auth();
     Ok(Arc::new(config))
 }
-
-/// Where Unix systems keep their CA bundle (the list openssl-probe uses).
-const SYSTEM_CA_BUNDLES: &[&str] = &[
-    "/etc/ssl/certs/ca-certificates.crt",
-    "/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem",
-    "/etc/pki/tls/certs/ca-bundle.crt",
-    "/etc/ssl/ca-bundle.pem",
-    "/etc/pki/tls/cacert.pem",
-    "/etc/ssl/cert.pem",
-    "/usr/local/share/certs/ca-root-nss.crt",
-];
 
 /// Connects, secures and logs in. The password (or token) is read now, so
 /// a rotated token file is picked up at the next login.
