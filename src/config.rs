@@ -47,6 +47,9 @@ pub struct Config {
     /// Rate-limit, collapse and loop rules (`rules/*.toml`).
     #[serde(default)]
     pub rules: crate::guard::config::RulesConfig,
+    /// Card-number redaction.
+    #[serde(default)]
+    pub privacy: crate::parse::redact::PrivacyConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -17,6 +17,7 @@ pub struct Pipeline {
     guard: Guard,
     scanner: Scanner,
     sink: Arc<dyn Sink>,
+    privacy: crate::parse::redact::PrivacyConfig,
 }
 
 /// An item that is stored: the source may acknowledge it now.
@@ -55,7 +56,14 @@ impl Pipeline {
             guard,
             scanner,
             sink,
+            privacy: Default::default(),
         }
+    }
+
+    /// Sets the `[privacy]` rules (card redaction is on by default).
+    pub fn with_privacy(mut self, privacy: crate::parse::redact::PrivacyConfig) -> Self {
+        self.privacy = privacy;
+        self
     }
 
     pub fn sink(&self) -> &Arc<dyn Sink> {
@@ -92,6 +100,7 @@ impl Pipeline {
 
         // 1. Parse: bytes or form fields become an envelope.
         let mut message = parse::parse(submission, options)?;
+        parse::redact::redact_envelope(&mut message.envelope, &self.privacy);
 
         // 2. Guard: cheap checks first, so a flood never costs a scan.
         let checked = self.guard.check(&mut message).await?;
@@ -145,7 +154,8 @@ impl Pipeline {
         reason: String,
     ) -> Result<Stored, PipelineError> {
         let idempotency_key = submission.idempotency_key.clone();
-        let message = parse::parse(submission, options)?;
+        let mut message = parse::parse(submission, options)?;
+        parse::redact::redact_envelope(&mut message.envelope, &self.privacy);
         let route = Route {
             stream,
             kind,

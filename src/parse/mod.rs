@@ -7,6 +7,7 @@
 
 mod form;
 mod mail;
+pub mod redact;
 mod reply;
 
 use bytes::Bytes;
