@@ -18,6 +18,7 @@ pub struct Pipeline {
     scanner: Scanner,
     sink: Arc<dyn Sink>,
     privacy: crate::parse::redact::PrivacyConfig,
+    mime: crate::parse::limits::MimeConfig,
 }
 
 /// An item that is stored: the source may acknowledge it now.
@@ -57,12 +58,19 @@ impl Pipeline {
             scanner,
             sink,
             privacy: Default::default(),
+            mime: Default::default(),
         }
     }
 
     /// Sets the `[privacy]` rules (card redaction is on by default).
     pub fn with_privacy(mut self, privacy: crate::parse::redact::PrivacyConfig) -> Self {
         self.privacy = privacy;
+        self
+    }
+
+    /// Sets the `[mime]` limits (safe defaults otherwise).
+    pub fn with_mime_limits(mut self, mime: crate::parse::limits::MimeConfig) -> Self {
+        self.mime = mime;
         self
     }
 
@@ -101,6 +109,11 @@ impl Pipeline {
         // 1. Parse: bytes or form fields become an envelope.
         let mut message = parse::parse(submission, options)?;
         parse::redact::redact_envelope(&mut message.envelope, &self.privacy);
+        if let Some(reason) = self.mime.exceeded(&message.mime) {
+            return self
+                .beyond_mime_limits(message, reason, idempotency_key)
+                .await;
+        }
 
         // 2. Guard: cheap checks first, so a flood never costs a scan.
         let checked = self.guard.check(&mut message).await?;
@@ -139,6 +152,28 @@ impl Pipeline {
         // 5. Sink: the write that makes the item accepted.
         self.store(message, route, idempotency_key, Some(&checked.ticket))
             .await
+    }
+
+    /// A mail beyond a `[mime]` limit: quarantined (kind `mime-limit`)
+    /// without guard or scan, and answered as accepted, so a mail server
+    /// does not retry it and an operator finds it with its reason.
+    async fn beyond_mime_limits(
+        &self,
+        mut message: parse::Message,
+        reason: String,
+        idempotency_key: Option<String>,
+    ) -> Result<Stored, PipelineError> {
+        metrics::counter!("intake_mime_limit_total").increment(1);
+        tracing::warn!(id = %message.envelope.id, %reason, "item quarantined: beyond a MIME limit");
+        message.scan_targets = Vec::new();
+        let route = Route {
+            stream: Stream::Quarantine,
+            kind: "mime-limit",
+            reason: Some(reason),
+            duplicate_of: None,
+            answer: Answer::Accepted,
+        };
+        self.store(message, route, idempotency_key, None).await
     }
 
     /// Stores an item its source has already set aside (an IMAP mail over

@@ -123,7 +123,8 @@ pub async fn run_on(
     let sink: Arc<dyn crate::sink::Sink> = Arc::new(sink);
     let pipeline = Arc::new(
         Pipeline::new(guard.clone(), scanner.clone(), sink.clone())
-            .with_privacy(config.privacy.clone()),
+            .with_privacy(config.privacy.clone())
+            .with_mime_limits(config.mime.clone()),
     );
     let imap = ImapSource::new(
         &config.imap,

@@ -214,6 +214,7 @@ impl Redrive {
             envelope,
             scan_targets,
             trap: None,
+            mime: Default::default(),
         })
     }
 }
