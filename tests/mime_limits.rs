@@ -193,3 +193,29 @@ async fn decoded_content_past_the_limit_is_quarantined() {
     .await;
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn twenty_thousand_nested_messages_do_not_crash_the_gateway() {
+    // 640 KB of hostile nesting, within messages.max_size: parsing and
+    // dropping it must not overflow a worker's stack.
+    let gw = Gateway::start("mime_depth_hostile").await;
+    let mut raw = Vec::new();
+    for _ in 0..20_000 {
+        raw.extend_from_slice(b"Content-Type: message/rfc822\r\n\r\n");
+    }
+    raw.extend_from_slice(b"From: ann@example.com\r\nSubject: core\r\n\r\ncore\r\n");
+    assert_eq!(post_mail(&gw, raw).await, 202, "stored, not crashed");
+    let quarantine = gw.entries("quarantine").await;
+    assert_eq!(quarantine.len(), 1, "one quarantine entry");
+    assert_eq!(quarantine[0].field("kind"), "mime-limit");
+    assert_eq!(
+        post_mail(
+            &gw,
+            b"From: bob@example.com\r\nSubject: ok\r\n\r\nfine\r\n".to_vec()
+        )
+        .await,
+        202,
+        "the gateway still serves"
+    );
+    gw.stop().await;
+}

@@ -151,6 +151,21 @@ pub(super) fn measure(message: &mail_parser::Message<'_>) -> MimeStats {
     stats
 }
 
+/// Drops a parsed message level by level. mail-parser's own drop recurses
+/// once per nested message/rfc822, and some 10,000 levels (300 KB of
+/// hostile mail) overflow a 2 MiB worker stack and abort the process.
+pub(super) fn dismantle(message: mail_parser::Message<'_>) {
+    let mut stack = vec![message];
+    while let Some(mut message) = stack.pop() {
+        for part in &mut message.parts {
+            if let mail_parser::PartType::Message(nested) = std::mem::take(&mut part.body) {
+                stack.push(nested);
+            }
+        }
+        // `message` is dropped here, with no nested message left inside.
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -245,6 +260,41 @@ mod tests {
             Some("601 MIME parts exceed mime.max_parts 500")
         );
     }
+
+    #[test]
+    fn very_deep_attached_messages_parse_on_a_small_stack() {
+        // Far past any limit, as a hostile sender could post within
+        // messages.max_size; parse, measure and drop on a 2 MiB stack
+        // (a tokio worker's) must not overflow.
+        let mut raw = Vec::new();
+        for _ in 0..DEEP {
+            raw.extend_from_slice(b"Content-Type: message/rfc822\r\n\r\n");
+        }
+        raw.extend_from_slice(b"Subject: core\r\n\r\ncore\r\n");
+        let depth = std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(move || {
+                let submission = crate::submission::Submission::new(
+                    crate::envelope::Source::Mailgate {
+                        sender: None,
+                        recipients: vec![],
+                        ip: "127.0.0.1".into(),
+                    },
+                    crate::submission::Payload::Mail(raw.into()),
+                );
+                let options = crate::parse::ParseOptions {
+                    form: None,
+                    keep_raw: true,
+                };
+                crate::parse::parse(submission, options).unwrap().mime.depth
+            })
+            .unwrap()
+            .join()
+            .expect("no stack overflow");
+        assert!(depth > 20, "measured as deep: {depth}");
+    }
+
+    const DEEP: usize = 20_000;
 
     #[test]
     fn validation_names_every_bad_setting() {

@@ -159,6 +159,7 @@ pub(super) fn fill(
     if keep_raw {
         envelope.raw = Some(Base64(raw.clone()));
     }
+    super::limits::dismantle(message);
     targets
 }
 
