@@ -47,6 +47,12 @@ pub struct Config {
     /// Rate-limit, collapse and loop rules (`rules/*.toml`).
     #[serde(default)]
     pub rules: crate::guard::config::RulesConfig,
+    /// Card-number redaction.
+    #[serde(default)]
+    pub privacy: crate::parse::redact::PrivacyConfig,
+    /// MIME limits; a mail beyond one is quarantined.
+    #[serde(default)]
+    pub mime: crate::parse::limits::MimeConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -413,6 +419,7 @@ impl Config {
             }
         }
         self.rules.validate(&mut problems);
+        self.mime.validate(&mut problems);
         let mut seen = HashSet::new();
         for (i, form) in self.forms.iter().enumerate() {
             let at = format!("form[{i}] ({})", form.id);

@@ -17,6 +17,8 @@ pub struct Pipeline {
     guard: Guard,
     scanner: Scanner,
     sink: Arc<dyn Sink>,
+    privacy: crate::parse::redact::PrivacyConfig,
+    mime: crate::parse::limits::MimeConfig,
 }
 
 /// An item that is stored: the source may acknowledge it now.
@@ -55,7 +57,21 @@ impl Pipeline {
             guard,
             scanner,
             sink,
+            privacy: Default::default(),
+            mime: Default::default(),
         }
+    }
+
+    /// Sets the `[privacy]` rules (card redaction is on by default).
+    pub fn with_privacy(mut self, privacy: crate::parse::redact::PrivacyConfig) -> Self {
+        self.privacy = privacy;
+        self
+    }
+
+    /// Sets the `[mime]` limits (safe defaults otherwise).
+    pub fn with_mime_limits(mut self, mime: crate::parse::limits::MimeConfig) -> Self {
+        self.mime = mime;
+        self
     }
 
     pub fn sink(&self) -> &Arc<dyn Sink> {
@@ -92,6 +108,12 @@ impl Pipeline {
 
         // 1. Parse: bytes or form fields become an envelope.
         let mut message = parse::parse(submission, options)?;
+        parse::redact::redact_envelope(&mut message.envelope, &self.privacy);
+        if let Some(reason) = self.mime.exceeded(&message.mime) {
+            return self
+                .beyond_mime_limits(message, reason, idempotency_key)
+                .await;
+        }
 
         // 2. Guard: cheap checks first, so a flood never costs a scan.
         let checked = self.guard.check(&mut message).await?;
@@ -132,6 +154,28 @@ impl Pipeline {
             .await
     }
 
+    /// A mail beyond a `[mime]` limit: quarantined (kind `mime-limit`)
+    /// without guard or scan, and answered as accepted, so a mail server
+    /// does not retry it and an operator finds it with its reason.
+    async fn beyond_mime_limits(
+        &self,
+        mut message: parse::Message,
+        reason: String,
+        idempotency_key: Option<String>,
+    ) -> Result<Stored, PipelineError> {
+        metrics::counter!("intake_mime_limit_total").increment(1);
+        tracing::warn!(id = %message.envelope.id, %reason, "item quarantined: beyond a MIME limit");
+        message.scan_targets = Vec::new();
+        let route = Route {
+            stream: Stream::Quarantine,
+            kind: "mime-limit",
+            reason: Some(reason),
+            duplicate_of: None,
+            answer: Answer::Accepted,
+        };
+        self.store(message, route, idempotency_key, None).await
+    }
+
     /// Stores an item its source has already set aside (an IMAP mail over
     /// the size limit, known only by its headers): parsed for the envelope,
     /// then written to `stream` with `kind` and `reason`, without guard or
@@ -145,7 +189,8 @@ impl Pipeline {
         reason: String,
     ) -> Result<Stored, PipelineError> {
         let idempotency_key = submission.idempotency_key.clone();
-        let message = parse::parse(submission, options)?;
+        let mut message = parse::parse(submission, options)?;
+        parse::redact::redact_envelope(&mut message.envelope, &self.privacy);
         let route = Route {
             stream,
             kind,

@@ -121,7 +121,11 @@ pub async fn run_on(
         .context("scan.clamd")?;
     let redis_connection = sink.connection();
     let sink: Arc<dyn crate::sink::Sink> = Arc::new(sink);
-    let pipeline = Arc::new(Pipeline::new(guard.clone(), scanner.clone(), sink.clone()));
+    let pipeline = Arc::new(
+        Pipeline::new(guard.clone(), scanner.clone(), sink.clone())
+            .with_privacy(config.privacy.clone())
+            .with_mime_limits(config.mime.clone()),
+    );
     let imap = ImapSource::new(
         &config.imap,
         pipeline.clone(),

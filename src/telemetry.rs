@@ -55,6 +55,14 @@ fn describe() {
         "Time from request to answer, by endpoint"
     );
     describe_counter!(
+        "intake_cards_redacted_total",
+        "Payment card numbers masked before storing ([privacy] redact_cards)"
+    );
+    describe_counter!(
+        "intake_mime_limit_total",
+        "Mails quarantined for exceeding a [mime] limit"
+    );
+    describe_counter!(
         "intake_items_total",
         "Items stored, by stream, kind and channel"
     );

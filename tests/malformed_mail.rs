@@ -75,6 +75,12 @@ async fn post_raw(test: &str, raw: &[u8]) -> (Gateway, u16, Value) {
 /// receipt, `raw` equal to the input, and an envelope the schema accepts.
 /// Returns that envelope, for the checks of what could be read.
 async fn assert_stored(test: &str, raw: &[u8]) -> Value {
+    assert_stored_in(test, raw, "desk", None).await
+}
+
+/// Like [`assert_stored`], for a mail that lands in `stream` (a mail beyond
+/// a `[mime]` limit goes to `quarantine`), with the entry's `reason`.
+async fn assert_stored_in(test: &str, raw: &[u8], stream: &str, reason: Option<&str>) -> Value {
     let direct = parse_directly(raw)
         .unwrap_or_else(|e| panic!("{test}: the parser refused a non-empty message: {e}"));
     assert_eq!(
@@ -86,8 +92,11 @@ async fn assert_stored(test: &str, raw: &[u8]) -> Value {
     let (gw, status, body) = post_raw(test, raw).await;
     assert_eq!(status, 202, "{test}: not stored: {body}");
     let id = body["id"].as_str().expect("the 202 carries a receipt id");
-    let desk = gw.entries("desk").await;
-    assert_eq!(desk.len(), 1, "{test}: one message, one desk entry");
+    let desk = gw.entries(stream).await;
+    assert_eq!(desk.len(), 1, "{test}: one message, one {stream} entry");
+    if let Some(reason) = reason {
+        assert_eq!(desk[0].field("reason"), reason, "{test}: the limit named");
+    }
     assert_eq!(
         desk[0].field("id"),
         id,
@@ -277,7 +286,7 @@ async fn multipart_content_type_without_boundary_is_stored() {
 }
 
 #[tokio::test]
-async fn fifty_deep_nested_multipart_is_stored() {
+async fn fifty_deep_nested_multipart_is_stored_in_quarantine() {
     let depth = 50;
     let mut raw = b"From: ann@example.com\r\nSubject: deep\r\nMIME-Version: 1.0\r\n".to_vec();
     for level in 0..depth {
@@ -290,7 +299,14 @@ async fn fifty_deep_nested_multipart_is_stored() {
     for level in (0..depth).rev() {
         raw.extend_from_slice(format!("--level{level}--\r\n").as_bytes());
     }
-    let env = assert_stored("fifty_deep", &raw).await;
+    // Beyond the default mime.max_depth (20): stored, but in quarantine.
+    let env = assert_stored_in(
+        "fifty_deep",
+        &raw,
+        "quarantine",
+        Some("nesting depth 50 exceeds mime.max_depth 20"),
+    )
+    .await;
     assert_eq!(subject(&env), "deep");
 }
 
@@ -471,10 +487,18 @@ async fn final_header_without_a_line_break_is_read() {
 }
 
 #[tokio::test]
-async fn header_line_of_twenty_thousand_characters_is_kept_whole() {
+async fn header_line_of_twenty_thousand_characters_is_kept_whole_in_quarantine() {
     let long = "x".repeat(20_000);
     let raw = format!("From: ann@example.com\r\nSubject: {long}\r\n\r\nshort body\r\n");
-    let env = assert_stored("long_header", raw.as_bytes()).await;
+    // Beyond the default mime.max_header_line (10,000): stored whole, in
+    // quarantine.
+    let env = assert_stored_in(
+        "long_header",
+        raw.as_bytes(),
+        "quarantine",
+        Some("a header line of 20009 bytes exceeds mime.max_header_line 10000"),
+    )
+    .await;
     assert_eq!(subject(&env).len(), 20_000, "the long subject is not cut");
     assert!(
         text(&env).contains("short body"),

@@ -458,6 +458,7 @@ pub(crate) mod tests {
             envelope,
             scan_targets: vec![],
             trap: None,
+            mime: Default::default(),
         }
     }
 

@@ -6,11 +6,18 @@ use std::borrow::Cow;
 use bytes::Bytes;
 use mail_parser::{HeaderValue, MessageParser, MimeHeaders, PartType};
 
+use super::limits::MimeStats;
 use super::{reply, sha256_hex, ScanTarget};
 use crate::envelope::{Address, Attachment, Base64, Disposition, Envelope, Header, Source};
 
 /// Fills `envelope` from a raw message and returns what must be scanned.
-pub(super) fn fill(envelope: &mut Envelope, raw: &Bytes, keep_raw: bool) -> Vec<ScanTarget> {
+/// `stats` gets the message's MIME measurements (see [`super::limits`]).
+pub(super) fn fill(
+    envelope: &mut Envelope,
+    raw: &Bytes,
+    keep_raw: bool,
+    stats: &mut MimeStats,
+) -> Vec<ScanTarget> {
     let mut targets = vec![ScanTarget {
         name: "message".into(),
         data: raw.clone(),
@@ -25,6 +32,7 @@ pub(super) fn fill(envelope: &mut Envelope, raw: &Bytes, keep_raw: bool) -> Vec<
         envelope.text = Some(String::from_utf8_lossy(raw).into_owned());
         return targets;
     };
+    *stats = super::limits::measure(&message);
 
     for header in message.headers() {
         let start = header.offset_start() as usize;
@@ -151,6 +159,7 @@ pub(super) fn fill(envelope: &mut Envelope, raw: &Bytes, keep_raw: bool) -> Vec<
     if keep_raw {
         envelope.raw = Some(Base64(raw.clone()));
     }
+    super::limits::dismantle(message);
     targets
 }
 

@@ -6,7 +6,9 @@
 //! and what could be read (headers, text) is filled in.
 
 mod form;
+pub mod limits;
 mod mail;
+pub mod redact;
 mod reply;
 
 use bytes::Bytes;
@@ -27,6 +29,8 @@ pub struct Message {
     pub scan_targets: Vec<ScanTarget>,
     /// A bot trap that fired (a filled honeypot field), for the guard.
     pub trap: Option<String>,
+    /// The mail's MIME measurements, checked against `[mime]` limits.
+    pub mime: limits::MimeStats,
 }
 
 /// One blob for the virus scanner, with a name for its report.
@@ -94,12 +98,13 @@ pub fn parse(submission: Submission, options: ParseOptions<'_>) -> Result<Messag
         raw: None,
     };
     let mut trap = None;
+    let mut mime = limits::MimeStats::default();
     let scan_targets = match payload {
         Payload::Mail(raw) => {
             if raw.iter().all(u8::is_ascii_whitespace) {
                 return Err(ParseError::Empty);
             }
-            mail::fill(&mut envelope, &raw, options.keep_raw)
+            mail::fill(&mut envelope, &raw, options.keep_raw, &mut mime)
         }
         Payload::Form(post) => {
             let form = options.form.ok_or(ParseError::FormNotDeclared)?;
@@ -113,6 +118,7 @@ pub fn parse(submission: Submission, options: ParseOptions<'_>) -> Result<Messag
         envelope,
         scan_targets,
         trap,
+        mime,
     })
 }
 

@@ -151,7 +151,14 @@ impl Redrive {
         let route = route::route(&mut message, GuardVerdict::Pass, verdict);
         let envelope = &mut message.envelope;
         let unparsed = envelope.abuse.tags.iter().any(|t| t == "unparsed");
-        if !self.keep_raw && !unparsed {
+        // A card number was masked: the raw copy kept only for the
+        // re-scan must not reach the desk.
+        let redacted = envelope
+            .abuse
+            .tags
+            .iter()
+            .any(|t| t == crate::parse::redact::TAG_RAW_DROPPED);
+        if (!self.keep_raw && !unparsed) || redacted {
             envelope.raw = None;
         }
         let entry = Entry {
@@ -207,6 +214,7 @@ impl Redrive {
             envelope,
             scan_targets,
             trap: None,
+            mime: Default::default(),
         })
     }
 }
