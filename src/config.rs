@@ -73,6 +73,19 @@ pub struct HttpConfig {
     /// What `Retry-After` says when an item cannot be stored right now.
     #[serde(default = "default_retry_after")]
     pub retry_after: HumanDuration,
+    /// Largest request head (request line and headers) one HTTP/1 request
+    /// may send; past it the client gets 431. At least 8KiB (hyper's
+    /// smallest read buffer). Also bounds an HTTP/2 header list.
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: ByteSize,
+    /// Most header fields one request may send; past it the client gets 431.
+    #[serde(default = "default_max_headers")]
+    pub max_headers: usize,
+    /// Requests one client IP may have in flight at once; past it the
+    /// client gets 429 with `Retry-After: 1`, so one address cannot take
+    /// every worker while others wait.
+    #[serde(default = "default_max_requests_per_ip")]
+    pub max_requests_per_ip: usize,
 }
 
 impl Default for HttpConfig {
@@ -84,6 +97,9 @@ impl Default for HttpConfig {
             request_timeout: default_request_timeout(),
             max_connections: default_max_connections(),
             retry_after: default_retry_after(),
+            max_header_bytes: default_max_header_bytes(),
+            max_headers: default_max_headers(),
+            max_requests_per_ip: default_max_requests_per_ip(),
         }
     }
 }
@@ -381,6 +397,16 @@ impl Config {
         if self.redis.timeout.0 < Duration::from_millis(10) {
             problems.push("redis.timeout: must be at least 10ms".into());
         }
+        // hyper panics below 8KiB; above 1MiB a header is an attack, not a request.
+        if !(8 * 1024..=1024 * 1024).contains(&self.http.max_header_bytes.0) {
+            problems.push("http.max_header_bytes: must be between 8KiB and 1MiB".into());
+        }
+        if !(1..=1000).contains(&self.http.max_headers) {
+            problems.push("http.max_headers: must be between 1 and 1000".into());
+        }
+        if self.http.max_requests_per_ip == 0 {
+            problems.push("http.max_requests_per_ip: must be at least 1".into());
+        }
         if let Some(secret) = &self.redis.password {
             if let Err(e) = secret.resolve() {
                 problems.push(format!("redis.password: {e}"));
@@ -484,6 +510,15 @@ fn default_request_timeout() -> HumanDuration {
 }
 fn default_max_connections() -> usize {
     1024
+}
+fn default_max_header_bytes() -> ByteSize {
+    ByteSize(32 * 1024)
+}
+fn default_max_headers() -> usize {
+    64
+}
+fn default_max_requests_per_ip() -> usize {
+    32
 }
 fn default_retry_after() -> HumanDuration {
     HumanDuration(Duration::from_secs(30))

@@ -134,6 +134,7 @@ pub async fn run_on(
         config: config.clone(),
         pipeline,
         mailgate_token,
+        per_ip: crate::sources::http::per_ip::PerIpLimit::new(config.http.max_requests_per_ip),
     });
     tracing::info!(
         listen = %listener.local_addr()?,
