@@ -47,6 +47,9 @@ pub struct Config {
     /// Rate-limit, collapse and loop rules (`rules/*.toml`).
     #[serde(default)]
     pub rules: crate::guard::config::RulesConfig,
+    /// The key form tokens are signed with.
+    #[serde(default)]
+    pub forms_security: Option<crate::formguard::FormsSecurityConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -217,6 +220,27 @@ pub struct FormConfig {
     /// Most fields one post may carry.
     #[serde(default = "default_max_fields")]
     pub max_fields: usize,
+    /// A field people never see (hidden by the page's CSS) and bots fill
+    /// in; a post with it is trapped.
+    #[serde(default = "default_honeypot")]
+    pub honeypot: String,
+    /// `off`, `optional` or `required`: whether posts carry a signed
+    /// timestamp token (`GET /v1/forms/{id}/token`) in `_token`. Needs
+    /// `[forms_security] secret`.
+    #[serde(default)]
+    pub token: crate::formguard::TokenMode,
+    /// A token younger than this was posted faster than a person types:
+    /// the post is trapped.
+    #[serde(default = "default_token_min_age")]
+    pub token_min_age: HumanDuration,
+    /// A token older than this has expired: the post is trapped. A used
+    /// token is remembered this long, so a replay is trapped too.
+    #[serde(default = "default_token_max_age")]
+    pub token_max_age: HumanDuration,
+    /// Most links (`http://`, `https://`, `www.`) the message field may
+    /// hold; more is trapped. None: no limit.
+    #[serde(default)]
+    pub max_links: Option<usize>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -377,6 +401,13 @@ impl Config {
                 fix(file);
             }
         }
+        if let Some(file) = self
+            .forms_security
+            .as_mut()
+            .and_then(|f| f.secret.file.as_mut())
+        {
+            fix(file);
+        }
     }
 
     /// Checks everything serde cannot; returns every problem found.
@@ -420,6 +451,34 @@ impl Config {
         if let Some(secret) = &self.admin.token {
             if let Err(e) = secret.resolve() {
                 problems.push(format!("admin.token: {e}"));
+            }
+        }
+        match &self.forms_security {
+            Some(security) => match security.secret.resolve() {
+                Ok(secret) if secret.expose().len() < 16 => problems.push(
+                    "forms_security.secret: use at least 16 characters (openssl rand -hex 32)"
+                        .into(),
+                ),
+                Ok(_) => {}
+                Err(e) => problems.push(format!("forms_security.secret: {e}")),
+            },
+            None => {
+                for form in &self.forms {
+                    if form.token != crate::formguard::TokenMode::Off {
+                        problems.push(format!(
+                            "form `{}`.token: needs [forms_security] secret to sign tokens",
+                            form.id
+                        ));
+                    }
+                }
+            }
+        }
+        for form in &self.forms {
+            if form.token_min_age.0 >= form.token_max_age.0 {
+                problems.push(format!(
+                    "form `{}`.token_min_age: must be shorter than token_max_age",
+                    form.id
+                ));
             }
         }
         if self.admin.token.is_some() && self.admin.listen == self.http.listen {
@@ -538,6 +597,15 @@ fn default_form_max_size() -> ByteSize {
 fn default_max_files() -> usize {
     5
 }
+fn default_honeypot() -> String {
+    "_gotcha".into()
+}
+fn default_token_min_age() -> HumanDuration {
+    HumanDuration(Duration::from_secs(3))
+}
+fn default_token_max_age() -> HumanDuration {
+    HumanDuration(Duration::from_secs(2 * 3600))
+}
 fn default_max_fields() -> usize {
     100
 }
@@ -570,6 +638,38 @@ mod tests {
         assert_eq!(c.redis.prefix, "intake");
         assert_eq!(c.messages.max_size.bytes(), 50_000_000);
         assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn hardening_limits_and_form_tokens_are_validated_together() {
+        let text = format!(
+            "{MINIMAL}[http]\nmax_header_bytes = \"1KiB\"\nmax_headers = 0\nmax_requests_per_ip = 0\n\
+             [[form]]\nid = \"contact\"\ntoken = \"required\"\ntoken_min_age = \"3h\"\n"
+        );
+        let problems = Config::from_toml(&text).unwrap().validate().unwrap_err();
+        for key in [
+            "http.max_header_bytes",
+            "http.max_headers",
+            "http.max_requests_per_ip",
+            "needs [forms_security] secret",
+            "token_min_age",
+        ] {
+            assert!(
+                problems.iter().any(|p| p.contains(key)),
+                "no problem names {key}: {problems:?}"
+            );
+        }
+        let c = Config::from_toml(MINIMAL).unwrap();
+        assert_eq!(c.http.max_header_bytes.bytes(), 32 * 1024);
+        assert_eq!(c.http.max_requests_per_ip, 32);
+    }
+
+    #[test]
+    fn the_dev_config_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/dev/intake.toml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let c = Config::from_toml(&text).expect("deploy/dev/intake.toml parses");
+        assert_eq!(c.http.max_requests_per_ip, 32);
     }
 
     #[test]

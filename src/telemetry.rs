@@ -50,6 +50,10 @@ fn describe() {
         "HTTP requests answered, by endpoint and status code"
     );
     describe_counter!(
+        "intake_form_bot_checks_total",
+        "Form posts taken for bots (answered 202, stored as trapped), by check"
+    );
+    describe_counter!(
         "intake_http_limit_refusals_total",
         "Requests or connections refused by an HTTP limit, by limit (requests_per_ip, headers, header_timeout)"
     );

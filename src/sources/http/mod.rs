@@ -31,6 +31,10 @@ pub struct AppState {
     pub mailgate_token: Option<SecretValue>,
     /// Requests in flight per client IP (`http.max_requests_per_ip`).
     pub per_ip: per_ip::PerIpLimit,
+    /// Signs form tokens; `None` without `[forms_security]`.
+    pub form_tokens: Option<crate::formguard::TokenKey>,
+    /// Remembers used form tokens (replay check).
+    pub redis: Option<redis::aio::ConnectionManager>,
 }
 
 /// Answers one request. Never fails: every refusal is an answer.
@@ -100,6 +104,7 @@ where
     let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
     match segments.as_slice() {
         ["v1", "forms", form] => forms::handle(state, form, request, peer).await,
+        ["v1", "forms", form, "token"] => forms::token(state, form, &request),
         ["v1", "messages"] => messages::handle(state, request, peer).await,
         ["healthz"] => Ok(json_response(
             StatusCode::OK,
