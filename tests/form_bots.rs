@@ -272,3 +272,43 @@ async fn the_configured_honeypot_and_the_links_cap_trap_bots() {
     assert!(reasons[0].contains("honeypot"), "got {}", reasons[0]);
     assert!(reasons[1].contains("too_many_links"), "got {}", reasons[1]);
 }
+
+#[tokio::test]
+async fn the_metrics_say_which_check_fired() {
+    let admin_token = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(admin_token.path(), "admin-secret-1\n").unwrap();
+    let port = support::free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("form-secret");
+    std::fs::write(&secret, format!("{SECRET}\n")).unwrap();
+    let extra = format!(
+        "[[form]]\nid = \"guarded\"\ntoken = \"required\"\n\n\
+         [forms_security]\nsecret = {{ file = \"{}\" }}\n\n\
+         [admin]\nlisten = \"127.0.0.1:{port}\"\ntoken = {{ file = \"{}\" }}\n",
+        secret.display(),
+        admin_token.path().display()
+    );
+    let gw = Gateway::start_with("bots_metrics", &redis_url(), &extra).await;
+    post(&gw, "guarded", &[("email", "bot@example.com")]).await;
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let text = client()
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .bearer_auth("admin-secret-1")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("intake_form_bot_checks_total{")
+                && l.contains("check=\"token_missing\"")),
+        "the missing token is not counted:\n{text}"
+    );
+}

@@ -246,3 +246,93 @@ async fn line_breaks_in_subject_and_name_cannot_inject_headers() {
     assert_eq!(gw.entries("desk").await.len(), 1, "nothing more stored");
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn each_limit_breach_is_counted_by_its_limit() {
+    let token = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(token.path(), "admin-secret-1\n").unwrap();
+    let port = support::free_port();
+    let extra = format!(
+        "[admin]\nlisten = \"127.0.0.1:{port}\"\ntoken = {{ file = \"{}\" }}\n",
+        token.path().display()
+    );
+    let gw = Gateway::start_edited("limits_metrics", &redis_url(), &extra, |text| {
+        text.replace(
+            "header_timeout = \"5s\"",
+            "header_timeout = \"1s\"\nmax_requests_per_ip = 1",
+        )
+    })
+    .await;
+
+    // headers: a 40 KiB header.
+    let big = client()
+        .get(format!("{}/healthz", gw.url))
+        .header("x-big", "a".repeat(40 * 1024))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(big.status(), 431);
+
+    // header_timeout: a head never finished, cut off after 1 s.
+    let mut slow = TcpStream::connect(gw.addr).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 256];
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match slow.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "an unfinished head must be cut off");
+
+    // requests_per_ip: one upload holds the only place of 127.0.0.1.
+    let mut holder = TcpStream::connect(gw.addr).await.unwrap();
+    holder
+        .write_all(
+            b"POST /v1/forms/contact HTTP/1.1\r\nHost: shop.test\r\n\
+              Content-Type: application/x-www-form-urlencoded\r\n\
+              Content-Length: 100\r\n\r\nemail=",
+        )
+        .await
+        .unwrap();
+    let mut saw_429 = false;
+    for _ in 0..50 {
+        let status = client()
+            .get(format!("{}/healthz", gw.url))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        if status == 429 {
+            saw_429 = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(saw_429, "a second request in flight must get 429");
+    drop(holder);
+
+    let text = client()
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .bearer_auth("admin-secret-1")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for limit in ["headers", "header_timeout", "requests_per_ip"] {
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("intake_http_limit_refusals_total{")
+                    && l.contains(&format!("limit=\"{limit}\""))),
+            "no refusal counted for {limit}:\n{text}"
+        );
+    }
+    gw.stop().await;
+}
