@@ -5,6 +5,9 @@
 //! The map holds only addresses with a request in flight: an entry is
 //! removed when its count drops to zero, so its size is bounded by the
 //! open connections, never by the addresses ever seen.
+//!
+//! An IPv6 client counts by its /64: one host usually holds a whole /64
+//! and could otherwise take a fresh address per request.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -35,6 +38,7 @@ impl PerIpLimit {
     /// Admits one more request from `ip`, or `None` when it already has
     /// the maximum in flight.
     pub fn admit(&self, ip: IpAddr) -> Option<InFlight> {
+        let ip = client_key(ip);
         // The lock is held for a map lookup only, never across an await.
         let mut map = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
         let count = map.entry(ip).or_insert(0);
@@ -54,6 +58,21 @@ impl PerIpLimit {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .len()
+    }
+}
+
+/// The address a request counts against: IPv4 as is (also when mapped
+/// into IPv6), IPv6 by its /64.
+fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let bits = u128::from(v6) & !((1u128 << 64) - 1);
+                IpAddr::V6(std::net::Ipv6Addr::from(bits))
+            }
+        },
     }
 }
 
@@ -89,6 +108,23 @@ mod tests {
         );
         drop(first);
         assert!(limit.admit(ip(1)).is_some(), "a freed place is given again");
+    }
+
+    #[test]
+    fn ipv6_clients_count_by_their_64() {
+        let limit = PerIpLimit::new(1);
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        let _held = limit.admit(a).expect("first admitted");
+        assert!(limit.admit(b).is_none(), "same /64 shares the cap");
+        assert!(limit.admit(other).is_some(), "another /64 does not");
+        let mapped: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
+        let _v4 = limit.admit(ip(1)).expect("v4 admitted");
+        assert!(
+            limit.admit(mapped).is_none(),
+            "a v4-mapped address is its v4"
+        );
     }
 
     #[test]
