@@ -271,6 +271,31 @@ async fn the_configured_honeypot_and_the_links_cap_trap_bots() {
     assert_eq!(reasons.len(), 2, "reasons: {reasons:?}");
     assert!(reasons[0].contains("honeypot"), "got {}", reasons[0]);
     assert!(reasons[1].contains("too_many_links"), "got {}", reasons[1]);
+
+    // Without a message field, links in every field count.
+    let token3 = g.key.issue("guarded", now() - 22);
+    post(
+        &g.gw,
+        "guarded",
+        &[
+            ("email", "bot@example.com"),
+            ("company", "https://a.example"),
+            ("notes", "www.b.example http://c.example"),
+            ("_token", &token3),
+        ],
+    )
+    .await;
+    let reasons = trapped(&g.gw).await;
+    assert_eq!(
+        reasons.len(),
+        3,
+        "links spread over fields are counted: {reasons:?}"
+    );
+    assert!(reasons[2].contains("too_many_links"), "got {}", reasons[2]);
+    assert!(
+        g.gw.entries("desk").await.is_empty(),
+        "no bot reaches the desk"
+    );
 }
 
 #[tokio::test]

@@ -18,6 +18,8 @@ use ring::hmac;
 use serde::Deserialize;
 
 use crate::config::{FormConfig, Secret};
+use crate::envelope::FieldValue;
+use crate::submission::FormPost;
 
 /// `[forms_security]`: what the form tokens are signed with.
 #[derive(Debug, Clone, Deserialize)]
@@ -167,15 +169,15 @@ pub fn count_links(text: &str) -> usize {
 pub fn judge<'p>(
     form: &FormConfig,
     key: Option<&TokenKey>,
-    field: impl Fn(&str) -> Option<&'p str>,
+    post: &'p FormPost,
     now: u64,
 ) -> Result<Option<&'p str>, BotCheck> {
+    let field = |name: &str| post.field(name);
     if field(&form.honeypot).is_some() {
         return Err(BotCheck::Honeypot);
     }
     if let Some(max) = form.max_links {
-        let text = field(&form.message_field).unwrap_or("");
-        if count_links(text) > max {
+        if links_in(form, post) > max {
             return Err(BotCheck::TooManyLinks);
         }
     }
@@ -196,6 +198,22 @@ pub fn judge<'p>(
             Ok(Some(token))
         }
     }
+}
+
+/// Links in the message field, or, for a form posted without one (its
+/// text is then made of all fields), in every field that is not reserved.
+fn links_in(form: &FormConfig, post: &FormPost) -> usize {
+    if let Some(message) = post.field(&form.message_field) {
+        return count_links(message);
+    }
+    post.fields
+        .iter()
+        .filter(|(name, _)| !name.starts_with('_'))
+        .map(|(_, value)| match value {
+            FieldValue::One(v) => count_links(v),
+            FieldValue::Many(vs) => vs.iter().map(|v| count_links(v)).sum(),
+        })
+        .sum()
 }
 
 /// The Redis key that remembers a used token (hash-tagged per form, so a

@@ -119,7 +119,7 @@ async fn bot_check(state: &AppState, form: &FormConfig, post: &FormPost) -> Opti
     let token = match formguard::judge(
         form,
         state.form_tokens.as_ref(),
-        |name| post.field(name),
+        post,
         formguard::unix_now(),
     ) {
         Err(check) => return Some(check),
