@@ -337,3 +337,54 @@ async fn the_metrics_say_which_check_fired() {
         "the missing token is not counted:\n{text}"
     );
 }
+
+#[tokio::test]
+async fn curl_fetches_a_token_and_posts_it_back_like_a_shop_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("form-secret");
+    std::fs::write(&secret, format!("{SECRET}\n")).unwrap();
+    let extra = format!(
+        "[[form]]\nid = \"slowpage\"\ntoken = \"required\"\ntoken_min_age = \"1s\"\n\n\
+         [forms_security]\nsecret = {{ file = \"{}\" }}\n",
+        secret.display()
+    );
+    let gw = Gateway::start_with("bots_curl", &redis_url(), &extra).await;
+    let url = gw.form_url("slowpage");
+    let curl = |args: Vec<String>| {
+        tokio::task::spawn_blocking(move || {
+            let out = std::process::Command::new("curl")
+                .args(["-sS", "--max-time", "10"])
+                .args(&args)
+                .output()
+                .expect("curl runs");
+            assert!(out.status.success(), "curl failed: {out:?}");
+            String::from_utf8(out.stdout).unwrap()
+        })
+    };
+    let issued: Value =
+        serde_json::from_str(&curl(vec![format!("{url}/token")]).await.unwrap()).unwrap();
+    let token = issued["token"].as_str().expect("a token").to_string();
+    // A person takes a moment to fill in the form (token_min_age = 1s).
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    let answer = curl(vec![
+        "-w".into(),
+        "\n%{http_code}".into(),
+        "--data-urlencode".into(),
+        "email=ann@example.com".into(),
+        "--data-urlencode".into(),
+        "message=Hello from a patient person".into(),
+        "--data-urlencode".into(),
+        format!("_token={token}"),
+        url,
+    ])
+    .await
+    .unwrap();
+    assert!(
+        answer.ends_with("\n202"),
+        "curl's post is accepted: {answer}"
+    );
+    let desk = gw.entries("desk").await;
+    assert_eq!(desk.len(), 1, "the person's post reaches the desk");
+    assert_eq!(desk[0].envelope()["text"], "Hello from a patient person");
+    assert!(gw.entries("suppressed").await.is_empty(), "nothing trapped");
+}
