@@ -195,6 +195,31 @@ async fn one_address_over_its_in_flight_cap_gets_429_then_is_served_again() {
     let answer: Value = refused.json().await.unwrap();
     assert_eq!(answer["error"], "too_many_requests");
 
+    // Mail from `intake mailgate` (valid bearer token) is not capped: a
+    // mail server delivers in parallel from one address.
+    let mail = client()
+        .post(format!("{}/v1/messages", gw.url))
+        .bearer_auth(support::TOKEN)
+        .header("content-type", "message/rfc822")
+        .body("From: ann@example.com\r\nSubject: hi\r\n\r\nHello\r\n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        mail.status(),
+        202,
+        "authenticated mail passes the per-IP cap"
+    );
+    let forged = client()
+        .post(format!("{}/v1/messages", gw.url))
+        .bearer_auth("wrong-token")
+        .header("content-type", "message/rfc822")
+        .body("Subject: x\r\n\r\nx\r\n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 429, "a wrong token is capped like anyone");
+
     // Closing the uploads frees the places.
     drop(holders);
     let mut served = false;
