@@ -53,6 +53,9 @@ pub struct Config {
     /// MIME limits; a mail beyond one is quarantined.
     #[serde(default)]
     pub mime: crate::parse::limits::MimeConfig,
+    /// The key form tokens are signed with.
+    #[serde(default)]
+    pub forms_security: Option<crate::formguard::FormsSecurityConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -79,6 +82,19 @@ pub struct HttpConfig {
     /// What `Retry-After` says when an item cannot be stored right now.
     #[serde(default = "default_retry_after")]
     pub retry_after: HumanDuration,
+    /// Largest request head (request line and headers) one HTTP/1 request
+    /// may send; past it the client gets 431. At least 8KiB (hyper's
+    /// smallest read buffer). Also bounds an HTTP/2 header list.
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: ByteSize,
+    /// Most header fields one request may send; past it the client gets 431.
+    #[serde(default = "default_max_headers")]
+    pub max_headers: usize,
+    /// Requests one client IP may have in flight at once; past it the
+    /// client gets 429 with `Retry-After: 1`, so one address cannot take
+    /// every worker while others wait.
+    #[serde(default = "default_max_requests_per_ip")]
+    pub max_requests_per_ip: usize,
 }
 
 impl Default for HttpConfig {
@@ -90,6 +106,9 @@ impl Default for HttpConfig {
             request_timeout: default_request_timeout(),
             max_connections: default_max_connections(),
             retry_after: default_retry_after(),
+            max_header_bytes: default_max_header_bytes(),
+            max_headers: default_max_headers(),
+            max_requests_per_ip: default_max_requests_per_ip(),
         }
     }
 }
@@ -207,6 +226,27 @@ pub struct FormConfig {
     /// Most fields one post may carry.
     #[serde(default = "default_max_fields")]
     pub max_fields: usize,
+    /// A field people never see (hidden by the page's CSS) and bots fill
+    /// in; a post with it is trapped.
+    #[serde(default = "default_honeypot")]
+    pub honeypot: String,
+    /// `off`, `optional` or `required`: whether posts carry a signed
+    /// timestamp token (`GET /v1/forms/{id}/token`) in `_token`. Needs
+    /// `[forms_security] secret`.
+    #[serde(default)]
+    pub token: crate::formguard::TokenMode,
+    /// A token younger than this was posted faster than a person types:
+    /// the post is trapped.
+    #[serde(default = "default_token_min_age")]
+    pub token_min_age: HumanDuration,
+    /// A token older than this has expired: the post is trapped. A used
+    /// token is remembered this long, so a replay is trapped too.
+    #[serde(default = "default_token_max_age")]
+    pub token_max_age: HumanDuration,
+    /// Most links (`http://`, `https://`, `www.`) the message field may
+    /// hold; more is trapped. None: no limit.
+    #[serde(default)]
+    pub max_links: Option<usize>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -367,6 +407,13 @@ impl Config {
                 fix(file);
             }
         }
+        if let Some(file) = self
+            .forms_security
+            .as_mut()
+            .and_then(|f| f.secret.file.as_mut())
+        {
+            fix(file);
+        }
     }
 
     /// Checks everything serde cannot; returns every problem found.
@@ -387,6 +434,16 @@ impl Config {
         if self.redis.timeout.0 < Duration::from_millis(10) {
             problems.push("redis.timeout: must be at least 10ms".into());
         }
+        // hyper panics below 8KiB; above 1MiB a header is an attack, not a request.
+        if !(8 * 1024..=1024 * 1024).contains(&self.http.max_header_bytes.0) {
+            problems.push("http.max_header_bytes: must be between 8KiB and 1MiB".into());
+        }
+        if !(1..=1000).contains(&self.http.max_headers) {
+            problems.push("http.max_headers: must be between 1 and 1000".into());
+        }
+        if self.http.max_requests_per_ip == 0 {
+            problems.push("http.max_requests_per_ip: must be at least 1".into());
+        }
         if let Some(secret) = &self.redis.password {
             if let Err(e) = secret.resolve() {
                 problems.push(format!("redis.password: {e}"));
@@ -400,6 +457,34 @@ impl Config {
         if let Some(secret) = &self.admin.token {
             if let Err(e) = secret.resolve() {
                 problems.push(format!("admin.token: {e}"));
+            }
+        }
+        match &self.forms_security {
+            Some(security) => match security.secret.resolve() {
+                Ok(secret) if secret.expose().len() < 16 => problems.push(
+                    "forms_security.secret: use at least 16 characters (openssl rand -hex 32)"
+                        .into(),
+                ),
+                Ok(_) => {}
+                Err(e) => problems.push(format!("forms_security.secret: {e}")),
+            },
+            None => {
+                for form in &self.forms {
+                    if form.token != crate::formguard::TokenMode::Off {
+                        problems.push(format!(
+                            "form `{}`.token: needs [forms_security] secret to sign tokens",
+                            form.id
+                        ));
+                    }
+                }
+            }
+        }
+        for form in &self.forms {
+            if form.token_min_age.0 >= form.token_max_age.0 {
+                problems.push(format!(
+                    "form `{}`.token_min_age: must be shorter than token_max_age",
+                    form.id
+                ));
             }
         }
         if self.admin.token.is_some() && self.admin.listen == self.http.listen {
@@ -492,6 +577,15 @@ fn default_request_timeout() -> HumanDuration {
 fn default_max_connections() -> usize {
     1024
 }
+fn default_max_header_bytes() -> ByteSize {
+    ByteSize(32 * 1024)
+}
+fn default_max_headers() -> usize {
+    64
+}
+fn default_max_requests_per_ip() -> usize {
+    32
+}
 fn default_retry_after() -> HumanDuration {
     HumanDuration(Duration::from_secs(30))
 }
@@ -509,6 +603,15 @@ fn default_form_max_size() -> ByteSize {
 }
 fn default_max_files() -> usize {
     5
+}
+fn default_honeypot() -> String {
+    "_gotcha".into()
+}
+fn default_token_min_age() -> HumanDuration {
+    HumanDuration(Duration::from_secs(3))
+}
+fn default_token_max_age() -> HumanDuration {
+    HumanDuration(Duration::from_secs(2 * 3600))
 }
 fn default_max_fields() -> usize {
     100
@@ -542,6 +645,38 @@ mod tests {
         assert_eq!(c.redis.prefix, "intake");
         assert_eq!(c.messages.max_size.bytes(), 50_000_000);
         assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn hardening_limits_and_form_tokens_are_validated_together() {
+        let text = format!(
+            "{MINIMAL}[http]\nmax_header_bytes = \"1KiB\"\nmax_headers = 0\nmax_requests_per_ip = 0\n\
+             [[form]]\nid = \"contact\"\ntoken = \"required\"\ntoken_min_age = \"3h\"\n"
+        );
+        let problems = Config::from_toml(&text).unwrap().validate().unwrap_err();
+        for key in [
+            "http.max_header_bytes",
+            "http.max_headers",
+            "http.max_requests_per_ip",
+            "needs [forms_security] secret",
+            "token_min_age",
+        ] {
+            assert!(
+                problems.iter().any(|p| p.contains(key)),
+                "no problem names {key}: {problems:?}"
+            );
+        }
+        let c = Config::from_toml(MINIMAL).unwrap();
+        assert_eq!(c.http.max_header_bytes.bytes(), 32 * 1024);
+        assert_eq!(c.http.max_requests_per_ip, 32);
+    }
+
+    #[test]
+    fn the_dev_config_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/dev/intake.toml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let c = Config::from_toml(&text).expect("deploy/dev/intake.toml parses");
+        assert_eq!(c.http.max_requests_per_ip, 32);
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod envelope;
+pub mod formguard;
 pub mod guard;
 pub mod mailgate;
 pub mod parse;

@@ -85,6 +85,9 @@ pub async fn run_on(
     let password = resolve(config.redis.password.as_ref()).context("redis.password")?;
     let sink = RedisSink::new(&config.redis, password).context("redis.url")?;
     let mailgate_token = resolve(config.messages.token.as_ref()).context("messages.token")?;
+    let form_tokens = resolve(config.forms_security.as_ref().map(|f| &f.secret))
+        .context("forms_security.secret")?
+        .map(|secret| crate::formguard::TokenKey::new(secret.expose().as_bytes()));
     let admin_token = resolve(config.admin.token.as_ref()).context("admin.token")?;
     let tls = match &config.http.tls {
         Some(tls) => Some(http::server::tls_acceptor(&tls.cert, &tls.key).context("http.tls")?),
@@ -120,6 +123,7 @@ pub async fn run_on(
         .map_err(anyhow::Error::msg)
         .context("scan.clamd")?;
     let redis_connection = sink.connection();
+    let replay_connection = redis_connection.clone();
     let sink: Arc<dyn crate::sink::Sink> = Arc::new(sink);
     let pipeline = Arc::new(
         Pipeline::new(guard.clone(), scanner.clone(), sink.clone())
@@ -138,6 +142,9 @@ pub async fn run_on(
         config: config.clone(),
         pipeline,
         mailgate_token,
+        per_ip: crate::sources::http::per_ip::PerIpLimit::new(config.http.max_requests_per_ip),
+        form_tokens,
+        redis: Some(replay_connection),
     });
     tracing::info!(
         listen = %listener.local_addr()?,

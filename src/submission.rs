@@ -98,6 +98,9 @@ pub enum Payload {
 pub struct FormPost {
     pub fields: BTreeMap<String, FieldValue>,
     pub files: Vec<Upload>,
+    /// Why the form's bot checks took this post for a bot (set by the
+    /// HTTP source, see crate::formguard); the parse stage traps it.
+    pub bot_check: Option<String>,
 }
 
 impl FormPost {

@@ -49,6 +49,14 @@ fn describe() {
         "intake_http_requests_total",
         "HTTP requests answered, by endpoint and status code"
     );
+    describe_counter!(
+        "intake_form_bot_checks_total",
+        "Form posts taken for bots (answered 202, stored as trapped), by check"
+    );
+    describe_counter!(
+        "intake_http_limit_refusals_total",
+        "Requests or connections refused by an HTTP limit, by limit (requests_per_ip, headers, header_timeout)"
+    );
     describe_histogram!(
         "intake_http_request_duration_seconds",
         Unit::Seconds,

@@ -16,7 +16,10 @@ pub(super) fn fill(envelope: &mut Envelope, post: FormPost, form: &FormConfig) -
         .field(&form.email_field)
         .or_else(|| post.field("_replyto"))
         .map(str::to_string);
-    let name = post.field(&form.name_field).map(str::to_string);
+    // Name and subject become mail headers downstream (a reply's `To:`
+    // display name, its `Subject:`): they are made single-line here so a
+    // posted `\r\nBcc: ...` can never start a header of its own.
+    let name = post.field(&form.name_field).map(single_line);
     envelope.customer.email = email.clone();
     envelope.customer.name = name.clone();
     if let Some(email) = email {
@@ -26,7 +29,7 @@ pub(super) fn fill(envelope: &mut Envelope, post: FormPost, form: &FormConfig) -
     }
     envelope.subject = Some(
         post.field("_subject")
-            .map(str::to_string)
+            .map(single_line)
             .or_else(|| form.subject.clone())
             .unwrap_or_else(|| format!("Form {}", form.id)),
     );
@@ -39,7 +42,7 @@ pub(super) fn fill(envelope: &mut Envelope, post: FormPost, form: &FormConfig) -
     let mut targets = Vec::with_capacity(post.files.len());
     for upload in post.files {
         envelope.attachments.push(Attachment {
-            filename: upload.filename.clone(),
+            filename: upload.filename.as_deref().map(single_line),
             content_type: upload.content_type.clone(),
             size: upload.data.len() as u64,
             sha256: sha256_hex(&upload.data),
@@ -62,6 +65,25 @@ pub(super) fn fill(envelope: &mut Envelope, post: FormPost, form: &FormConfig) -
     targets
 }
 
+/// `value` on one line: every run of control characters (CR, LF, tab,
+/// NUL, ...) becomes one space, and the ends are trimmed.
+pub(crate) fn single_line(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    let mut in_run = false;
+    for c in value.chars() {
+        if c.is_control() {
+            if !in_run {
+                out.push(' ');
+            }
+            in_run = true;
+        } else {
+            out.push(c);
+            in_run = false;
+        }
+    }
+    out.trim().to_string()
+}
+
 /// A readable text body for forms without a message field.
 fn render_fields(post: &FormPost) -> String {
     let mut out = String::new();
@@ -73,4 +95,24 @@ fn render_fields(post: &FormPost) -> String {
         out.push_str(&format!("{name}: {value}\n"));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::single_line;
+
+    #[test]
+    fn single_line_turns_line_breaks_into_one_space() {
+        assert_eq!(
+            single_line("Order\r\nBcc: victim@example.com"),
+            "Order Bcc: victim@example.com"
+        );
+        assert_eq!(single_line("Ann\n\n\tExample\r"), "Ann Example");
+        assert_eq!(
+            single_line("Zoë Ünïcode"),
+            "Zoë Ünïcode",
+            "non-control text kept"
+        );
+        assert_eq!(single_line("a\u{0}b"), "a b");
+    }
 }

@@ -108,8 +108,10 @@ pub fn parse(submission: Submission, options: ParseOptions<'_>) -> Result<Messag
         }
         Payload::Form(post) => {
             let form = options.form.ok_or(ParseError::FormNotDeclared)?;
-            if post.field("_gotcha").is_some() {
-                trap = Some("honeypot field _gotcha was filled".to_string());
+            if let Some(check) = &post.bot_check {
+                trap = Some(format!("bot check failed: {check}"));
+            } else if post.field(&form.honeypot).is_some() {
+                trap = Some(format!("honeypot field {} was filled", form.honeypot));
             }
             form::fill(&mut envelope, post, form)
         }

@@ -2,11 +2,13 @@
 //!
 //! The checks run cheapest first: form known (404), origin allowed (403),
 //! body type (415), declared size (413), body read within the limit (413),
-//! fields decoded (400/413), required fields present (400); only then does
-//! the item enter the pipeline. A browser post (Accept: text/html) is
+//! fields decoded (400/413), required fields present (400), bot checks
+//! (crate::formguard: a bot is answered like a person and its post
+//! trapped); only then does the item enter the pipeline. A browser post (Accept: text/html) is
 //! answered with a 303 to the form's thank-you page.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Body as HttpBody;
@@ -16,6 +18,7 @@ use super::respond::{ApiError, Body, FieldProblem};
 use super::{read_body, AppState};
 use crate::config::FormConfig;
 use crate::envelope::Source;
+use crate::formguard::{self, BotCheck};
 use crate::parse::ParseOptions;
 use crate::route::{Answer, Refusal};
 use crate::submission::{FormPost, Payload, Submission};
@@ -58,8 +61,15 @@ where
         &headers,
     )
     .await?;
-    let post = form_body::decode(kind, body, form).await?;
+    let mut post = form_body::decode(kind, body, form).await?;
     check_fields(form, &post)?;
+    if let Some(check) = bot_check(state, form, &post).await {
+        // Answered like a success; the parse stage traps it (suppressed,
+        // kind `trapped`), so the bot learns nothing.
+        metrics::counter!("intake_form_bot_checks_total", "check" => check.label()).increment(1);
+        tracing::info!(form = %form.id, %peer, check = check.label(), "form post taken for a bot");
+        post.bot_check = Some(check.label().to_string());
+    }
 
     let next = post.field("_next").map(str::to_string);
     let source = Source::Form {
@@ -98,6 +108,82 @@ where
         }
         Answer::Refused(Refusal::Policy) => return Err(ApiError::Refused),
     };
+    allow_origin(&mut response, origin.as_deref(), form);
+    Ok(response)
+}
+
+/// Which bot check, if any, the post fails: honeypot, links, token
+/// (signature and age), then replay (the token is remembered in Redis for
+/// `token_max_age`; a second use within it fails).
+async fn bot_check(state: &AppState, form: &FormConfig, post: &FormPost) -> Option<BotCheck> {
+    let token = match formguard::judge(
+        form,
+        state.form_tokens.as_ref(),
+        post,
+        formguard::unix_now(),
+    ) {
+        Err(check) => return Some(check),
+        Ok(None) => return None,
+        Ok(Some(token)) => token,
+    };
+    let mut redis = state.redis.clone()?;
+    let key = formguard::replay_key(&state.config.redis.prefix, &form.id, token);
+    let ttl_ms = u64::try_from(Duration::from(form.token_max_age).as_millis()).unwrap_or(u64::MAX);
+    let mut cmd = redis::cmd("SET");
+    cmd.arg(&key).arg(1).arg("NX").arg("PX").arg(ttl_ms.max(1));
+    let set = cmd.query_async::<Option<String>>(&mut redis);
+    match tokio::time::timeout(state.config.redis.timeout.into(), set).await {
+        Ok(Ok(Some(_))) => None,
+        Ok(Ok(None)) => Some(BotCheck::TokenReplayed),
+        // Fail open: Redis being away is no sign of a bot, and storing the
+        // item needs Redis too, so the client hears 503 there if it stays away.
+        Ok(Err(e)) => {
+            tracing::warn!(form = %form.id, error = %e, "cannot record a form token; replay not checked");
+            None
+        }
+        Err(_) => {
+            tracing::warn!(form = %form.id, "recording a form token timed out; replay not checked");
+            None
+        }
+    }
+}
+
+/// `GET /v1/forms/{form}/token`: a signed timestamp token for the form's
+/// page to post back in `_token`. 404 for forms without tokens.
+pub fn token<B>(
+    state: &AppState,
+    form_id: &str,
+    request: &Request<B>,
+) -> Result<Response<Body>, ApiError> {
+    let form = state
+        .config
+        .form(form_id)
+        .filter(|f| f.token != formguard::TokenMode::Off)
+        .ok_or_else(|| ApiError::UnknownForm(form_id.to_string()))?;
+    let key = state
+        .form_tokens
+        .as_ref()
+        .ok_or_else(|| ApiError::UnknownForm(form_id.to_string()))?;
+    let origin = request_origin(request.headers());
+    if let Some(origin) = &origin {
+        if !origin_allowed(form, origin) {
+            return Err(ApiError::OriginNotAllowed(origin.clone()));
+        }
+    }
+    if request.method() != Method::GET {
+        return Err(ApiError::MethodNotAllowed { allow: "GET" });
+    }
+    let mut response = super::respond::json_response(
+        StatusCode::OK,
+        &serde_json::json!({
+            "token": key.issue(&form.id, formguard::unix_now()),
+            "field": formguard::TOKEN_FIELD,
+            "expires_in": Duration::from(form.token_max_age).as_secs(),
+        }),
+    );
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     allow_origin(&mut response, origin.as_deref(), form);
     Ok(response)
 }

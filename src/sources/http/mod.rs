@@ -7,6 +7,7 @@
 pub mod form_body;
 pub mod forms;
 pub mod messages;
+pub mod per_ip;
 pub mod respond;
 pub mod server;
 
@@ -28,6 +29,12 @@ pub struct AppState {
     pub pipeline: Arc<Pipeline>,
     /// The bearer token of `POST /v1/messages`; `None` switches it off.
     pub mailgate_token: Option<SecretValue>,
+    /// Requests in flight per client IP (`http.max_requests_per_ip`).
+    pub per_ip: per_ip::PerIpLimit,
+    /// Signs form tokens; `None` without `[forms_security]`.
+    pub form_tokens: Option<crate::formguard::TokenKey>,
+    /// Remembers used form tokens (replay check).
+    pub redis: Option<redis::aio::ConnectionManager>,
 }
 
 /// Answers one request. Never fails: every refusal is an answer.
@@ -47,9 +54,31 @@ where
     // No timeout around the whole request: once the body is in, the
     // pipeline is bounded by its own stage timeouts, and cutting it short
     // could answer "failed" for an item that was in fact stored.
-    let response = match route(&state, request, peer).await {
-        Ok(response) => response,
-        Err(error) => error.into_response(),
+    // Held until the answer is ready, so a slow upload counts against
+    // its address for as long as it takes. Mail from `intake mailgate`
+    // with a valid token is exempt: a mail server delivers many messages
+    // in parallel from one address, and a 429 there only delays mail.
+    let trusted = endpoint == "messages"
+        && state
+            .mailgate_token
+            .as_ref()
+            .is_some_and(|token| bearer_matches(request.headers(), token));
+    let admitted = if trusted {
+        Some(None)
+    } else {
+        state.per_ip.admit(peer.ip()).map(Some)
+    };
+    let response = match admitted {
+        None => {
+            metrics::counter!("intake_http_limit_refusals_total", "limit" => "requests_per_ip")
+                .increment(1);
+            tracing::info!(%peer, "too many requests in flight from this address");
+            ApiError::TooManyInFlight.into_response()
+        }
+        Some(_in_flight) => match route(&state, request, peer).await {
+            Ok(response) => response,
+            Err(error) => error.into_response(),
+        },
     };
     let status = response.status().as_u16();
     metrics::counter!("intake_http_requests_total", "endpoint" => endpoint, "status" => status.to_string())
@@ -86,6 +115,7 @@ where
     let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
     match segments.as_slice() {
         ["v1", "forms", form] => forms::handle(state, form, request, peer).await,
+        ["v1", "forms", form, "token"] => forms::token(state, form, &request),
         ["v1", "messages"] => messages::handle(state, request, peer).await,
         ["healthz"] => Ok(json_response(
             StatusCode::OK,

@@ -61,6 +61,8 @@ pub enum ApiError {
     Infected { signatures: Vec<String> },
     #[error("refused by policy")]
     Refused,
+    #[error("too many requests in flight from your address; retry in a second")]
+    TooManyInFlight,
 }
 
 #[derive(Serialize)]
@@ -85,7 +87,9 @@ impl ApiError {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Timeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::RateLimited { .. } | ApiError::TooManyInFlight => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             ApiError::Infected { .. } => StatusCode::UNPROCESSABLE_ENTITY,
         }
     }
@@ -107,6 +111,7 @@ impl ApiError {
             ApiError::RateLimited { .. } => "rate_limited",
             ApiError::Infected { .. } => "infected",
             ApiError::Refused => "refused",
+            ApiError::TooManyInFlight => "too_many_requests",
         }
     }
 
@@ -156,6 +161,9 @@ impl ApiError {
                 )) {
                     headers.insert("ratelimit", value);
                 }
+            }
+            ApiError::TooManyInFlight => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(1u64));
             }
             ApiError::MethodNotAllowed { allow } => {
                 headers.insert(header::ALLOW, HeaderValue::from_static(allow));

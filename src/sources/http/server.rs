@@ -75,6 +75,10 @@ pub struct ConnectionLimits {
     pub header_timeout: Duration,
     /// Open connections served at once.
     pub max_connections: usize,
+    /// Largest request head in bytes (431 past it).
+    pub max_header_bytes: usize,
+    /// Most header fields in one request (431 past it).
+    pub max_headers: usize,
 }
 
 impl ConnectionLimits {
@@ -82,6 +86,8 @@ impl ConnectionLimits {
         ConnectionLimits {
             header_timeout: http.header_timeout.into(),
             max_connections: http.max_connections,
+            max_header_bytes: usize::try_from(http.max_header_bytes.0).unwrap_or(usize::MAX),
+            max_headers: http.max_headers,
         }
     }
 }
@@ -121,13 +127,18 @@ pub async fn serve<H: Handler>(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(header_timeout)
+        // hyper answers 431 itself when the head outgrows its read buffer
+        // or has more fields than this; hyper refuses a buffer under 8KiB.
+        .max_buf_size(limits.max_header_bytes.max(8192))
+        .max_headers(limits.max_headers)
         .keep_alive(true);
     builder
         .http2()
         .timer(TokioTimer::new())
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(20))
-        .max_concurrent_streams(64);
+        .max_concurrent_streams(64)
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
     let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
     let local = listener.local_addr().ok();
@@ -178,6 +189,7 @@ pub async fn serve<H: Handler>(
                 },
             };
             if let Err(e) = result {
+                count_connection_error(&*e);
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         });
@@ -189,6 +201,27 @@ pub async fn serve<H: Handler>(
         () = tokio::time::sleep(drain) => {
             tracing::warn!(listener = ?local, deadline = ?drain, "drain deadline passed; closing remaining connections");
         }
+    }
+}
+
+/// Counts a connection hyper closed for a limit: a head too large or with
+/// too many fields (hyper has answered 431), or headers not sent within
+/// `http.header_timeout` (a slow client, cut off).
+fn count_connection_error(error: &(dyn std::error::Error + 'static)) {
+    let mut source = Some(error);
+    while let Some(e) = source {
+        if let Some(hyper_error) = e.downcast_ref::<hyper::Error>() {
+            let limit = if hyper_error.is_parse_too_large() {
+                "headers"
+            } else if hyper_error.is_timeout() {
+                "header_timeout"
+            } else {
+                return;
+            };
+            metrics::counter!("intake_http_limit_refusals_total", "limit" => limit).increment(1);
+            return;
+        }
+        source = e.source();
     }
 }
 

@@ -1,0 +1,291 @@
+//! Bot checks of web forms: the honeypot field, a signed timestamp token
+//! (too fresh → faster than a human; too old → expired; seen before →
+//! replayed), and a cap on links per message.
+//!
+//! A post that fails a check is not refused: it is answered like a success
+//! and stored in `suppressed` (kind `trapped`, with the check as reason), so
+//! a bot cannot learn which check fired; the log and
+//! `intake_form_bot_checks_total{check}` say which did.
+//!
+//! Token: `base64url(issued_at_be64 || HMAC-SHA256(secret, form_id 0x00
+//! issued_at_be64))`, issued by `GET /v1/forms/{form}/token`.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use ring::hmac;
+use serde::Deserialize;
+
+use crate::config::{FormConfig, Secret};
+use crate::envelope::FieldValue;
+use crate::submission::FormPost;
+
+/// `[forms_security]`: what the form tokens are signed with.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FormsSecurityConfig {
+    /// The key that signs form tokens (32 random bytes or more, say
+    /// `openssl rand -hex 32`). Required when any form uses tokens;
+    /// changing it voids every token handed out.
+    pub secret: Secret,
+}
+
+/// Whether a form asks for a token.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenMode {
+    /// No token is issued or checked.
+    #[default]
+    Off,
+    /// A post without a token passes; a bad one is trapped.
+    Optional,
+    /// A post without a valid token is trapped.
+    Required,
+}
+
+/// The field a post carries its token in.
+pub const TOKEN_FIELD: &str = "_token";
+
+/// Which check judged a post a bot: the `check` label of the metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BotCheck {
+    Honeypot,
+    TokenMissing,
+    TokenInvalid,
+    TokenTooFresh,
+    TokenExpired,
+    TokenReplayed,
+    TooManyLinks,
+}
+
+impl BotCheck {
+    pub fn label(self) -> &'static str {
+        match self {
+            BotCheck::Honeypot => "honeypot",
+            BotCheck::TokenMissing => "token_missing",
+            BotCheck::TokenInvalid => "token_invalid",
+            BotCheck::TokenTooFresh => "token_too_fresh",
+            BotCheck::TokenExpired => "token_expired",
+            BotCheck::TokenReplayed => "token_replayed",
+            BotCheck::TooManyLinks => "too_many_links",
+        }
+    }
+}
+
+/// Signs and checks form tokens.
+pub struct TokenKey {
+    key: hmac::Key,
+}
+
+impl std::fmt::Debug for TokenKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenKey(..)")
+    }
+}
+
+/// Clock slack for a token that seems issued in the future (several
+/// gateways behind one balancer).
+const FUTURE_SLACK: u64 = 60;
+
+impl TokenKey {
+    pub fn new(secret: &[u8]) -> Self {
+        TokenKey {
+            key: hmac::Key::new(hmac::HMAC_SHA256, secret),
+        }
+    }
+
+    fn message(form: &str, issued_at: u64) -> Vec<u8> {
+        let mut message = Vec::with_capacity(form.len() + 9);
+        message.extend_from_slice(form.as_bytes());
+        message.push(0);
+        message.extend_from_slice(&issued_at.to_be_bytes());
+        message
+    }
+
+    /// A token for `form`, issued at `issued_at` (Unix seconds).
+    pub fn issue(&self, form: &str, issued_at: u64) -> String {
+        let tag = hmac::sign(&self.key, &Self::message(form, issued_at));
+        let mut raw = issued_at.to_be_bytes().to_vec();
+        raw.extend_from_slice(tag.as_ref());
+        URL_SAFE_NO_PAD.encode(raw)
+    }
+
+    /// Checks `token` for `form` at `now` (Unix seconds): signed by this
+    /// key for this form, at least `min_age` and at most `max_age` old.
+    pub fn verify(
+        &self,
+        form: &str,
+        token: &str,
+        now: u64,
+        min_age: Duration,
+        max_age: Duration,
+    ) -> Result<(), BotCheck> {
+        let raw = URL_SAFE_NO_PAD
+            .decode(token.trim())
+            .map_err(|_| BotCheck::TokenInvalid)?;
+        if raw.len() != 8 + 32 {
+            return Err(BotCheck::TokenInvalid);
+        }
+        let issued_at = u64::from_be_bytes(raw[..8].try_into().expect("8 bytes"));
+        // Constant-time comparison of the tag.
+        hmac::verify(&self.key, &Self::message(form, issued_at), &raw[8..])
+            .map_err(|_| BotCheck::TokenInvalid)?;
+        if issued_at > now + FUTURE_SLACK {
+            return Err(BotCheck::TokenInvalid);
+        }
+        let age = now.saturating_sub(issued_at);
+        if age < min_age.as_secs() {
+            return Err(BotCheck::TokenTooFresh);
+        }
+        if age > max_age.as_secs() {
+            return Err(BotCheck::TokenExpired);
+        }
+        Ok(())
+    }
+}
+
+/// Now, in Unix seconds.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Links in `text`: `http://`, `https://` and `www.` occurrences (a
+/// `https://www.` counts once).
+pub fn count_links(text: &str) -> usize {
+    let lower = text.to_ascii_lowercase();
+    let schemes = lower.matches("http://").count() + lower.matches("https://").count();
+    let bare_www = lower.matches("www.").count()
+        - lower.matches("http://www.").count()
+        - lower.matches("https://www.").count();
+    schemes + bare_www
+}
+
+/// The checks that need no I/O: honeypot, links, and the token's
+/// signature and age. The replay check (Redis) follows when this passes
+/// and a token was presented; `Ok(Some(token))` hands it over.
+pub fn judge<'p>(
+    form: &FormConfig,
+    key: Option<&TokenKey>,
+    post: &'p FormPost,
+    now: u64,
+) -> Result<Option<&'p str>, BotCheck> {
+    let field = |name: &str| post.field(name);
+    if field(&form.honeypot).is_some() {
+        return Err(BotCheck::Honeypot);
+    }
+    if let Some(max) = form.max_links {
+        if links_in(form, post) > max {
+            return Err(BotCheck::TooManyLinks);
+        }
+    }
+    let Some(key) = key.filter(|_| form.token != TokenMode::Off) else {
+        return Ok(None);
+    };
+    match field(TOKEN_FIELD) {
+        None if form.token == TokenMode::Required => Err(BotCheck::TokenMissing),
+        None => Ok(None),
+        Some(token) => {
+            key.verify(
+                &form.id,
+                token,
+                now,
+                form.token_min_age.into(),
+                form.token_max_age.into(),
+            )?;
+            Ok(Some(token))
+        }
+    }
+}
+
+/// Links in the message field, or, for a form posted without one (its
+/// text is then made of all fields), in every field that is not reserved.
+fn links_in(form: &FormConfig, post: &FormPost) -> usize {
+    if let Some(message) = post.field(&form.message_field) {
+        return count_links(message);
+    }
+    post.fields
+        .iter()
+        .filter(|(name, _)| !name.starts_with('_'))
+        .map(|(_, value)| match value {
+            FieldValue::One(v) => count_links(v),
+            FieldValue::Many(vs) => vs.iter().map(|v| count_links(v)).sum(),
+        })
+        .sum()
+}
+
+/// The Redis key that remembers a used token (hash-tagged per form, so a
+/// cluster keeps one form's tokens on one slot).
+pub fn replay_key(prefix: &str, form: &str, token: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(token.as_bytes());
+    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    format!("{prefix}:formtoken:{{{form}}}:{hex}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: Duration = Duration::from_secs(3);
+    const MAX: Duration = Duration::from_secs(7200);
+
+    #[test]
+    fn a_token_is_valid_only_for_its_form_key_and_age() {
+        let key = TokenKey::new(b"0123456789abcdef0123456789abcdef");
+        let token = key.issue("contact", 1_000_000);
+        assert_eq!(key.verify("contact", &token, 1_000_010, MIN, MAX), Ok(()));
+        assert_eq!(
+            key.verify("contact", &token, 1_000_001, MIN, MAX),
+            Err(BotCheck::TokenTooFresh)
+        );
+        assert_eq!(
+            key.verify("contact", &token, 1_000_000 + 7201, MIN, MAX),
+            Err(BotCheck::TokenExpired)
+        );
+        assert_eq!(
+            key.verify("other", &token, 1_000_010, MIN, MAX),
+            Err(BotCheck::TokenInvalid),
+            "a token is bound to its form"
+        );
+        let other_key = TokenKey::new(b"another secret, another key.....");
+        assert_eq!(
+            other_key.verify("contact", &token, 1_000_010, MIN, MAX),
+            Err(BotCheck::TokenInvalid)
+        );
+    }
+
+    #[test]
+    fn a_tampered_or_future_token_is_invalid() {
+        let key = TokenKey::new(b"0123456789abcdef0123456789abcdef");
+        let token = key.issue("contact", 1_000_000);
+        let mut raw = URL_SAFE_NO_PAD.decode(&token).unwrap();
+        raw[7] ^= 1; // move the timestamp by a second
+        let forged = URL_SAFE_NO_PAD.encode(&raw);
+        assert_eq!(
+            key.verify("contact", &forged, 1_000_010, MIN, MAX),
+            Err(BotCheck::TokenInvalid)
+        );
+        assert_eq!(
+            key.verify("contact", "not base64 !", 1_000_010, MIN, MAX),
+            Err(BotCheck::TokenInvalid)
+        );
+        let future = key.issue("contact", 2_000_000);
+        assert_eq!(
+            key.verify("contact", &future, 1_000_000, Duration::ZERO, MAX),
+            Err(BotCheck::TokenInvalid)
+        );
+    }
+
+    #[test]
+    fn links_are_counted_once_each() {
+        assert_eq!(count_links("no links here"), 0);
+        assert_eq!(
+            count_links("see https://www.a.example and www.b.example"),
+            2
+        );
+        assert_eq!(count_links("HTTP://A.example http://b https://c"), 3);
+    }
+}
