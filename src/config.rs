@@ -47,6 +47,9 @@ pub struct Config {
     /// Rate-limit, collapse and loop rules (`rules/*.toml`).
     #[serde(default)]
     pub rules: crate::guard::config::RulesConfig,
+    /// When to stop taking new items (desk high-water mark, Redis memory).
+    #[serde(default)]
+    pub backpressure: crate::backpressure::BackpressureConfig,
     /// Card-number redaction.
     #[serde(default)]
     pub privacy: crate::parse::redact::PrivacyConfig,
@@ -550,6 +553,7 @@ impl Config {
                 }
             }
         }
+        problems.extend(self.backpressure.problems());
         if problems.is_empty() {
             Ok(())
         } else {

@@ -19,6 +19,8 @@ pub struct Pipeline {
     sink: Arc<dyn Sink>,
     privacy: crate::parse::redact::PrivacyConfig,
     mime: crate::parse::limits::MimeConfig,
+    /// When set and active, new items are refused before anything is done.
+    backpressure: Option<Arc<crate::backpressure::Backpressure>>,
 }
 
 /// An item that is stored: the source may acknowledge it now.
@@ -49,6 +51,9 @@ pub enum PipelineError {
     Sink(#[from] SinkError),
     #[error("the envelope could not be encoded")]
     Encode(#[from] serde_json::Error),
+    /// The desk or Redis is over its limit; retry later (nothing taken).
+    #[error("the gateway is under backpressure: {0}")]
+    Busy(String),
 }
 
 impl Pipeline {
@@ -59,7 +64,17 @@ impl Pipeline {
             sink,
             privacy: Default::default(),
             mime: Default::default(),
+            backpressure: None,
         }
+    }
+
+    /// Refuses new items while `backpressure` says so.
+    pub fn with_backpressure(
+        mut self,
+        backpressure: Arc<crate::backpressure::Backpressure>,
+    ) -> Self {
+        self.backpressure = Some(backpressure);
+        self
     }
 
     /// Sets the `[privacy]` rules (card redaction is on by default).
@@ -92,6 +107,12 @@ impl Pipeline {
         submission: Submission,
         options: ParseOptions<'_>,
     ) -> Result<Stored, PipelineError> {
+        // Under backpressure nothing new is taken: the source keeps the item
+        // and its client retries (503, mailgate 75, IMAP leaves the mail).
+        if let Some(reason) = self.backpressure.as_ref().and_then(|bp| bp.active()) {
+            metrics::counter!("intake_backpressure_refusals_total").increment(1);
+            return Err(PipelineError::Busy(reason));
+        }
         let idempotency_key = submission.idempotency_key.clone();
         // 0. A source re-reading an item it may have stored (IMAP after a
         //    crash) learns so before the item is counted again.

@@ -123,12 +123,15 @@ pub async fn run_on(
         .map_err(anyhow::Error::msg)
         .context("scan.clamd")?;
     let redis_connection = sink.connection();
+    let redis_connection_for_watch = sink.connection();
+    let backpressure = Arc::new(crate::backpressure::Backpressure::default());
     let replay_connection = redis_connection.clone();
     let sink: Arc<dyn crate::sink::Sink> = Arc::new(sink);
     let pipeline = Arc::new(
         Pipeline::new(guard.clone(), scanner.clone(), sink.clone())
             .with_privacy(config.privacy.clone())
-            .with_mime_limits(config.mime.clone()),
+            .with_mime_limits(config.mime.clone())
+            .with_backpressure(backpressure.clone()),
     );
     let imap = ImapSource::new(
         &config.imap,
@@ -193,6 +196,14 @@ pub async fn run_on(
             None
         }
     };
+    // Samples the desk's length and Redis' memory; the pipeline reads the
+    // verdict without a round trip.
+    let backpressure_watch = tokio::spawn(backpressure.clone().watch(
+        redis_connection_for_watch,
+        format!("{}:desk", config.redis.prefix),
+        config.backpressure.clone(),
+        stop.clone(),
+    ));
     let rules_watch = tokio::spawn(
         guard
             .clone()
@@ -245,6 +256,7 @@ pub async fn run_on(
         }
     }
     let _ = rules_watch.await;
+    let _ = backpressure_watch.await;
     tracing::info!("intake stopped");
     Ok(())
 }

@@ -139,6 +139,14 @@ fn describe() {
         "intake_redis_up",
         "1 when the last Redis check answered, else 0"
     );
+    describe_gauge!(
+        "intake_backpressure",
+        "1 while new items are refused (desk past its high-water mark or Redis near maxmemory)"
+    );
+    describe_counter!(
+        "intake_backpressure_refusals_total",
+        "Items refused with 'retry later' under backpressure (nothing taken, nothing lost)"
+    );
     describe_counter!(
         "intake_rule_matches_total",
         "Items a rule's match held for, by rule"
