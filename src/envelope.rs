@@ -2,7 +2,7 @@
 //! contract the desk integrates against. Field names follow the inbound-parse
 //! services desk integrators already know (Postmark, Mailgun, CloudMailin).
 //!
-//! `schema/envelope-v1.json` is the same contract as a JSON Schema; a test
+//! `src/envelope-v1.schema.json` is the same contract as a JSON Schema; a test
 //! validates real output against it, so change both together.
 
 use std::collections::BTreeMap;

@@ -11,6 +11,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use base64::Engine as _;
+use support::envelope::schema_errors;
 use support::imap::*;
 use support::{redis_url, unique_prefix, Gateway};
 
@@ -42,20 +43,6 @@ async fn wait_count(port: u16, mailbox: &str, n: u32, secs: u64) {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-/// Every way `envelope` breaks schema/envelope-v1.json, one line each.
-fn schema_errors(envelope: &serde_json::Value) -> Vec<String> {
-    let schema: serde_json::Value =
-        serde_json::from_str(include_str!("../schema/envelope-v1.json")).expect("schema is JSON");
-    let validator = jsonschema::draft202012::options()
-        .should_validate_formats(true)
-        .build(&schema)
-        .expect("schema compiles");
-    validator
-        .iter_errors(envelope)
-        .map(|e| format!("at `{}`: {e}", e.instance_path))
-        .collect()
 }
 
 fn assert_each_once(uids: &[u64], n: usize) {

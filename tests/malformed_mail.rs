@@ -2,7 +2,7 @@
 //! handed to the parser directly (it must return) and posted to
 //! `/v1/messages` on a real gateway: it is either stored (202) with `raw`
 //! equal to the bytes posted, an envelope that still matches
-//! `schema/envelope-v1.json`, and whatever could be read filled in; or it is
+//! `src/envelope-v1.schema.json`, and whatever could be read filled in; or it is
 //! refused with a 4xx whose JSON `message` says why. Never a 5xx, never a
 //! dropped connection.
 
@@ -113,7 +113,7 @@ async fn assert_stored_in(test: &str, raw: &[u8], stream: &str, reason: Option<&
         .collect();
     assert!(
         errors.is_empty(),
-        "{test}: the stored envelope breaks schema/envelope-v1.json:\n  {}",
+        "{test}: the stored envelope breaks src/envelope-v1.schema.json:\n  {}",
         errors.join("\n  ")
     );
     envelope

@@ -1,4 +1,4 @@
-//! `schema/envelope-v1.json` against what the gateway really writes: forms
+//! `src/envelope-v1.schema.json` against what the gateway really writes: forms
 //! and raw mail go through a gateway on the dev Redis, and every envelope
 //! read back from `desk` must validate (formats included) and carry the
 //! decoded values the desk relies on. Broken envelopes must fail, so the
@@ -72,7 +72,7 @@ fn schema_is_a_valid_draft_2020_12_schema() {
         "https://json-schema.org/draft/2020-12/schema"
     );
     if let Err(e) = jsonschema::meta::validate(&schema) {
-        panic!("schema/envelope-v1.json is not a valid JSON Schema: {e}");
+        panic!("src/envelope-v1.schema.json is not a valid JSON Schema: {e}");
     }
 }
 

@@ -7,17 +7,18 @@ use std::sync::OnceLock;
 use serde_json::Value;
 
 /// The schema as shipped.
-pub const SCHEMA: &str = include_str!("../../schema/envelope-v1.json");
+pub const SCHEMA: &str = include_str!("../../src/envelope-v1.schema.json");
 
 /// The compiled schema, with formats (date-time, ...) checked.
 pub fn validator() -> &'static jsonschema::Validator {
     static VALIDATOR: OnceLock<jsonschema::Validator> = OnceLock::new();
     VALIDATOR.get_or_init(|| {
-        let schema: Value = serde_json::from_str(SCHEMA).expect("schema/envelope-v1.json is JSON");
+        let schema: Value =
+            serde_json::from_str(SCHEMA).expect("src/envelope-v1.schema.json is JSON");
         jsonschema::draft202012::options()
             .should_validate_formats(true)
             .build(&schema)
-            .expect("schema/envelope-v1.json compiles")
+            .expect("src/envelope-v1.schema.json compiles")
     })
 }
 
@@ -34,7 +35,7 @@ pub fn assert_matches_schema(what: &str, envelope: &Value) {
     let errors = schema_errors(envelope);
     assert!(
         errors.is_empty(),
-        "{what}: the envelope breaks schema/envelope-v1.json:\n  {}\nenvelope: {}",
+        "{what}: the envelope breaks src/envelope-v1.schema.json:\n  {}\nenvelope: {}",
         errors.join("\n  "),
         serde_json::to_string_pretty(envelope).unwrap()
     );
