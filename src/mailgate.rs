@@ -52,6 +52,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::config::ByteSize;
+use crate::telemetry::error_chain;
 
 /// The environment variable that carries the token when `--token-file` is
 /// not given. Read by hand rather than through clap: a clap `env` needs a
@@ -447,18 +448,6 @@ fn answer_disposition(answer: &GatewayAnswer) -> (Sysexit, &'static str, String,
             format!("{said}: check --url"),
         ),
     }
-}
-
-/// The error and its causes on one line, `outer: inner: innermost`.
-fn error_chain(err: &dyn StdError) -> String {
-    let mut line = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        line.push_str(": ");
-        line.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    line
 }
 
 // ---------------------------------------------------------------------------

@@ -34,6 +34,19 @@ pub fn metrics() -> PrometheusHandle {
         .clone()
 }
 
+/// An error and its causes on one line, `outer: inner: innermost`, for
+/// logs and operator-facing messages (never for HTTP clients).
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 /// Runs the recorder's housekeeping (histogram rotation) until shutdown.
 pub async fn upkeep(handle: PrometheusHandle) {
     let mut tick = tokio::time::interval(Duration::from_secs(5));

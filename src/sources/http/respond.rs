@@ -11,6 +11,7 @@ use http_body_util::Full;
 use serde::Serialize;
 
 use crate::pipeline::PipelineError;
+use crate::telemetry::error_chain;
 
 pub type Body = Full<Bytes>;
 
@@ -189,18 +190,6 @@ pub fn json_response(status: StatusCode, body: &impl Serialize) -> Response<Body
         HeaderValue::from_static("application/json"),
     );
     response
-}
-
-/// `error: cause: cause's cause`, for logs.
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

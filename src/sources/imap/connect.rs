@@ -43,7 +43,7 @@ impl Features {
 /// The TLS settings of one account, built once at start.
 pub fn tls_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, ImapError> {
     let roots = crate::tls_roots::load(ca_file)
-        .map_err(|e| ImapError::Ca(crate::sources::http::respond::error_chain(&e)))?;
+        .map_err(|e| ImapError::Ca(crate::telemetry::error_chain(&e)))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

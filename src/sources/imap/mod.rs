@@ -32,6 +32,7 @@ use crate::parse::ParseOptions;
 use crate::pipeline::{Pipeline, PipelineError, Stored};
 use crate::route::{Answer, Refusal, Stream};
 use crate::submission::{Payload, Submission};
+use crate::telemetry::error_chain;
 pub use config::ImapConfig;
 use config::Processed;
 use connect::{Features, Session};
@@ -151,7 +152,7 @@ impl Worker {
                 }
                 Err(e) => {
                     metrics::counter!("intake_imap_errors_total", "kind" => e.kind()).increment(1);
-                    tracing::warn!(mailbox = %self.label, error = %chain(&e), "cannot claim the mailbox lease; retrying");
+                    tracing::warn!(mailbox = %self.label, error = %error_chain(&e), "cannot claim the mailbox lease; retrying");
                     if sleep_or_stop(retry, &stop).await {
                         break;
                     }
@@ -180,7 +181,7 @@ impl Worker {
                 match self.store.release().await {
                     Ok(()) => tracing::info!(mailbox = %self.label, "stopped; lease released"),
                     Err(e) => {
-                        tracing::warn!(mailbox = %self.label, error = %chain(&e), "stopped; the lease could not be released and expires by itself")
+                        tracing::warn!(mailbox = %self.label, error = %error_chain(&e), "stopped; the lease could not be released and expires by itself")
                     }
                 }
                 break;
@@ -211,7 +212,7 @@ impl Worker {
                     .mul_f64(0.8 + 0.2 * random_fraction());
                 tracing::error!(
                     mailbox = %self.label,
-                    error = %chain(&error),
+                    error = %error_chain(&error),
                     retry_in = ?wait,
                     "IMAP login refused; not trying again for a while, to spare the server and the account: fix the credentials"
                 );
@@ -220,7 +221,7 @@ impl Worker {
                 let wait = backoff.next();
                 tracing::warn!(
                     mailbox = %self.label,
-                    error = %chain(&error),
+                    error = %error_chain(&error),
                     kind = error.kind(),
                     retry_in = ?wait,
                     "IMAP session failed; unacknowledged mail stays on the server; reconnecting"
@@ -288,7 +289,7 @@ impl Worker {
                     let wait = backoff.next();
                     tracing::warn!(
                         mailbox = %self.label,
-                        error = %chain(&error),
+                        error = %error_chain(&error),
                         retry_in = ?wait,
                         "mail cannot be stored now; it stays on the server and is read again"
                     );
@@ -752,7 +753,7 @@ async fn keep_lease(
                 return;
             }
             Ok(Err(e)) => {
-                tracing::warn!(mailbox = %label, error = %chain(&e), "cannot renew the lease")
+                tracing::warn!(mailbox = %label, error = %error_chain(&e), "cannot renew the lease")
             }
             Err(_) => tracing::warn!(mailbox = %label, "lease renewal timed out"),
         }
@@ -805,18 +806,6 @@ async fn sleep_or_stop(wait: Duration, stop: &CancellationToken) -> bool {
         () = tokio::time::sleep(wait) => false,
         () = stop.cancelled() => true,
     }
-}
-
-/// An error and its causes on one line, for the log.
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 fn hostname() -> String {
