@@ -39,6 +39,9 @@ enum Command {
     /// Run rules and dedupe over archived mail (Maildir or mbox), offline,
     /// and report what each rule would have done.
     Replay(intake::cli::replay::ReplayArgs),
+    /// The desk side: a reference consumer of the streams.
+    #[command(subcommand)]
+    Desk(intake::cli::desk::DeskCommand),
 }
 
 fn main() -> ExitCode {
@@ -61,5 +64,6 @@ fn main() -> ExitCode {
         Command::Mailgate(args) => intake::mailgate::main(*args),
         Command::Rules(command) => intake::cli::rules::main(command),
         Command::Replay(args) => intake::cli::replay::main(args),
+        Command::Desk(command) => intake::cli::desk::main(command),
     }
 }

@@ -1,7 +1,9 @@
-//! Offline commands for sysadmins: `intake rules check|explain` and
-//! `intake replay`. Exit codes: 0 ok, 1 the rules are invalid, 64 usage,
+//! Commands beside the daemon: `intake rules check|explain`,
+//! `intake replay` (offline, for sysadmins) and `intake desk tail` (the
+//! reference desk consumer). Exit codes: 0 ok, 1 the rules are invalid, 64 usage,
 //! 66 input missing or unreadable (EX_NOINPUT), 69 Redis unreachable.
 
+pub mod desk;
 pub mod replay;
 pub mod rules;
 
