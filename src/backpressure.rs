@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use crate::sink::connection::RedisConnection;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
@@ -104,7 +104,7 @@ impl Backpressure {
     /// that does not answer already refuses writes on its own).
     pub async fn watch(
         self: Arc<Self>,
-        mut connection: ConnectionManager,
+        mut connection: RedisConnection,
         desk_key: String,
         config: BackpressureConfig,
         stop: CancellationToken,
@@ -128,17 +128,15 @@ impl Backpressure {
 
 /// The desk's length and Redis' used and maximum memory (0: no limit).
 async fn sample(
-    connection: &mut ConnectionManager,
+    connection: &mut RedisConnection,
     desk_key: &str,
 ) -> redis::RedisResult<(u64, u64, u64)> {
     let desk_len: u64 = redis::cmd("XLEN")
         .arg(desk_key)
         .query_async(connection)
         .await?;
-    let info: String = redis::cmd("INFO")
-        .arg("memory")
-        .query_async(connection)
-        .await?;
+    // The desk's own node: on a cluster, the one whose memory decides.
+    let info = connection.info_for_key(desk_key, "memory").await?;
     let field = |name: &str| -> u64 {
         info.lines()
             .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))

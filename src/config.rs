@@ -163,6 +163,12 @@ pub struct RedisConfig {
     /// item is not acknowledged and the client is told to retry.
     #[serde(default = "default_redis_timeout")]
     pub timeout: HumanDuration,
+    /// `url` is one node of a Redis Cluster (the others are found from it).
+    #[serde(default)]
+    pub cluster: bool,
+    /// More cluster nodes to start from, should the one in `url` be down.
+    #[serde(default)]
+    pub cluster_nodes: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

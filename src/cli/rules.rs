@@ -184,7 +184,7 @@ fn explain(args: ExplainArgs) -> ExitCode {
                 .await
                 {
                     Ok(Ok(c)) => Some(RedisStore::new(
-                        c,
+                        crate::sink::connection::RedisConnection::Single(c),
                         &args.prefix,
                         std::time::Duration::from_secs(2),
                     )),

@@ -4,20 +4,20 @@
 
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use crate::sink::connection::RedisConnection;
 use redis::RedisError;
 
 use super::GuardError;
 
 #[derive(Clone)]
 pub struct RedisStore {
-    connection: ConnectionManager,
+    connection: RedisConnection,
     prefix: String,
     timeout: Duration,
 }
 
 impl RedisStore {
-    pub fn new(connection: ConnectionManager, prefix: &str, timeout: Duration) -> Self {
+    pub fn new(connection: RedisConnection, prefix: &str, timeout: Duration) -> Self {
         RedisStore {
             connection,
             prefix: prefix.to_string(),
@@ -29,7 +29,7 @@ impl RedisStore {
         &self.prefix
     }
 
-    pub fn connection(&self) -> ConnectionManager {
+    pub fn connection(&self) -> RedisConnection {
         self.connection.clone()
     }
 

@@ -6,9 +6,9 @@
 
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, RedisError};
+use redis::RedisError;
 
+use super::connection::RedisConnection;
 use super::{Appended, Entry, Seen, Sink, SinkError, SinkFuture, StoredEntry, ITEM_STREAMS};
 use crate::config::{RedisConfig, SecretValue};
 
@@ -30,7 +30,7 @@ return {1, entry}
 const IDEMPOTENCY_TTL_SECS: u64 = 30 * 24 * 3600;
 
 pub struct RedisSink {
-    connection: ConnectionManager,
+    connection: RedisConnection,
     /// `<prefix>:` prepended to every stream name.
     prefix: String,
     /// Bound on every command, connect and reconnect included.
@@ -40,35 +40,17 @@ pub struct RedisSink {
 impl RedisSink {
     /// Prepares the connection; does not wait for Redis to be up.
     pub fn new(config: &RedisConfig, password: Option<SecretValue>) -> Result<Self, RedisError> {
-        let mut info: redis::ConnectionInfo =
-            redis::IntoConnectionInfo::into_connection_info(config.url.as_str())?;
-        if let Some(password) = password {
-            let redis_settings = info
-                .redis_settings()
-                .clone()
-                .set_password(password.expose());
-            info = info.set_redis_settings(redis_settings);
-        }
-        let client = Client::open(info)?;
-        let timeout: Duration = config.timeout.into();
-        let manager_config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
-            // One quick retry inside the manager; the client retries the rest.
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(200));
-        let connection = ConnectionManager::new_lazy_with_config(client, manager_config)?;
         Ok(RedisSink {
-            connection,
+            connection: RedisConnection::new(config, password)?,
             prefix: config.prefix.clone(),
-            timeout,
+            timeout: config.timeout.into(),
         })
     }
 
     /// The shared connection, for stages and sources that keep state of
     /// their own in the same Redis (the guard's limits and dedupe, the IMAP
     /// source's checkpoints and leases).
-    pub fn connection(&self) -> ConnectionManager {
+    pub fn connection(&self) -> RedisConnection {
         self.connection.clone()
     }
 
@@ -229,14 +211,16 @@ impl Sink for RedisSink {
 
     fn seen<'a>(&'a self, key: &'a str) -> SinkFuture<'a, Option<Seen>> {
         Box::pin(async move {
-            // One round trip: a GET per stream's key namespace, pipelined.
-            let mut pipe = redis::pipe();
+            // One MGET over every stream's key: one round trip on a single
+            // Redis; on a cluster the keys live in their streams' slots and
+            // the client splits the MGET by node (a pipeline could not).
+            let mut mget = redis::cmd("MGET");
             for stream in ITEM_STREAMS {
-                pipe.cmd("GET").arg(self.idempotency_key(stream, key));
+                mget.arg(self.idempotency_key(stream, key));
             }
             let mut connection = self.connection.clone();
             let values: Vec<Option<String>> =
-                self.bounded(pipe.query_async(&mut connection)).await?;
+                self.bounded(mget.query_async(&mut connection)).await?;
             Ok(ITEM_STREAMS
                 .into_iter()
                 .zip(values)

@@ -5,6 +5,7 @@
 #![allow(dead_code)] // each test binary uses a different part of this module
 
 pub mod clamd;
+pub mod cluster;
 pub mod envelope;
 pub mod imap;
 

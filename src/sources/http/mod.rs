@@ -34,7 +34,7 @@ pub struct AppState {
     /// Signs form tokens; `None` without `[forms_security]`.
     pub form_tokens: Option<crate::formguard::TokenKey>,
     /// Remembers used form tokens (replay check).
-    pub redis: Option<redis::aio::ConnectionManager>,
+    pub redis: Option<crate::sink::connection::RedisConnection>,
 }
 
 /// Answers one request. Never fails: every refusal is an answer.

@@ -21,9 +21,9 @@ use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::sink::connection::RedisConnection;
 use bytes::Bytes;
 use futures_util::StreamExt;
-use redis::aio::ConnectionManager;
 use sha2::Digest;
 use tokio_util::sync::CancellationToken;
 
@@ -56,7 +56,7 @@ impl ImapSource {
     pub fn new(
         accounts: &[ImapConfig],
         pipeline: Arc<Pipeline>,
-        redis: ConnectionManager,
+        redis: RedisConnection,
         prefix: &str,
         redis_timeout: Duration,
     ) -> Result<ImapSource, ImapError> {

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use crate::sink::connection::RedisConnection;
 
 use super::error::ImapError;
 
@@ -58,7 +58,7 @@ return 1
 /// The Redis side of one mailbox.
 #[derive(Clone)]
 pub struct MailboxStore {
-    connection: ConnectionManager,
+    connection: RedisConnection,
     lease_key: String,
     checkpoint_key: String,
     /// This replica's id in the lease.
@@ -68,7 +68,7 @@ pub struct MailboxStore {
 
 impl MailboxStore {
     pub fn new(
-        connection: ConnectionManager,
+        connection: RedisConnection,
         prefix: &str,
         account: &str,
         mailbox: &str,

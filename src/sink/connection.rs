@@ -1,0 +1,165 @@
+//! The one Redis connection every part of the gateway shares (the sink's
+//! writes, the guard's buckets and dedupe history, IMAP leases and
+//! checkpoints, backpressure): a single server or a Redis Cluster, chosen
+//! by `redis.cluster` in the config, behind one type.
+//!
+//! Both kinds connect lazily, so the gateway starts (and answers 503)
+//! while Redis is down, and reconnect by themselves. On a cluster, every
+//! command goes to the node that owns its key's slot; the key layout puts
+//! all keys one script touches under one hash tag (`{...}`), so every
+//! script runs on one node.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, Slot, SlotAddr};
+use redis::{Cmd, Pipeline, RedisError, RedisFuture, RedisResult, Value};
+use tokio::sync::Mutex;
+
+use crate::config::{RedisConfig, SecretValue};
+
+/// A connection to Redis or to a Redis Cluster; cheap to clone, every clone
+/// shares the same sockets.
+#[derive(Clone)]
+pub enum RedisConnection {
+    Single(ConnectionManager),
+    Cluster(LazyCluster),
+}
+
+impl RedisConnection {
+    /// Prepares the connection without waiting for Redis to be up.
+    pub fn new(config: &RedisConfig, password: Option<SecretValue>) -> Result<Self, RedisError> {
+        let timeout: Duration = config.timeout.into();
+        let with_password = |url: &str| -> Result<redis::ConnectionInfo, RedisError> {
+            let mut info = redis::IntoConnectionInfo::into_connection_info(url)?;
+            if let Some(password) = &password {
+                let settings = info
+                    .redis_settings()
+                    .clone()
+                    .set_password(password.expose());
+                info = info.set_redis_settings(settings);
+            }
+            Ok(info)
+        };
+        if config.cluster {
+            let seeds = std::iter::once(&config.url)
+                .chain(&config.cluster_nodes)
+                .map(|url| with_password(url))
+                .collect::<Result<Vec<_>, _>>()?;
+            let client = ClusterClient::builder(seeds)
+                .connection_timeout(timeout)
+                .response_timeout(timeout)
+                .retries(2)
+                .build()?;
+            return Ok(RedisConnection::Cluster(LazyCluster(Arc::new(
+                LazyClusterInner {
+                    client,
+                    connection: Mutex::new(None),
+                    timeout,
+                },
+            ))));
+        }
+        let client = redis::Client::open(with_password(&config.url)?)?;
+        let manager_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            // One quick retry inside the manager; the client retries the rest.
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(200));
+        Ok(RedisConnection::Single(
+            ConnectionManager::new_lazy_with_config(client, manager_config)?,
+        ))
+    }
+
+    /// `INFO <section>` of the server that holds `key`: on a cluster, the
+    /// primary of its slot (the node whose memory decides whether a write
+    /// to `key` succeeds), not a merge of every node.
+    pub async fn info_for_key(&mut self, key: &str, section: &str) -> RedisResult<String> {
+        let mut cmd = redis::cmd("INFO");
+        cmd.arg(section);
+        match self {
+            RedisConnection::Single(c) => cmd.query_async(c).await,
+            RedisConnection::Cluster(lazy) => {
+                let mut c = lazy.get().await?;
+                let route = Route::with_slot(Slot::for_key(key), SlotAddr::Master);
+                let value = c
+                    .route_command(
+                        cmd,
+                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route)),
+                    )
+                    .await?;
+                redis::from_redis_value(value).map_err(RedisError::from)
+            }
+        }
+    }
+}
+
+/// A cluster connection made on first use: the slot map can only be read
+/// from a live node, and the gateway must start while the cluster is down.
+#[derive(Clone)]
+pub struct LazyCluster(Arc<LazyClusterInner>);
+
+struct LazyClusterInner {
+    client: ClusterClient,
+    /// The connection once made; the cluster client reconnects to nodes
+    /// and refreshes its slot map by itself after that.
+    connection: Mutex<Option<ClusterConnection>>,
+    timeout: Duration,
+}
+
+impl LazyCluster {
+    async fn get(&self) -> RedisResult<ClusterConnection> {
+        let inner = &self.0;
+        let mut slot = inner.connection.lock().await;
+        if let Some(connection) = slot.as_ref() {
+            return Ok(connection.clone());
+        }
+        let connection = tokio::time::timeout(inner.timeout, inner.client.get_async_connection())
+            .await
+            .map_err(|_| {
+                RedisError::from(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "no cluster node answered in time",
+                ))
+            })??;
+        *slot = Some(connection.clone());
+        Ok(connection)
+    }
+}
+
+impl ConnectionLike for RedisConnection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            RedisConnection::Single(c) => c.req_packed_command(cmd),
+            RedisConnection::Cluster(lazy) => Box::pin(async move {
+                let mut c = lazy.get().await?;
+                c.req_packed_command(cmd).await
+            }),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            RedisConnection::Single(c) => c.req_packed_commands(cmd, offset, count),
+            RedisConnection::Cluster(lazy) => Box::pin(async move {
+                let mut c = lazy.get().await?;
+                c.req_packed_commands(cmd, offset, count).await
+            }),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            RedisConnection::Single(c) => c.get_db(),
+            RedisConnection::Cluster(_) => 0,
+        }
+    }
+}
