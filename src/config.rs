@@ -59,6 +59,9 @@ pub struct Config {
     /// The key form tokens are signed with.
     #[serde(default)]
     pub forms_security: Option<crate::formguard::FormsSecurityConfig>,
+    /// The LMTP listener a mail server delivers into; off without it.
+    #[serde(default)]
+    pub lmtp: Option<crate::sources::lmtp::LmtpConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -451,6 +454,9 @@ impl Config {
             if let Err(e) = secret.resolve() {
                 problems.push(format!("redis.password: {e}"));
             }
+        }
+        if let Some(lmtp) = &self.lmtp {
+            problems.extend(lmtp.problems());
         }
         if let Some(secret) = &self.messages.token {
             if let Err(e) = secret.resolve() {
