@@ -27,8 +27,8 @@ use crate::submission::{Payload, Submission};
 const MAX_COMMAND_LINE: usize = 2048;
 
 /// Bad commands in one session before it is closed: a client that sends
-/// junk is not a mail server worth talking to.
-const MAX_ERRORS: u32 = 10;
+/// junk is not a mail server worth talking to (Postfix smtpd allows 20 too).
+const MAX_ERRORS: u32 = 20;
 
 /// The transaction in progress.
 #[derive(Debug, Default, Clone)]
