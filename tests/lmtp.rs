@@ -693,3 +693,112 @@ async fn shutdown_tells_idle_sessions_421() {
         "no longer listening"
     );
 }
+
+#[tokio::test]
+async fn a_full_desk_gets_451_until_it_drains() {
+    let (gw, port) = gateway(
+        "lmtp_backpressure",
+        &redis_url(),
+        "",
+        "[backpressure]\ndesk_high_water = 2\ncheck_interval = \"50ms\"\n",
+    )
+    .await;
+    let mut raw = Raw::connect(port).await;
+    raw.command("LHLO c").await.expect(250, "", "LHLO");
+    // Deliver until the watch sees the desk past its mark (a safety net
+    // of 200 messages).
+    let mut stored = 0;
+    let refused = loop {
+        assert!(stored < 200, "no 451 after {stored} stored messages");
+        raw.command("MAIL FROM:<ann@example.com>")
+            .await
+            .expect(250, "2.1.0", "MAIL");
+        raw.command("RCPT TO:<support@shop.test>")
+            .await
+            .expect(250, "2.1.5", "RCPT");
+        raw.command("DATA").await.expect(354, "", "DATA");
+        raw.send(&mail(&format!("busy-{stored}"), "hello")).await;
+        raw.send(b".\r\n").await;
+        let reply = raw.reply().await;
+        if reply.code == 250 {
+            stored += 1;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        }
+        break reply;
+    };
+    refused.expect(451, "4.3.0", "backpressure: retry later");
+    assert!(stored >= 3, "the mark (2) was passed first: {stored}");
+    assert_eq!(
+        gw.entries("desk").await.len(),
+        stored,
+        "every 250 is on the desk"
+    );
+
+    // The desk consumer catches up; the same session is served again.
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("DEL")
+        .arg(format!("{}:desk", gw.prefix))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let mut served = false;
+    for _ in 0..100 {
+        let reply = raw
+            .deliver(
+                "ann@example.com",
+                &["support@shop.test"],
+                &mail("after", "x"),
+            )
+            .await
+            .remove(0);
+        if reply.code == 250 {
+            served = true;
+            break;
+        }
+        reply.expect(451, "4.3.0", "only 451 until the watch samples again");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(served, "served again once the desk drained");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_rate_rule_keeps_mail_in_suppressed_and_answers_250() {
+    // Mail is never refused by a rule (src/route.rs): a refusal would make
+    // the mail server retry or bounce to a possibly forged sender.
+    let rules = tempfile::tempdir().unwrap();
+    std::fs::write(
+        rules.path().join("20-email.toml"),
+        "[[rule]]\nname = \"one-mail\"\nmatch = { channel = \"email\" }\nkey = [\"sender\"]\n\
+         rate = \"1/h\"\nburst = 1\naction = \"reject\"\nscope = \"local\"\n",
+    )
+    .unwrap();
+    let config = format!("[rules]\ndir = \"{}\"\n", rules.path().display());
+    let (gw, port) = gateway("lmtp_rate", &redis_url(), "", &config).await;
+    let mut raw = Raw::connect(port).await;
+    raw.deliver(
+        "ann@example.com",
+        &["support@shop.test"],
+        &mail("first", "a"),
+    )
+    .await[0]
+        .expect(250, "2.0.0", "within the burst");
+    let replies = raw
+        .deliver(
+            "ann@example.com",
+            &["support@shop.test", "sales@shop.test"],
+            &mail("second", "b"),
+        )
+        .await;
+    for reply in &replies {
+        reply.expect(250, "2.0.0", "stored, though not for the desk");
+    }
+    assert_eq!(gw.entries("desk").await.len(), 1);
+    let suppressed = gw.entries("suppressed").await;
+    assert_eq!(suppressed.len(), 1, "the second is kept for audit");
+    assert_eq!(suppressed[0].field("kind"), "rejected");
+    assert_eq!(suppressed[0].envelope()["source"]["type"], "lmtp");
+    gw.stop().await;
+}
