@@ -31,7 +31,7 @@ const MAX_COMMAND_LINE: usize = 2048;
 const MAX_ERRORS: u32 = 20;
 
 /// The transaction in progress.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default)]
 struct Transaction {
     /// `MAIL FROM` given: the envelope sender (empty for `<>`).
     sender: Option<String>,
@@ -73,10 +73,12 @@ pub async fn run(
         transaction: Transaction::default(),
         errors: 0,
     };
-    if let Err(e) = session.converse(&stop).await {
-        tracing::debug!(%peer, error = %e, "LMTP connection ended with an error");
+    tracing::debug!(%peer, "LMTP session opened");
+    match session.converse(&stop).await {
+        Ok(()) => tracing::debug!(%peer, "LMTP session closed"),
+        Err(e) => tracing::debug!(%peer, error = %e, "LMTP connection ended with an error"),
     }
-    let _ = session.writer.flush().await;
+    let _ = session.flush().await;
     drop(session);
     let _ = stream.shutdown().await;
 }
@@ -88,7 +90,7 @@ impl Session<'_> {
         loop {
             // Replies go out once the client has no more commands queued.
             if self.reader.buffer().is_empty() {
-                self.writer.flush().await?;
+                self.flush().await?;
             }
             let timeout = self.shared.config.command_timeout.0;
             let line = tokio::select! {
@@ -249,7 +251,7 @@ impl Session<'_> {
     async fn data(&mut self) -> std::io::Result<Next> {
         self.send(&Reply::new(354, "", "end data with <CR><LF>.<CR><LF>"))
             .await?;
-        self.writer.flush().await?;
+        self.flush().await?;
         let config = &self.shared.config;
         let limit = config.max_size.bytes();
         let read = tokio::time::timeout(
@@ -274,7 +276,7 @@ impl Session<'_> {
                 tracing::info!(peer = %self.peer, size, limit, "LMTP message over lmtp.max_size refused");
                 Verdict::too_big(limit)
             }
-            Some(Data::Complete(message)) => self.store(transaction.clone(), message).await,
+            Some(Data::Complete(message)) => self.store(&transaction, message).await,
         };
         metrics::counter!("intake_lmtp_messages_total", "outcome" => verdict.outcome).increment(1);
         // RFC 2033 4.2: one reply per recipient that RCPT accepted, in
@@ -287,11 +289,11 @@ impl Session<'_> {
 
     /// Runs the pipeline on one message; the verdict says whether it is
     /// stored.
-    async fn store(&self, transaction: Transaction, message: Vec<u8>) -> Verdict {
+    async fn store(&self, transaction: &Transaction, message: Vec<u8>) -> Verdict {
         let started = Instant::now();
         let source = Source::Lmtp {
-            sender: transaction.sender.unwrap_or_default(),
-            recipients: transaction.recipients,
+            sender: transaction.sender.clone().unwrap_or_default(),
+            recipients: transaction.recipients.clone(),
             ip: self.peer.ip().to_string(),
         };
         let submission = Submission::new(source, Payload::Mail(Bytes::from(message)));
@@ -313,7 +315,23 @@ impl Session<'_> {
         Ok(Next::Continue)
     }
 
+    /// Queues a reply; it goes out at the next flush, or sooner when the
+    /// buffer fills. A client that stops reading cannot hold the session:
+    /// the write is bounded by `command_timeout` too.
     async fn send(&mut self, reply: &Reply) -> std::io::Result<()> {
-        self.writer.write_all(reply.encode().as_bytes()).await
+        let timeout = self.shared.config.command_timeout.0;
+        match tokio::time::timeout(timeout, self.writer.write_all(reply.encode().as_bytes())).await
+        {
+            Ok(written) => written,
+            Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+        }
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        let timeout = self.shared.config.command_timeout.0;
+        match tokio::time::timeout(timeout, self.writer.flush()).await {
+            Ok(flushed) => flushed,
+            Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+        }
     }
 }
