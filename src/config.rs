@@ -59,6 +59,9 @@ pub struct Config {
     /// The key form tokens are signed with.
     #[serde(default)]
     pub forms_security: Option<crate::formguard::FormsSecurityConfig>,
+    /// The LMTP listener a mail server delivers into; off without it.
+    #[serde(default)]
+    pub lmtp: Option<crate::sources::lmtp::LmtpConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -458,6 +461,9 @@ impl Config {
                 problems.push(format!("redis.password: {e}"));
             }
         }
+        if let Some(lmtp) = &self.lmtp {
+            problems.extend(lmtp.problems());
+        }
         if let Some(secret) = &self.messages.token {
             if let Err(e) = secret.resolve() {
                 problems.push(format!("messages.token: {e}"));
@@ -687,6 +693,10 @@ mod tests {
         let text = std::fs::read_to_string(path).unwrap();
         let c = Config::from_toml(&text).expect("deploy/dev/intake.toml parses");
         assert_eq!(c.http.max_requests_per_ip, 32);
+        // DESIGN.md fixes the dev LMTP port.
+        let lmtp = c.lmtp.as_ref().expect("the dev config has [lmtp]");
+        assert_eq!(lmtp.listen.to_string(), "127.0.0.1:2424");
+        assert!(lmtp.problems().is_empty(), "{:?}", lmtp.problems());
     }
 
     #[test]

@@ -102,10 +102,14 @@ pub enum Source {
         /// The address of the client that posted it.
         ip: String,
     },
-    /// Delivered over LMTP.
+    /// Delivered over LMTP (src/sources/lmtp).
     Lmtp {
+        /// Envelope sender (`MAIL FROM`); empty for a bounce (`<>`).
         sender: String,
+        /// The recipients `RCPT TO` accepted, in order.
         recipients: Vec<String>,
+        /// The address of the mail server that delivered it.
+        ip: String,
     },
     /// A web-form post.
     Form {

@@ -103,6 +103,14 @@ pub async fn run_on(
         ),
         None => None,
     };
+    let lmtp_listener = match &config.lmtp {
+        Some(lmtp) => Some(
+            TcpListener::bind(lmtp.listen)
+                .await
+                .with_context(|| format!("cannot listen on lmtp.listen = {}", lmtp.listen))?,
+        ),
+        None => None,
+    };
     let guard_store = crate::guard::store::RedisStore::new(
         sink.connection(),
         &config.redis.prefix,
@@ -141,6 +149,16 @@ pub async fn run_on(
         config.redis.timeout.into(),
     )
     .context("imap")?;
+    let lmtp = lmtp_listener
+        .zip(config.lmtp.clone())
+        .map(|(listener, lmtp)| {
+            let shared = Arc::new(crate::sources::lmtp::Shared {
+                config: lmtp,
+                pipeline: pipeline.clone(),
+                keep_raw: config.messages.keep_raw,
+            });
+            (listener, shared)
+        });
     let state = Arc::new(AppState {
         config: config.clone(),
         pipeline,
@@ -239,6 +257,21 @@ pub async fn run_on(
         )
         .await;
     };
+    // LMTP sessions in the middle of a message get their answer; idle
+    // ones are told 421 (the mail server retries elsewhere or later).
+    let lmtp = async {
+        let Some((listener, shared)) = lmtp else {
+            return;
+        };
+        tracing::info!(listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "LMTP listener serving");
+        crate::sources::lmtp::serve(
+            listener,
+            shared,
+            stop.clone().cancelled_owned(),
+            DRAIN_DEADLINE,
+        )
+        .await;
+    };
     // IMAP mailboxes stop with the same signal: unacknowledged mail stays
     // on the server, and each lease is released for another replica.
     let imap = imap.run(stop.clone());
@@ -246,7 +279,7 @@ pub async fn run_on(
         shutdown.await;
         stop.cancel();
     };
-    tokio::join!(public, admin, imap, signal);
+    tokio::join!(public, admin, lmtp, imap, signal);
     let _ = upkeep.await;
     if let Some(redrive) = redrive {
         // The task stops at its next step; a scan in flight is bounded by

@@ -202,6 +202,7 @@ fn every_source_variant_and_optional_field_matches_the_schema() {
             Source::Lmtp {
                 sender: "ann@example.com".into(),
                 recipients: vec!["support@shop.test".into()],
+                ip: "127.0.0.1".into(),
             },
         ),
         (

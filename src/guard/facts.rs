@@ -36,8 +36,12 @@ impl<'a> Facts<'a> {
                     recipients.iter().map(String::as_str).collect(),
                     sender.as_deref(),
                 ),
-                Source::Lmtp { sender, recipients } => (
-                    None,
+                Source::Lmtp {
+                    sender,
+                    recipients,
+                    ip,
+                } => (
+                    Some(ip),
                     None,
                     recipients.iter().map(String::as_str).collect(),
                     Some(sender.as_str()),

@@ -4,3 +4,4 @@
 
 pub mod http;
 pub mod imap;
+pub mod lmtp;

@@ -8,6 +8,7 @@ pub mod clamd;
 pub mod cluster;
 pub mod envelope;
 pub mod imap;
+pub mod postfix;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -117,6 +118,17 @@ impl Gateway {
         redis_url: &str,
         make: impl FnOnce(&str, &std::path::Path) -> String,
     ) -> Gateway {
+        Gateway::start_custom_at(test, redis_url, "127.0.0.1:0", make).await
+    }
+
+    /// Like [`Gateway::start_custom`], listening on `listen` (a gateway
+    /// that comes back on the port a mail server already points at).
+    pub async fn start_custom_at(
+        test: &str,
+        redis_url: &str,
+        listen: &str,
+        make: impl FnOnce(&str, &std::path::Path) -> String,
+    ) -> Gateway {
         let dir = tempfile::tempdir().expect("temp dir");
         let token_file: PathBuf = dir.path().join("token");
         std::fs::write(&token_file, format!("{TOKEN}\n")).expect("write token");
@@ -124,7 +136,7 @@ impl Gateway {
         let text = make(&prefix, &token_file);
         let config = intake::config::Config::from_toml(&text).expect("test config parses");
         config.validate().expect("test config is valid");
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = TcpListener::bind(listen).await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(intake::serve::run_on(listener, config, async {

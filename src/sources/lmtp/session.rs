@@ -1,0 +1,337 @@
+//! One LMTP connection, command by command (RFC 2033). Every read is
+//! bounded: a command line by `command_timeout` and its length, the
+//! message by `data_timeout` and `max_size`. Replies are written as soon as
+//! they are known and flushed when no more pipelined input is waiting
+//! (RFC 2920), so a pipelining client gets them in one go.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::tcp::{ReadHalf, WriteHalf};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use super::command::{self, Command};
+use super::reply::{self, Reply, Verdict};
+use super::wire::{self, Data, Line};
+use super::Shared;
+use crate::envelope::Source;
+use crate::parse::ParseOptions;
+use crate::submission::{Payload, Submission};
+
+/// The longest command line (RFC 5321 4.5.3.1.4 says 512 with CRLF; MAIL
+/// parameters may extend it, RFC 1869, so some room above).
+const MAX_COMMAND_LINE: usize = 2048;
+
+/// Bad commands in one session before it is closed: a client that sends
+/// junk is not a mail server worth talking to (Postfix smtpd allows 20 too).
+const MAX_ERRORS: u32 = 20;
+
+/// The transaction in progress.
+#[derive(Debug, Default)]
+struct Transaction {
+    /// `MAIL FROM` given: the envelope sender (empty for `<>`).
+    sender: Option<String>,
+    /// The recipients accepted so far, in order.
+    recipients: Vec<String>,
+}
+
+/// What to do after a command.
+enum Next {
+    Continue,
+    Close,
+}
+
+pub struct Session<'a> {
+    shared: &'a Shared,
+    peer: SocketAddr,
+    reader: BufReader<ReadHalf<'a>>,
+    writer: BufWriter<WriteHalf<'a>>,
+    /// LHLO seen: MAIL is allowed.
+    greeted: bool,
+    transaction: Transaction,
+    errors: u32,
+}
+
+/// Serves one connection to its end.
+pub async fn run(
+    shared: Arc<Shared>,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    stop: CancellationToken,
+) {
+    let (read, write) = stream.split();
+    let mut session = Session {
+        shared: &shared,
+        peer,
+        reader: BufReader::new(read),
+        writer: BufWriter::new(write),
+        greeted: false,
+        transaction: Transaction::default(),
+        errors: 0,
+    };
+    tracing::debug!(%peer, "LMTP session opened");
+    match session.converse(&stop).await {
+        Ok(()) => tracing::debug!(%peer, "LMTP session closed"),
+        Err(e) => tracing::debug!(%peer, error = %e, "LMTP connection ended with an error"),
+    }
+    let _ = session.flush().await;
+    drop(session);
+    let _ = stream.shutdown().await;
+}
+
+impl Session<'_> {
+    async fn converse(&mut self, stop: &CancellationToken) -> std::io::Result<()> {
+        let greeting = format!("{} LMTP intake ready", self.shared.config.hostname);
+        self.send(&Reply::multiline(220, vec![greeting])).await?;
+        loop {
+            // Replies go out once the client has no more commands queued.
+            if self.reader.buffer().is_empty() {
+                self.flush().await?;
+            }
+            let timeout = self.shared.config.command_timeout.0;
+            let line = tokio::select! {
+                read = tokio::time::timeout(timeout, wire::read_line(&mut self.reader, MAX_COMMAND_LINE)) => read,
+                () = stop.cancelled() => {
+                    self.send(&Reply::new(421, "4.3.2", "shutting down; try again later")).await?;
+                    return Ok(());
+                }
+            };
+            let line = match line {
+                Err(_) => {
+                    metrics::counter!("intake_lmtp_timeouts_total", "phase" => "command")
+                        .increment(1);
+                    self.send(&Reply::new(421, "4.4.2", "timed out waiting for a command"))
+                        .await?;
+                    return Ok(());
+                }
+                Ok(line) => line?,
+            };
+            let reply = match line {
+                Line::Closed => return Ok(()),
+                Line::TooLong => Err(Reply::new(500, "5.5.2", "line too long")),
+                Line::Complete(line) => command::parse(&line),
+            };
+            let next = match reply {
+                Ok(command) => self.handle(command).await?,
+                Err(refusal) => {
+                    self.refuse(refusal).await?;
+                    Next::Continue
+                }
+            };
+            if matches!(next, Next::Close) {
+                return Ok(());
+            }
+            if self.errors >= MAX_ERRORS {
+                self.send(&Reply::new(421, "4.7.0", "too many errors; closing"))
+                    .await?;
+                return Ok(());
+            }
+        }
+    }
+
+    async fn handle(&mut self, command: Command) -> std::io::Result<Next> {
+        let config = &self.shared.config;
+        let reply = match command {
+            Command::Lhlo => {
+                self.greeted = true;
+                self.transaction = Transaction::default();
+                Reply::multiline(
+                    250,
+                    vec![
+                        config.hostname.clone(),
+                        "PIPELINING".into(),
+                        "ENHANCEDSTATUSCODES".into(),
+                        "8BITMIME".into(),
+                        format!("SIZE {}", config.max_size.bytes()),
+                    ],
+                )
+            }
+            Command::SmtpGreeting => {
+                return self
+                    .refuse(Reply::new(500, "5.5.1", "this is LMTP; greet with LHLO"))
+                    .await
+            }
+            Command::Mail { sender, size } => {
+                if !self.greeted {
+                    return self
+                        .refuse(Reply::new(503, "5.5.1", "send LHLO first"))
+                        .await;
+                }
+                if self.transaction.sender.is_some() {
+                    return self
+                        .refuse(Reply::new(503, "5.5.1", "MAIL already given; RSET first"))
+                        .await;
+                }
+                let limit = config.max_size.bytes();
+                if size.is_some_and(|size| size > limit) {
+                    metrics::counter!("intake_lmtp_messages_total", "outcome" => "rejected")
+                        .increment(1);
+                    Reply::new(
+                        552,
+                        "5.3.4",
+                        format!("message too big (limit {limit} bytes)"),
+                    )
+                } else {
+                    self.transaction.sender = Some(sender);
+                    Reply::new(250, "2.1.0", "sender ok")
+                }
+            }
+            Command::Rcpt { recipient } => {
+                if self.transaction.sender.is_none() {
+                    return self
+                        .refuse(Reply::new(503, "5.5.1", "send MAIL first"))
+                        .await;
+                }
+                if self.transaction.recipients.len() >= config.max_recipients {
+                    Reply::new(
+                        452,
+                        "4.5.3",
+                        "too many recipients; send the rest in another transaction",
+                    )
+                } else if !config.accepts(&recipient) {
+                    metrics::counter!("intake_lmtp_recipients_total", "result" => "refused")
+                        .increment(1);
+                    Reply::new(550, "5.1.1", format!("<{recipient}> is not a mailbox here"))
+                } else {
+                    metrics::counter!("intake_lmtp_recipients_total", "result" => "accepted")
+                        .increment(1);
+                    let reply = Reply::new(250, "2.1.5", format!("<{recipient}> ok"));
+                    self.transaction.recipients.push(recipient);
+                    reply
+                }
+            }
+            Command::Data => {
+                if self.transaction.sender.is_none() {
+                    return self
+                        .refuse(Reply::new(503, "5.5.1", "send MAIL first"))
+                        .await;
+                }
+                if self.transaction.recipients.is_empty() {
+                    // RFC 2033 4.2: DATA without a good recipient fails 503.
+                    return self
+                        .refuse(Reply::new(503, "5.5.1", "no valid recipients"))
+                        .await;
+                }
+                return self.data().await;
+            }
+            Command::Rset => {
+                self.transaction = Transaction::default();
+                Reply::new(250, "2.0.0", "ok")
+            }
+            Command::Noop => Reply::new(250, "2.0.0", "ok"),
+            Command::Quit => {
+                self.send(&Reply::new(221, "2.0.0", "bye")).await?;
+                return Ok(Next::Close);
+            }
+            Command::Vrfy => Reply::new(
+                252,
+                "2.5.0",
+                "cannot verify, but will take the message and try",
+            ),
+            Command::Help => Reply::new(
+                214,
+                "2.0.0",
+                "LHLO MAIL RCPT DATA RSET NOOP QUIT VRFY (RFC 2033)",
+            ),
+            Command::NotImplemented => {
+                return self
+                    .refuse(Reply::new(502, "5.5.1", "command not implemented"))
+                    .await
+            }
+        };
+        self.send(&reply).await?;
+        Ok(Next::Continue)
+    }
+
+    /// DATA: 354, the message, then one reply per accepted recipient.
+    async fn data(&mut self) -> std::io::Result<Next> {
+        self.send(&Reply::new(354, "", "end data with <CR><LF>.<CR><LF>"))
+            .await?;
+        self.flush().await?;
+        let config = &self.shared.config;
+        let limit = config.max_size.bytes();
+        let read = tokio::time::timeout(
+            config.data_timeout.0,
+            wire::read_data(&mut self.reader, limit),
+        )
+        .await;
+        let data = match read {
+            Err(_) => {
+                metrics::counter!("intake_lmtp_timeouts_total", "phase" => "data").increment(1);
+                self.send(&Reply::new(421, "4.4.2", "timed out receiving the message"))
+                    .await?;
+                return Ok(Next::Close);
+            }
+            Ok(data) => data?,
+        };
+        let transaction = std::mem::take(&mut self.transaction);
+        let verdict = match data {
+            // Closed mid-message: nothing was acknowledged, nothing kept.
+            None => return Ok(Next::Close),
+            Some(Data::TooBig { size }) => {
+                tracing::info!(peer = %self.peer, size, limit, "LMTP message over lmtp.max_size refused");
+                Verdict::too_big(limit)
+            }
+            Some(Data::Complete(message)) => self.store(&transaction, message).await,
+        };
+        metrics::counter!("intake_lmtp_messages_total", "outcome" => verdict.outcome).increment(1);
+        // RFC 2033 4.2: one reply per recipient that RCPT accepted, in
+        // order. The message is one item, so every recipient hears the same.
+        for recipient in &transaction.recipients {
+            self.send(&verdict.for_recipient(recipient)).await?;
+        }
+        Ok(Next::Continue)
+    }
+
+    /// Runs the pipeline on one message; the verdict says whether it is
+    /// stored.
+    async fn store(&self, transaction: &Transaction, message: Vec<u8>) -> Verdict {
+        let started = Instant::now();
+        let source = Source::Lmtp {
+            sender: transaction.sender.clone().unwrap_or_default(),
+            recipients: transaction.recipients.clone(),
+            ip: self.peer.ip().to_string(),
+        };
+        let submission = Submission::new(source, Payload::Mail(Bytes::from(message)));
+        let options = ParseOptions {
+            form: None,
+            keep_raw: self.shared.keep_raw,
+        };
+        let result = self.shared.pipeline.process(submission, options).await;
+        metrics::histogram!("intake_lmtp_message_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
+        reply::verdict(&result)
+    }
+
+    /// Sends a refusal of a command and counts it against the session.
+    async fn refuse(&mut self, reply: Reply) -> std::io::Result<Next> {
+        self.errors += 1;
+        metrics::counter!("intake_lmtp_command_errors_total").increment(1);
+        self.send(&reply).await?;
+        Ok(Next::Continue)
+    }
+
+    /// Queues a reply; it goes out at the next flush, or sooner when the
+    /// buffer fills. A client that stops reading cannot hold the session:
+    /// the write is bounded by `command_timeout` too.
+    async fn send(&mut self, reply: &Reply) -> std::io::Result<()> {
+        let timeout = self.shared.config.command_timeout.0;
+        match tokio::time::timeout(timeout, self.writer.write_all(reply.encode().as_bytes())).await
+        {
+            Ok(written) => written,
+            Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+        }
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        let timeout = self.shared.config.command_timeout.0;
+        match tokio::time::timeout(timeout, self.writer.flush()).await {
+            Ok(flushed) => flushed,
+            Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+        }
+    }
+}
