@@ -198,6 +198,10 @@ fn describe() {
         "1 when the last reload failed and the previous rules are still in force"
     );
     describe_counter!(
+        "intake_quarantine_releases_total",
+        "Quarantine releases asked for on the admin listener, by result (released, already_released, infected, unscannable, not_releasable, scanner_off, scanner_unavailable, redis_unavailable, not_found)"
+    );
+    describe_counter!(
         "intake_events_failures_total",
         "Fold updates for intake:events that could not be written"
     );
