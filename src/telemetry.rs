@@ -70,6 +70,10 @@ fn describe() {
         "intake_http_limit_refusals_total",
         "Requests or connections refused by an HTTP limit, by limit (requests_per_ip, headers, header_timeout)"
     );
+    describe_counter!(
+        "intake_http_idle_closed_total",
+        "Kept-alive connections closed by the server after http.idle_timeout with no request in flight"
+    );
     describe_histogram!(
         "intake_http_request_duration_seconds",
         Unit::Seconds,
