@@ -3,6 +3,8 @@
 //! listener renders them all. Names are `intake_*`; labels are bounded
 //! sets (stream, kind, endpoint, status), never customer data.
 
+pub mod log_limit;
+
 use std::sync::OnceLock;
 use std::time::Duration;
 

@@ -77,7 +77,11 @@ impl Redrive {
                         true
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, cause = ?std::error::Error::source(&e).map(ToString::to_string), "re-drive of held items stopped; retrying later");
+                        if let Some(suppressed) =
+                            crate::telemetry::log_limit::errors().check("redrive")
+                        {
+                            tracing::warn!(error = %crate::telemetry::error_chain(&e), suppressed, "re-drive of held items stopped; retrying later");
+                        }
                         false
                     }
                 },
