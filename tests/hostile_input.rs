@@ -60,7 +60,10 @@ async fn raw_exchange(gw: &Gateway, request: &[u8]) -> String {
     String::from_utf8_lossy(&answer).into_owned()
 }
 
-fn multipart(parts: &[(&[u8], Option<&[u8]>, &[u8])]) -> Vec<u8> {
+/// One multipart part: field name, file name (for an upload), content.
+type Part<'a> = (&'a [u8], Option<&'a [u8]>, &'a [u8]);
+
+fn multipart(parts: &[Part<'_>]) -> Vec<u8> {
     let mut body = Vec::new();
     for (name, filename, data) in parts {
         body.extend_from_slice(b"--BOUNDARY\r\nContent-Disposition: form-data; name=\"");
@@ -95,14 +98,14 @@ async fn ten_thousand_json_fields_and_a_thousand_multipart_parts_are_refused_413
     assert_eq!(body["error"], "too_many_parts");
 
     let names: Vec<String> = (0..1_000).map(|i| format!("f{i}")).collect();
-    let mut parts: Vec<(&[u8], Option<&[u8]>, &[u8])> = vec![(b"email", None, b"ann@example.com")];
+    let mut parts: Vec<Part<'_>> = vec![(b"email", None, b"ann@example.com")];
     parts.extend(names.iter().map(|n| (n.as_bytes(), None, &b"x"[..])));
     let response = post(&gw, "contact", MULTIPART, multipart(&parts)).await;
     assert_eq!(response.status(), 413, "1,000 multipart fields");
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"], "too_many_parts");
 
-    let mut parts: Vec<(&[u8], Option<&[u8]>, &[u8])> = vec![(b"email", None, b"ann@example.com")];
+    let mut parts: Vec<Part<'_>> = vec![(b"email", None, b"ann@example.com")];
     parts.extend(
         names
             .iter()
