@@ -2,7 +2,9 @@
 //! public. Every request needs the admin bearer token.
 //!
 //! `GET /metrics` renders every `intake_*` metric in the Prometheus text
-//! format.
+//! format; `GET /v1/quarantine` lists quarantined items and
+//! `POST /v1/quarantine/{entry_id}/release` moves one to the desk after a
+//! re-scan ([`crate::quarantine`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,6 +26,10 @@ pub struct AdminState {
     pub metrics: PrometheusHandle,
     /// For `POST /v1/rules/reload` and `GET /v1/rules`.
     pub guard: crate::guard::Guard,
+    /// For `GET /v1/quarantine` and its releases.
+    pub quarantine: crate::quarantine::Quarantine,
+    /// What `Retry-After` says when Redis or the scanner cannot answer.
+    pub retry_after: std::time::Duration,
 }
 
 #[derive(Clone)]
@@ -33,7 +39,7 @@ impl Handler for Admin {
     fn call(&self, request: Request<Incoming>, peer: SocketAddr) -> ResponseFuture {
         let state = self.0.clone();
         Box::pin(async move {
-            let response = match route(&state, &request) {
+            let response = match route(&state, &request).await {
                 Ok(response) => response,
                 Err(error) => error.into_response(),
             };
@@ -43,11 +49,31 @@ impl Handler for Admin {
     }
 }
 
-fn route(state: &AdminState, request: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
+async fn route(
+    state: &AdminState,
+    request: &Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
     if !crate::sources::http::bearer_matches(request.headers(), &state.token) {
         return Err(ApiError::Unauthorized);
     }
-    match (request.method(), request.uri().path()) {
+    let path = request.uri().path();
+    if let Some(entry_id) = path
+        .strip_prefix("/v1/quarantine/")
+        .and_then(|rest| rest.strip_suffix("/release"))
+    {
+        if request.method() != Method::POST {
+            return Err(ApiError::MethodNotAllowed { allow: "POST" });
+        }
+        if !crate::quarantine::is_entry_id(entry_id) {
+            return Err(ApiError::NotFound);
+        }
+        return Ok(release(state, entry_id).await);
+    }
+    match (request.method(), path) {
+        (&Method::GET, "/v1/quarantine") => match list(state, request.uri().query()).await {
+            Ok(response) | Err(response) => Ok(response),
+        },
+        (_, "/v1/quarantine") => Err(ApiError::MethodNotAllowed { allow: "GET" }),
         (&Method::GET, "/metrics") => Ok(metrics(state)),
         (_, "/metrics") => Err(ApiError::MethodNotAllowed { allow: "GET" }),
         (&Method::POST, "/v1/rules/reload") => Ok(reload(state)),
@@ -56,6 +82,111 @@ fn route(state: &AdminState, request: &Request<Incoming>) -> Result<Response<Bod
         (_, "/v1/rules") => Err(ApiError::MethodNotAllowed { allow: "GET" }),
         _ => Err(ApiError::NotFound),
     }
+}
+
+/// `GET /v1/quarantine?count=N&after=ENTRY_ID`: one page, oldest first.
+async fn list(state: &AdminState, query: Option<&str>) -> Result<Response<Body>, Response<Body>> {
+    use crate::quarantine::{is_entry_id, DEFAULT_PAGE, MAX_PAGE};
+    let mut count = DEFAULT_PAGE;
+    let mut after = None;
+    for (name, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        match &*name {
+            "count" => {
+                count = value
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=MAX_PAGE).contains(n))
+                    .ok_or_else(|| {
+                        bad_query(format!("count must be a number from 1 to {MAX_PAGE}"))
+                    })?;
+            }
+            "after" if is_entry_id(&value) => after = Some(value.into_owned()),
+            "after" => return Err(bad_query(
+                "after must be a stream entry id (`<ms>-<seq>`), the `next` of the previous page"
+                    .into(),
+            )),
+            other => {
+                return Err(bad_query(format!(
+                    "unknown query parameter `{other}`; use count and after"
+                )))
+            }
+        }
+    }
+    match state.quarantine.list(after.as_deref(), count).await {
+        Ok(page) => Ok(crate::sources::http::respond::json_response(
+            StatusCode::OK,
+            &page,
+        )),
+        Err(error) => {
+            tracing::warn!(error = %crate::telemetry::error_chain(&error), "quarantine listing failed");
+            Ok(unavailable(
+                state,
+                "Redis did not answer; retry later".into(),
+            ))
+        }
+    }
+}
+
+/// `POST /v1/quarantine/{entry_id}/release`: 200 when the item is on the
+/// desk; otherwise it stays in quarantine and the answer says why.
+async fn release(state: &AdminState, entry_id: &str) -> Response<Body> {
+    use crate::quarantine::ReleaseError;
+    use crate::sources::http::respond::json_response;
+    match state.quarantine.release(entry_id).await {
+        Ok(released) => json_response(
+            StatusCode::OK,
+            &serde_json::json!({
+                "status": if released.already_released { "already_released" } else { "released" },
+                "id": released.id,
+                "desk_entry_id": released.desk_entry_id,
+            }),
+        ),
+        Err(error) => {
+            let (status, code) = match &error {
+                ReleaseError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+                ReleaseError::Infected { .. } => (StatusCode::CONFLICT, "infected"),
+                ReleaseError::Unscannable(_) => (StatusCode::CONFLICT, "unscannable"),
+                ReleaseError::ScannerOff => (StatusCode::CONFLICT, "scanner_off"),
+                ReleaseError::NotReleasable(_) => {
+                    (StatusCode::UNPROCESSABLE_ENTITY, "not_releasable")
+                }
+                ReleaseError::Scan(_) | ReleaseError::Sink(_) => {
+                    tracing::warn!(entry = entry_id, error = %crate::telemetry::error_chain(&error), "release not done; the item stays in quarantine");
+                    return unavailable(state, error.to_string());
+                }
+                ReleaseError::Encode(_) => {
+                    tracing::error!(entry = entry_id, error = %crate::telemetry::error_chain(&error), "release failed");
+                    (StatusCode::INTERNAL_SERVER_ERROR, "error")
+                }
+            };
+            tracing::info!(entry = entry_id, reason = %error, "release refused");
+            json_response(
+                status,
+                &serde_json::json!({"error": code, "message": error.to_string()}),
+            )
+        }
+    }
+}
+
+/// 400 for a query the listing does not understand.
+fn bad_query(message: String) -> Response<Body> {
+    crate::sources::http::respond::json_response(
+        StatusCode::BAD_REQUEST,
+        &serde_json::json!({"error": "bad_request", "message": message}),
+    )
+}
+
+/// 503 with `Retry-After`: nothing changed, try again later.
+fn unavailable(state: &AdminState, message: String) -> Response<Body> {
+    let mut response = crate::sources::http::respond::json_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        &serde_json::json!({"error": "unavailable", "message": message}),
+    );
+    response.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from(state.retry_after.as_secs().max(1)),
+    );
+    response
 }
 
 /// Reloads the rules: 200 with what loaded, or 422 with every problem

@@ -77,6 +77,13 @@ pub struct HttpConfig {
     /// against slow-loris clients holding connections open.
     #[serde(default = "default_header_timeout")]
     pub header_timeout: HumanDuration,
+    /// How long a kept-alive connection may sit with no request in flight
+    /// before the server closes it, so idle clients do not hold connection
+    /// slots (and HTTP/2 clients, whose pings keep a connection up, do not
+    /// hold them forever). An HTTP/1 connection waiting for its next
+    /// request is also bounded by `header_timeout`.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: HumanDuration,
     /// How long a client may take to send a request body; a slower upload
     /// is answered 408.
     #[serde(default = "default_request_timeout")]
@@ -109,6 +116,7 @@ impl Default for HttpConfig {
             listen: default_listen(),
             tls: None,
             header_timeout: default_header_timeout(),
+            idle_timeout: default_idle_timeout(),
             request_timeout: default_request_timeout(),
             max_connections: default_max_connections(),
             retry_after: default_retry_after(),
@@ -508,6 +516,9 @@ impl Config {
         if let Some(scan) = &self.scan {
             scan.validate(&mut problems);
         }
+        if Duration::from(self.http.idle_timeout).is_zero() {
+            problems.push("http.idle_timeout: must be more than 0s".into());
+        }
         if self.http.max_connections == 0 {
             problems.push("http.max_connections: must be at least 1".into());
         }
@@ -586,6 +597,9 @@ fn default_admin_listen() -> SocketAddr {
 }
 fn default_header_timeout() -> HumanDuration {
     HumanDuration(Duration::from_secs(10))
+}
+fn default_idle_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(60))
 }
 fn default_request_timeout() -> HumanDuration {
     HumanDuration(Duration::from_secs(60))

@@ -16,6 +16,7 @@ pub mod guard;
 pub mod mailgate;
 pub mod parse;
 pub mod pipeline;
+pub mod quarantine;
 pub mod route;
 pub mod scan;
 pub mod serve;

@@ -153,7 +153,11 @@ impl Pipeline {
                         message.envelope.abuse.tags.extend(tags);
                     }
                     crate::scan::prepare_for_hold(&mut message);
-                    tracing::warn!(id = %message.envelope.id, error = %err, "item held: the virus scanner could not decide");
+                    if let Some(suppressed) =
+                        crate::telemetry::log_limit::errors().check("scanner-held")
+                    {
+                        tracing::warn!(id = %message.envelope.id, error = %err, suppressed, "item held: the virus scanner could not decide");
+                    }
                     route::held(&err)
                 }
             }

@@ -135,6 +135,10 @@ pub async fn run_on(
     let backpressure = Arc::new(crate::backpressure::Backpressure::default());
     let replay_connection = redis_connection.clone();
     let sink: Arc<dyn crate::sink::Sink> = Arc::new(sink);
+    let quarantine = crate::quarantine::Quarantine {
+        scanner: scanner.clone(),
+        sink: sink.clone(),
+    };
     let pipeline = Arc::new(
         Pipeline::new(guard.clone(), scanner.clone(), sink.clone())
             .with_privacy(config.privacy.clone())
@@ -246,6 +250,8 @@ pub async fn run_on(
             token,
             metrics,
             guard: guard.clone(),
+            quarantine,
+            retry_after: config.http.retry_after.into(),
         }));
         http::server::serve(
             listener,

@@ -3,6 +3,8 @@
 //! listener renders them all. Names are `intake_*`; labels are bounded
 //! sets (stream, kind, endpoint, status), never customer data.
 
+pub mod log_limit;
+
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -69,6 +71,10 @@ fn describe() {
     describe_counter!(
         "intake_http_limit_refusals_total",
         "Requests or connections refused by an HTTP limit, by limit (requests_per_ip, headers, header_timeout)"
+    );
+    describe_counter!(
+        "intake_http_idle_closed_total",
+        "Kept-alive connections closed by the server after http.idle_timeout with no request in flight"
     );
     describe_histogram!(
         "intake_http_request_duration_seconds",
@@ -196,6 +202,10 @@ fn describe() {
     describe_gauge!(
         "intake_rules_reload_failed",
         "1 when the last reload failed and the previous rules are still in force"
+    );
+    describe_counter!(
+        "intake_quarantine_releases_total",
+        "Quarantine releases asked for on the admin listener, by result (released, already_released, infected, unscannable, not_releasable, scanner_off, scanner_unavailable, redis_unavailable, not_found)"
     );
     describe_counter!(
         "intake_events_failures_total",

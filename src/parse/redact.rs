@@ -86,6 +86,24 @@ pub fn redact_envelope(envelope: &mut Envelope, config: &PrivacyConfig) -> usize
     if let Some(name) = envelope.customer.name.as_mut() {
         one(name);
     }
+    // The same name is copied into the addresses (a form's name field
+    // becomes `from` and `reply_to`), and file names are typed by people.
+    let addresses = envelope
+        .from
+        .iter_mut()
+        .chain(envelope.reply_to.iter_mut())
+        .chain(envelope.to.iter_mut())
+        .chain(envelope.cc.iter_mut());
+    for name in addresses.filter_map(|a| a.name.as_mut()) {
+        one(name);
+    }
+    for filename in envelope
+        .attachments
+        .iter_mut()
+        .filter_map(|a| a.filename.as_mut())
+    {
+        one(filename);
+    }
     if masked > 0 {
         metrics::counter!("intake_cards_redacted_total").increment(masked as u64);
         push_tag(envelope, TAG_REDACTED);

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{ScanError, Scanner};
 use crate::envelope::Envelope;
-use crate::parse::{Message, ScanTarget};
+use crate::parse::Message;
 use crate::route::{self, Stream};
 use crate::sink::{Entry, Sink, SinkError, StoredEntry};
 use crate::verdict::GuardVerdict;
@@ -77,7 +77,11 @@ impl Redrive {
                         true
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, cause = ?std::error::Error::source(&e).map(ToString::to_string), "re-drive of held items stopped; retrying later");
+                        if let Some(suppressed) =
+                            crate::telemetry::log_limit::errors().check("redrive")
+                        {
+                            tracing::warn!(error = %crate::telemetry::error_chain(&e), suppressed, "re-drive of held items stopped; retrying later");
+                        }
                         false
                     }
                 },
@@ -192,24 +196,7 @@ impl Redrive {
     /// attachment or upload.
     fn message_of(&self, held: &StoredEntry) -> Option<Message> {
         let envelope: Envelope = serde_json::from_str(held.fields.get("envelope")?).ok()?;
-        let mut scan_targets = Vec::with_capacity(envelope.attachments.len() + 1);
-        if let Some(raw) = &envelope.raw {
-            scan_targets.push(ScanTarget {
-                name: "message".into(),
-                data: raw.bytes().clone(),
-                whole_message: true,
-            });
-        }
-        for (i, attachment) in envelope.attachments.iter().enumerate() {
-            scan_targets.push(ScanTarget {
-                name: attachment
-                    .filename
-                    .clone()
-                    .unwrap_or_else(|| format!("part {}", i + 1)),
-                data: attachment.content_base64.bytes().clone(),
-                whole_message: false,
-            });
-        }
+        let scan_targets = super::envelope_targets(&envelope);
         Some(Message {
             envelope,
             scan_targets,

@@ -347,6 +347,31 @@ impl Drop for Queued<'_> {
     }
 }
 
+/// What there is to scan in a stored envelope (a held or quarantined
+/// entry read back): the raw message when the entry carries it (mail),
+/// and every attachment or upload.
+pub fn envelope_targets(envelope: &crate::envelope::Envelope) -> Vec<ScanTarget> {
+    let mut targets = Vec::with_capacity(envelope.attachments.len() + 1);
+    if let Some(raw) = &envelope.raw {
+        targets.push(ScanTarget {
+            name: "message".into(),
+            data: raw.bytes().clone(),
+            whole_message: true,
+        });
+    }
+    for (i, attachment) in envelope.attachments.iter().enumerate() {
+        targets.push(ScanTarget {
+            name: attachment
+                .filename
+                .clone()
+                .unwrap_or_else(|| format!("part {}", i + 1)),
+            data: attachment.content_base64.bytes().clone(),
+            whole_message: false,
+        });
+    }
+    targets
+}
+
 /// Prepares a message for `intake:held`: the envelope must carry what the
 /// re-scan needs. Attachments and uploads are already in it
 /// (`content_base64`); the raw message is added even when

@@ -116,6 +116,22 @@ impl Sink for MemorySink {
         })
     }
 
+    fn get<'a>(&'a self, stream: Stream, entry_id: &'a str) -> SinkFuture<'a, Option<StoredEntry>> {
+        Box::pin(async move {
+            let Some(n) = entry_id
+                .strip_suffix("-0")
+                .and_then(|n| n.parse::<usize>().ok())
+                .filter(|n| *n > 0)
+            else {
+                return Ok(None);
+            };
+            let before = format!("{}-0", n - 1);
+            let mut found = self.read(stream, Some(&before), 1).await?;
+            found.retain(|e| e.entry_id == entry_id);
+            Ok(found.pop())
+        })
+    }
+
     fn remove<'a>(&'a self, _stream: Stream, entry_id: &'a str) -> SinkFuture<'a, ()> {
         Box::pin(async move {
             self.check()?;

@@ -80,6 +80,8 @@ pub trait Sink: Send + Sync + 'static {
         after: Option<&'a str>,
         count: usize,
     ) -> SinkFuture<'a, Vec<StoredEntry>>;
+    /// The entry `entry_id` of `stream`, if it is there.
+    fn get<'a>(&'a self, stream: Stream, entry_id: &'a str) -> SinkFuture<'a, Option<StoredEntry>>;
     /// Deletes one entry (once it has been written elsewhere).
     fn remove<'a>(&'a self, stream: Stream, entry_id: &'a str) -> SinkFuture<'a, ()>;
     /// The number of entries in `stream`.

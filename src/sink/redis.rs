@@ -195,6 +195,33 @@ impl Sink for RedisSink {
         })
     }
 
+    fn get<'a>(
+        &'a self,
+        stream: crate::route::Stream,
+        entry_id: &'a str,
+    ) -> SinkFuture<'a, Option<StoredEntry>> {
+        Box::pin(async move {
+            let mut connection = self.connection.clone();
+            // XRANGE with the same id at both ends: that one entry or none.
+            let reply: Vec<(String, Vec<(String, String)>)> = self
+                .bounded(
+                    redis::cmd("XRANGE")
+                        .arg(self.stream_key(stream))
+                        .arg(entry_id)
+                        .arg(entry_id)
+                        .query_async(&mut connection),
+                )
+                .await?;
+            Ok(reply
+                .into_iter()
+                .next()
+                .map(|(entry_id, pairs)| StoredEntry {
+                    entry_id,
+                    fields: pairs.into_iter().collect(),
+                }))
+        })
+    }
+
     fn remove<'a>(&'a self, stream: crate::route::Stream, entry_id: &'a str) -> SinkFuture<'a, ()> {
         Box::pin(async move {
             let mut connection = self.connection.clone();

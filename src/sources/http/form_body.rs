@@ -1,7 +1,11 @@
 //! Form bodies from the wire: urlencoded, multipart/form-data (files become
 //! uploads) and JSON objects, each bounded by the form's field and file
-//! limits. Text is decoded leniently (invalid UTF-8 becomes U+FFFD) so a
-//! customer's message is kept rather than refused over a byte.
+//! limits. Text that is not UTF-8 (a shop page served in Latin-1 posts
+//! `M%FCller`) is read as ISO-8859-1, one character per byte, so a
+//! customer's message is kept whole rather than refused or mangled over a
+//! byte. JSON must be UTF-8 (RFC 8259) and is refused otherwise.
+
+use std::borrow::Cow;
 
 use bytes::Bytes;
 
@@ -51,8 +55,17 @@ pub async fn decode(kind: BodyKind, body: Bytes, form: &FormConfig) -> Result<Fo
     let mut post = FormPost::default();
     match kind {
         BodyKind::UrlEncoded => {
-            for (name, value) in form_urlencoded::parse(&body) {
-                add_field(&mut post, form, name.into_owned(), value.into_owned())?;
+            for pair in body.split(|&b| b == b'&').filter(|p| !p.is_empty()) {
+                let (name, value) = match pair.iter().position(|&b| b == b'=') {
+                    Some(i) => (&pair[..i], &pair[i + 1..]),
+                    None => (pair, &b""[..]),
+                };
+                add_field(
+                    &mut post,
+                    form,
+                    decode_text(&form_unescape(name)).into_owned(),
+                    decode_text(&form_unescape(value)).into_owned(),
+                )?;
             }
         }
         BodyKind::Json => decode_json(&mut post, &body, form)?,
@@ -61,6 +74,113 @@ pub async fn decode(kind: BodyKind, body: Bytes, form: &FormConfig) -> Result<Fo
         }
     }
     Ok(post)
+}
+
+/// Text from bytes: UTF-8 when it is, else ISO-8859-1 (every byte one
+/// character), which loses nothing and reads legacy Latin-1 pages right.
+pub fn decode_text(bytes: &[u8]) -> Cow<'_, str> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => Cow::Borrowed(text),
+        Err(_) => Cow::Owned(bytes.iter().map(|&b| char::from(b)).collect()),
+    }
+}
+
+/// `application/x-www-form-urlencoded` unescaping to bytes: `+` is a space,
+/// `%XX` a byte, and a `%` without two hex digits stays as it is (as
+/// browsers do), so a broken escape loses nothing.
+fn form_unescape(input: &[u8]) -> Cow<'_, [u8]> {
+    if !input.iter().any(|&b| b == b'%' || b == b'+') {
+        return Cow::Borrowed(input);
+    }
+    let hex = |b: u8| char::from(b).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(input.len());
+    let mut i = 0;
+    while i < input.len() {
+        match input[i] {
+            b'+' => out.push(b' '),
+            b'%' => match (
+                input.get(i + 1).and_then(|&b| hex(b)),
+                input.get(i + 2).and_then(|&b| hex(b)),
+            ) {
+                (Some(high), Some(low)) => {
+                    out.push(high << 4 | low);
+                    i += 2;
+                }
+                _ => out.push(b'%'),
+            },
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    Cow::Owned(out)
+}
+
+/// A `Content-Disposition` parameter as raw bytes (`name="..."`,
+/// `name=token`, or RFC 5987 `filename*=charset'lang'%XX..`, percent-
+/// decoded). multer gives up on names and filenames that are not UTF-8,
+/// and a file whose name it cannot read would otherwise pass as a text
+/// field, unscanned.
+fn disposition_param(header: &[u8], param: &str) -> Option<Vec<u8>> {
+    let mut extended = None;
+    let mut plain = None;
+    for part in split_params(header).into_iter().skip(1) {
+        let Some(eq) = part.iter().position(|&b| b == b'=') else {
+            continue;
+        };
+        let key = part[..eq].trim_ascii();
+        let value = part[eq + 1..].trim_ascii();
+        if key.eq_ignore_ascii_case(param.as_bytes()) {
+            plain = Some(unquote(value));
+        } else if key.len() == param.len() + 1
+            && key.ends_with(b"*")
+            && key[..param.len()].eq_ignore_ascii_case(param.as_bytes())
+        {
+            // charset'language'percent-encoded
+            let encoded = value.splitn(3, |&b| b == b'\'').nth(2).unwrap_or(value);
+            extended = Some(form_unescape(encoded).into_owned());
+        }
+    }
+    extended.or(plain)
+}
+
+/// Splits on `;` outside double quotes.
+fn split_params(header: &[u8]) -> Vec<&[u8]> {
+    let mut parts = Vec::new();
+    let (mut start, mut quoted, mut escaped) = (0, false, false);
+    for (i, &b) in header.iter().enumerate() {
+        match b {
+            _ if escaped => escaped = false,
+            b'\\' if quoted => escaped = true,
+            b'"' => quoted = !quoted,
+            b';' if !quoted => {
+                parts.push(&header[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(&header[start..]);
+    parts
+}
+
+fn unquote(value: &[u8]) -> Vec<u8> {
+    let Some(inner) = value
+        .strip_prefix(b"\"")
+        .map(|v| v.strip_suffix(b"\"").unwrap_or(v))
+    else {
+        return value.to_vec();
+    };
+    let mut out = Vec::with_capacity(inner.len());
+    let mut escaped = false;
+    for &b in inner {
+        if !escaped && b == b'\\' {
+            escaped = true;
+            continue;
+        }
+        escaped = false;
+        out.push(b);
+    }
+    out
 }
 
 fn field_count(post: &FormPost) -> usize {
@@ -94,6 +214,12 @@ fn add_field(
 
 fn decode_json(post: &mut FormPost, body: &[u8], form: &FormConfig) -> Result<(), ApiError> {
     use serde_json::Value;
+    if let Err(e) = std::str::from_utf8(body) {
+        return Err(ApiError::BadRequest(format!(
+            "the JSON body is not UTF-8 (byte {} is invalid); JSON must be sent as UTF-8",
+            e.valid_up_to()
+        )));
+    }
     let object: serde_json::Map<String, Value> = serde_json::from_slice(body)
         .map_err(|e| ApiError::BadRequest(format!("expected a JSON object of fields: {e}")))?;
     for (name, value) in object {
@@ -137,8 +263,22 @@ async fn decode_multipart(
     let malformed =
         |e: multer::Error| ApiError::BadRequest(format!("malformed multipart body: {e}"));
     while let Some(field) = multipart.next_field().await.map_err(malformed)? {
-        let name = field.name().unwrap_or_default().to_string();
-        let filename = field.file_name().map(str::to_string);
+        let disposition = field
+            .headers()
+            .get(http::header::CONTENT_DISPOSITION)
+            .map(|v| v.as_bytes().to_vec())
+            .unwrap_or_default();
+        let name = match field.name() {
+            Some(name) => name.to_string(),
+            None => disposition_param(&disposition, "name")
+                .map(|raw| decode_text(&raw).into_owned())
+                .unwrap_or_default(),
+        };
+        let filename = match field.file_name() {
+            Some(filename) => Some(filename.to_string()),
+            None => disposition_param(&disposition, "filename")
+                .map(|raw| decode_text(&raw).into_owned()),
+        };
         let content_type = field
             .content_type()
             .map(|m| m.essence_str().to_string())
@@ -166,7 +306,7 @@ async fn decode_multipart(
             }
             None => {
                 let data = field.bytes().await.map_err(malformed)?;
-                let value = String::from_utf8_lossy(&data).into_owned();
+                let value = decode_text(&data).into_owned();
                 add_field(post, form, name, value)?;
             }
         }
@@ -238,6 +378,61 @@ mod tests {
         assert_eq!(post.files.len(), 1, "the empty file input is not an upload");
         assert_eq!(post.files[0].filename.as_deref(), Some("a.txt"));
         assert_eq!(&post.files[0].data[..], b"hello");
+    }
+
+    #[tokio::test]
+    async fn urlencoded_latin1_and_broken_escapes_lose_nothing() {
+        let post = decode(
+            BodyKind::UrlEncoded,
+            Bytes::from_static(b"name=M%FCller&note=100%+sure%zz%4&%FFkey=a+b"),
+            &form(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(post.field("name"), Some("Müller"), "Latin-1 read as such");
+        assert_eq!(
+            post.field("note"),
+            Some("100% sure%zz%4"),
+            "broken escapes kept as written"
+        );
+        assert_eq!(post.field("\u{ff}key"), Some("a b"), "names too");
+    }
+
+    #[tokio::test]
+    async fn json_that_is_not_utf8_is_a_clear_400() {
+        let err = decode(
+            BodyKind::Json,
+            Bytes::from_static(b"{\"email\":\"a\xff@example.com\"}"),
+            &form(),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.status(), http::StatusCode::BAD_REQUEST);
+        assert!(err.to_string().contains("not UTF-8"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_file_whose_name_is_not_utf8_is_still_a_file() {
+        let kind = BodyKind::from_content_type(Some("multipart/form-data; boundary=XX")).unwrap();
+        let body = b"--XX\r\nContent-Disposition: form-data; name=\"file\"; filename=\"Rechnung M\xfcller.pdf\"\r\n\
+Content-Type: application/pdf\r\n\r\n%PDF-1.4 data\r\n\
+--XX\r\nContent-Disposition: form-data; name=\"n\xe4me\"\r\n\r\nval\xfce\r\n--XX--\r\n";
+        let post = decode(kind.clone(), Bytes::from_static(body), &form())
+            .await
+            .unwrap();
+        assert_eq!(post.files.len(), 1, "the upload is a file: {post:?}");
+        assert_eq!(
+            post.files[0].filename.as_deref(),
+            Some("Rechnung Müller.pdf")
+        );
+        assert_eq!(&post.files[0].data[..], b"%PDF-1.4 data");
+        assert_eq!(post.field("näme"), Some("valüe"));
+
+        let body = b"--XX\r\nContent-Disposition: form-data; name=\"doc\"; filename*=UTF-8''%E2%82%AC.txt\r\n\r\neuro\r\n--XX--\r\n";
+        let post = decode(kind, Bytes::from_static(body), &form())
+            .await
+            .unwrap();
+        assert_eq!(post.files[0].filename.as_deref(), Some("€.txt"), "RFC 5987");
     }
 
     #[test]

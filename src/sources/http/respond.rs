@@ -121,7 +121,11 @@ impl ApiError {
         let status = self.status();
         if let ApiError::Unavailable { cause, .. } = &self {
             // The client hears only "retry later"; the operator reads why.
-            tracing::warn!(error = %error_chain(cause), "item not stored, client told to retry");
+            // One line a minute during an outage, not one per request.
+            if let Some(suppressed) = crate::telemetry::log_limit::errors().check("http-not-stored")
+            {
+                tracing::warn!(error = %error_chain(cause), suppressed, "item not stored, client told to retry");
+            }
         }
         let fields: &[FieldProblem] = match &self {
             ApiError::InvalidFields(fields) => fields,

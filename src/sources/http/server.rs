@@ -1,23 +1,26 @@
 //! The accept loop: HTTP/1.1 and HTTP/2 (by ALPN over TLS, by preface in
 //! clear text), optional TLS with rustls, a cap on open connections, a
-//! header-read timeout against slow clients, and graceful shutdown.
+//! header-read timeout against slow clients, an idle timeout for kept-alive
+//! connections, and graceful shutdown.
 
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -73,6 +76,9 @@ pub struct ConnectionLimits {
     /// Time a client has to send its request headers (and finish the TLS
     /// handshake): slow-loris clients are cut off here.
     pub header_timeout: Duration,
+    /// Time a kept-alive connection may stay open with no request in
+    /// flight; then the server closes it (HTTP/2: GOAWAY).
+    pub idle_timeout: Duration,
     /// Open connections served at once.
     pub max_connections: usize,
     /// Largest request head in bytes (431 past it).
@@ -85,6 +91,7 @@ impl ConnectionLimits {
     pub fn from_config(http: &crate::config::HttpConfig) -> Self {
         ConnectionLimits {
             header_timeout: http.header_timeout.into(),
+            idle_timeout: http.idle_timeout.into(),
             max_connections: http.max_connections,
             max_header_bytes: usize::try_from(http.max_header_bytes.0).unwrap_or(usize::MAX),
             max_headers: http.max_headers,
@@ -140,7 +147,9 @@ pub async fn serve<H: Handler>(
         .max_concurrent_streams(64)
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
     let builder = Arc::new(builder);
-    let graceful = GracefulShutdown::new();
+    // Cancelled when the listener stops: every open connection finishes
+    // its request in flight and closes (HTTP/2: GOAWAY).
+    let closing = CancellationToken::new();
     let local = listener.local_addr().ok();
     tokio::pin!(shutdown);
 
@@ -162,31 +171,56 @@ pub async fn serve<H: Handler>(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let watcher = graceful.watcher();
         let handler = handler.clone();
         let builder = builder.clone();
         let tls = tls.clone();
+        let closing = closing.clone();
         tokio::spawn(async move {
+            // Held until the connection is done: the drain below waits for
+            // every permit to come back.
             let _permit = permit;
-            let service = service_fn(move |request| {
-                let answer = handler.call(request, peer);
-                async move { Ok::<_, std::convert::Infallible>(answer.await) }
-            });
-            let result = match tls {
-                None => {
-                    let conn = builder.serve_connection(TokioIo::new(stream), service);
-                    watcher.watch(conn.into_owned()).await
-                }
+            let io: Box<dyn Io> = match tls {
+                None => Box::new(stream),
                 Some(acceptor) => match handshake(&acceptor, stream, header_timeout).await {
-                    Ok(tls_stream) => {
-                        let conn = builder.serve_connection(TokioIo::new(tls_stream), service);
-                        watcher.watch(conn.into_owned()).await
-                    }
+                    Ok(tls_stream) => Box::new(tls_stream),
                     Err(e) => {
                         tracing::debug!(%peer, error = %e, "TLS handshake failed");
                         return;
                     }
                 },
+            };
+            let activity = Arc::new(Activity::new());
+            let service = service_fn({
+                let activity = activity.clone();
+                move |request| {
+                    let busy = activity.begin();
+                    let answer = handler.call(request, peer);
+                    async move {
+                        let response = answer.await;
+                        drop(busy);
+                        Ok::<_, std::convert::Infallible>(response)
+                    }
+                }
+            });
+            let conn = builder.serve_connection(TokioIo::new(io), service);
+            tokio::pin!(conn);
+            let idle = activity.idle_for(limits.idle_timeout);
+            tokio::pin!(idle);
+            let mut shutting_down = false;
+            let result = loop {
+                tokio::select! {
+                    result = conn.as_mut() => break result,
+                    () = closing.cancelled(), if !shutting_down => {
+                        shutting_down = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                    () = &mut idle, if !shutting_down => {
+                        shutting_down = true;
+                        metrics::counter!("intake_http_idle_closed_total").increment(1);
+                        tracing::debug!(%peer, "idle connection closed");
+                        conn.as_mut().graceful_shutdown();
+                    }
+                }
             };
             if let Err(e) = result {
                 count_connection_error(&*e);
@@ -196,10 +230,73 @@ pub async fn serve<H: Handler>(
     }
 
     tracing::info!(listener = ?local, "listener closed; draining open requests");
+    closing.cancel();
+    let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
     tokio::select! {
-        () = graceful.shutdown() => tracing::info!(listener = ?local, "all connections finished"),
+        _ = connections.acquire_many(all) => tracing::info!(listener = ?local, "all connections finished"),
         () = tokio::time::sleep(drain) => {
             tracing::warn!(listener = ?local, deadline = ?drain, "drain deadline passed; closing remaining connections");
+        }
+    }
+}
+
+/// A client connection, plain or TLS, behind one type.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> Io for T {}
+
+/// What the idle watch of one connection knows: how many requests are
+/// being answered, and when the last one began or ended.
+struct Activity {
+    in_flight: AtomicUsize,
+    last: Mutex<Instant>,
+}
+
+/// One request being answered; it ends (and touches the clock) when
+/// dropped, also when the client goes away mid-request.
+struct Busy(Arc<Activity>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.0.touch();
+    }
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            in_flight: AtomicUsize::new(0),
+            last: Mutex::new(Instant::now()),
+        }
+    }
+
+    fn touch(&self) {
+        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+    }
+
+    fn last(&self) -> Instant {
+        *self.last.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn begin(self: &Arc<Self>) -> Busy {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        self.touch();
+        Busy(self.clone())
+    }
+
+    /// Completes once no request has been in flight for `limit`.
+    async fn idle_for(&self, limit: Duration) {
+        loop {
+            let deadline = self.last() + limit;
+            tokio::time::sleep_until(deadline).await;
+            if self.in_flight.load(Ordering::SeqCst) > 0 {
+                // A long request is not idleness: look again later.
+                tokio::time::sleep(limit).await;
+                continue;
+            }
+            if self.last() + limit <= Instant::now() {
+                return;
+            }
         }
     }
 }

@@ -210,22 +210,32 @@ impl Worker {
                     .auth_backoff
                     .0
                     .mul_f64(0.8 + 0.2 * random_fraction());
-                tracing::error!(
-                    mailbox = %self.label,
-                    error = %error_chain(&error),
-                    retry_in = ?wait,
-                    "IMAP login refused; not trying again for a while, to spare the server and the account: fix the credentials"
-                );
+                if let Some(suppressed) = crate::telemetry::log_limit::errors()
+                    .check(&format!("imap-auth:{}", self.label))
+                {
+                    tracing::error!(
+                        mailbox = %self.label,
+                        error = %error_chain(&error),
+                        retry_in = ?wait,
+                        suppressed,
+                        "IMAP login refused; not trying again for a while, to spare the server and the account: fix the credentials"
+                    );
+                }
                 wait
             } else {
                 let wait = backoff.next();
-                tracing::warn!(
-                    mailbox = %self.label,
-                    error = %error_chain(&error),
-                    kind = error.kind(),
-                    retry_in = ?wait,
-                    "IMAP session failed; unacknowledged mail stays on the server; reconnecting"
-                );
+                if let Some(suppressed) = crate::telemetry::log_limit::errors()
+                    .check(&format!("imap-session:{}", self.label))
+                {
+                    tracing::warn!(
+                        mailbox = %self.label,
+                        error = %error_chain(&error),
+                        kind = error.kind(),
+                        retry_in = ?wait,
+                        suppressed,
+                        "IMAP session failed; unacknowledged mail stays on the server; reconnecting"
+                    );
+                }
                 wait
             };
             if sleep_or_stop(wait, lost).await {
@@ -287,12 +297,17 @@ impl Worker {
                     metrics::counter!("intake_imap_errors_total", "kind" => error.kind())
                         .increment(1);
                     let wait = backoff.next();
-                    tracing::warn!(
-                        mailbox = %self.label,
-                        error = %error_chain(&error),
-                        retry_in = ?wait,
-                        "mail cannot be stored now; it stays on the server and is read again"
-                    );
+                    if let Some(suppressed) = crate::telemetry::log_limit::errors()
+                        .check(&format!("imap-store:{}", self.label))
+                    {
+                        tracing::warn!(
+                            mailbox = %self.label,
+                            error = %error_chain(&error),
+                            retry_in = ?wait,
+                            suppressed,
+                            "mail cannot be stored now; it stays on the server and is read again"
+                        );
+                    }
                     if sleep_or_stop(wait, lost).await {
                         return Ok(());
                     }
