@@ -122,8 +122,21 @@ where
             &serde_json::json!({ "status": "alive" }),
         )),
         ["readyz"] => Ok(readiness(state).await),
+        ["v1", "openapi.yaml"] => Ok(openapi()),
         _ => Err(ApiError::NotFound),
     }
+}
+
+/// The OpenAPI document of this API (public and admin), as built in.
+const OPENAPI: &str = include_str!("../../openapi.yaml");
+
+fn openapi() -> Response<Body> {
+    let mut response = Response::new(Body::from(OPENAPI));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/yaml"),
+    );
+    response
 }
 
 /// Ready when an item could be stored now.
