@@ -16,8 +16,21 @@ use support::{clamd::dev_clamd, client, free_port, redis_url, Gateway, TOKEN};
 const ADMIN_TOKEN: &str = "openapi-admin-token-1";
 const FORM_SECRET: &str = "openapi-form-secret-0123456789abcdef";
 /// Test cases per operation: enough to reach every declared answer,
-/// few enough that both runs take well under a minute.
+/// few enough that both runs take well under a minute. A deeper search:
+/// `INTAKE_OPENAPI_EXAMPLES=500 deploy/dev/test --test openapi`.
 const MAX_EXAMPLES: &str = "25";
+
+fn max_examples() -> String {
+    std::env::var("INTAKE_OPENAPI_EXAMPLES").unwrap_or_else(|_| MAX_EXAMPLES.to_string())
+}
+
+/// Further schemathesis checks for a deeper search (comma-separated, e.g.
+/// `negative_data_rejection`), from `INTAKE_OPENAPI_EXTRA_CHECKS`.
+fn extra_checks() -> String {
+    std::env::var("INTAKE_OPENAPI_EXTRA_CHECKS")
+        .map(|c| format!(",{c}"))
+        .unwrap_or_default()
+}
 
 fn schemathesis() -> PathBuf {
     let st = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/tools/venv/bin/st");
@@ -60,12 +73,13 @@ fn run_schemathesis(url: &str, args: &[&str]) {
         .arg("run")
         .arg(document())
         .args(["--url", url])
-        .args([
-            "--checks",
+        .arg("--checks")
+        .arg(format!(
             "not_a_server_error,status_code_conformance,content_type_conformance,\
-             response_schema_conformance,response_headers_conformance",
-        ])
-        .args(["--max-examples", MAX_EXAMPLES])
+             response_schema_conformance,response_headers_conformance{}",
+            extra_checks()
+        ))
+        .args(["--max-examples", &max_examples()])
         .args(["--seed", "4711"])
         .args(["--workers", "1"])
         .args(["--max-redirects", "0"])

@@ -231,13 +231,11 @@ fn accepted(
         .or(form.redirect.as_deref());
     match (wants_html, target) {
         (true, Some(target)) => {
-            let separator = if target.contains('?') { '&' } else { '?' };
-            let location = format!("{target}{separator}receipt={id}");
             let mut response = Response::new(Body::default());
             *response.status_mut() = StatusCode::SEE_OTHER;
-            if let Ok(value) = HeaderValue::from_str(&location) {
-                response.headers_mut().insert(header::LOCATION, value);
-            }
+            let location = HeaderValue::from_str(&with_receipt(target, id))
+                .expect("with_receipt leaves only visible ASCII");
+            response.headers_mut().insert(header::LOCATION, location);
             response
         }
         _ => super::respond::json_response(
@@ -245,6 +243,35 @@ fn accepted(
             &serde_json::json!({ "id": id, "status": "accepted" }),
         ),
     }
+}
+
+/// `target` with `receipt=<id>` added to its query (before any
+/// `#fragment`, where it would not reach the page's server), and every
+/// character that is not visible ASCII percent-encoded as UTF-8, so an
+/// address like `/danke-schön` still makes a valid `Location` header.
+fn with_receipt(target: &str, id: &str) -> String {
+    let (base, fragment) = match target.split_once('#') {
+        Some((base, fragment)) => (base, Some(fragment)),
+        None => (target, None),
+    };
+    let separator = if base.contains('?') { '&' } else { '?' };
+    let mut url = format!("{base}{separator}receipt={id}");
+    if let Some(fragment) = fragment {
+        url.push('#');
+        url.push_str(fragment);
+    }
+    let mut encoded = String::with_capacity(url.len());
+    for c in url.chars() {
+        if c.is_ascii_graphic() {
+            encoded.push(c);
+        } else {
+            let mut buf = [0u8; 4];
+            for byte in c.encode_utf8(&mut buf).bytes() {
+                encoded.push_str(&format!("%{byte:02X}"));
+            }
+        }
+    }
+    encoded
 }
 
 fn check_fields(form: &FormConfig, post: &FormPost) -> Result<(), ApiError> {
@@ -413,6 +440,21 @@ mod tests {
         assert!(!looks_like_email("ann"));
         assert!(!looks_like_email("a@b@c.d"));
         assert!(!looks_like_email("a@localhost"));
+    }
+
+    #[test]
+    fn receipt_goes_into_the_query_and_the_location_stays_valid() {
+        assert_eq!(
+            with_receipt("https://shop.test/thanks", "01ABC"),
+            "https://shop.test/thanks?receipt=01ABC"
+        );
+        assert_eq!(
+            with_receipt("https://shop.test/thanks?lang=de#top", "01ABC"),
+            "https://shop.test/thanks?lang=de&receipt=01ABC#top"
+        );
+        let location = with_receipt("https://shop.test/danke-schön", "01ABC");
+        assert_eq!(location, "https://shop.test/danke-sch%C3%B6n?receipt=01ABC");
+        assert!(HeaderValue::from_str(&location).is_ok());
     }
 
     #[test]
