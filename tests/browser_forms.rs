@@ -38,6 +38,15 @@ async fn shop_pages_post_forms_with_uploads_from_a_real_browser() {
     let secret_dir = tempfile::tempdir().unwrap();
     let secret = secret_dir.path().join("form-secret");
     std::fs::write(&secret, FORM_SECRET).unwrap();
+    // Two posts from this browser pass; the third is refused with 429, so
+    // the script page has to read Retry-After across origins.
+    let rules = tempfile::tempdir().unwrap();
+    std::fs::write(
+        rules.path().join("30-forms.toml"),
+        "[[rule]]\nname = \"form-per-browser\"\nmatch = { channel = \"form\" }\n\
+         key = [\"ip\"]\nrate = \"1/h\"\nburst = 2\naction = \"reject\"\n",
+    )
+    .unwrap();
     let origin = shop.origin.clone();
     let gw = Gateway::start_edited(
         "browser_forms",
@@ -47,9 +56,11 @@ async fn shop_pages_post_forms_with_uploads_from_a_real_browser() {
             // token_min_age 0: the browser fills the form faster than a person.
             "token = \"required\"\ntoken_min_age = \"0s\"\n\n\
              [forms_security]\nsecret = {{ file = \"{}\" }}\n\n\
-             [scan]\nclamd = \"tcp://{}\"\n",
+             [scan]\nclamd = \"tcp://{}\"\n\n\
+             [rules]\ndir = \"{}\"\n",
             secret.display(),
-            dev_clamd()
+            dev_clamd(),
+            rules.path().display()
         ),
         |text| {
             text.replace(
@@ -193,10 +204,60 @@ async fn shop_pages_post_forms_with_uploads_from_a_real_browser() {
         &shop.origin,
     );
 
+    // A third post is over the rule's quota: the page says when to retry
+    // (it read Retry-After across origins) and nothing reaches the desk.
+    let upload = Upload::new("again.txt", b"once more\n");
+    page.goto(&format!("{}/contact-script.html", shop.origin))
+        .await
+        .unwrap();
+    page.wait()
+        .at_most(PAGE_WAIT)
+        .for_element(Locator::Css("form[data-token-ready=true]"))
+        .await
+        .unwrap();
+    fill(page, "bob@example.net", "Bob Example", "Any news?", &upload).await;
+    page.find(Locator::Css("button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let said = page
+        .wait()
+        .at_most(PAGE_WAIT)
+        .for_element(Locator::Css(
+            "#status[data-kind=ok], #status[data-kind=error]",
+        ))
+        .await
+        .expect("the script page reports the refused post")
+        .text()
+        .await
+        .unwrap();
+    if !(said.contains("Please try again in about") && said.contains("minutes")) {
+        let kinds: Vec<_> = gw
+            .entries("suppressed")
+            .await
+            .iter()
+            .map(|e| format!("{}: {}", e.field("kind"), e.field("reason")))
+            .collect();
+        panic!(
+            "a 429 is explained with its Retry-After (1/h quota, burst 2): {said}; \
+             desk holds {} items, suppressed {kinds:?}",
+            gw.entries("desk").await.len()
+        );
+    }
+    assert_eq!(
+        gw.entries("desk").await.len(),
+        2,
+        "the refused post is not on the desk"
+    );
+
     let suppressed = gw.entries("suppressed").await;
-    assert!(
-        suppressed.is_empty(),
-        "no browser post was taken for a bot: {:?}",
+    let kinds: Vec<_> = suppressed.iter().map(|e| e.field("kind")).collect();
+    assert_eq!(
+        kinds,
+        ["rejected"],
+        "only the refused post is kept aside; no browser post was taken for a bot: {:?}",
         suppressed
             .iter()
             .map(|e| e.field("reason"))
