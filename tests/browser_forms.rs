@@ -3,7 +3,10 @@
 //! driven over WebDriver loads them from a static server of the test's own
 //! (another origin than the gateway's, so CORS is real), fills the contact
 //! form with a file upload, submits it, and the receipt the page shows must
-//! name a desk item with those fields and that attachment.
+//! name a desk item with those fields and that attachment. A JSON post
+//! from the page's origin goes through Chromium's CORS preflight, and a
+//! post over a rate rule's quota must be explained on the page with its
+//! Retry-After.
 //!
 //! The static server plays the shop: it points the pages at the test
 //! gateway and, like a shop's server rendering its page, embeds a fresh
@@ -38,13 +41,13 @@ async fn shop_pages_post_forms_with_uploads_from_a_real_browser() {
     let secret_dir = tempfile::tempdir().unwrap();
     let secret = secret_dir.path().join("form-secret");
     std::fs::write(&secret, FORM_SECRET).unwrap();
-    // Two posts from this browser pass; the third is refused with 429, so
-    // the script page has to read Retry-After across origins.
+    // Three posts from this browser pass; the fourth is refused with 429,
+    // so the script page has to read Retry-After across origins.
     let rules = tempfile::tempdir().unwrap();
     std::fs::write(
         rules.path().join("30-forms.toml"),
         "[[rule]]\nname = \"form-per-browser\"\nmatch = { channel = \"form\" }\n\
-         key = [\"ip\"]\nrate = \"1/h\"\nburst = 2\naction = \"reject\"\n",
+         key = [\"ip\"]\nrate = \"1/h\"\nburst = 3\naction = \"reject\"\n",
     )
     .unwrap();
     let origin = shop.origin.clone();
@@ -204,7 +207,37 @@ async fn shop_pages_post_forms_with_uploads_from_a_real_browser() {
         &shop.origin,
     );
 
-    // A third post is over the rule's quota: the page says when to retry
+    // A JSON post is not a "simple" cross-origin request: Chromium sends
+    // a CORS preflight first, and posts only if the gateway allows it.
+    let answer = page
+        .execute_async(
+            r#"
+            const done = arguments[arguments.length - 1];
+            const action = document.getElementById("contact").action;
+            fetch(action + "/token")
+              .then((r) => r.json())
+              .then((t) => fetch(action, {
+                method: "POST",
+                headers: { "Content-Type": "application/json", "Accept": "application/json" },
+                body: JSON.stringify({ email: "carol@example.org", message: "Sent as JSON.", _token: t.token }),
+              }))
+              .then((r) => r.json().then((body) => done({ status: r.status, body })))
+              .catch((e) => done({ error: String(e) }));
+            "#,
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        answer["status"], 202,
+        "a preflighted JSON post from the shop's origin is accepted: {answer}"
+    );
+    let receipt = answer["body"]["id"].as_str().unwrap();
+    let env = desk_item(&gw, receipt).await.envelope();
+    assert_eq!(env["customer"]["email"], "carol@example.org");
+    assert_eq!(env["fields"]["message"], "Sent as JSON.");
+
+    // A fourth post is over the rule's quota: the page says when to retry
     // (it read Retry-After across origins) and nothing reaches the desk.
     let upload = Upload::new("again.txt", b"once more\n");
     page.goto(&format!("{}/contact-script.html", shop.origin))
@@ -241,14 +274,14 @@ async fn shop_pages_post_forms_with_uploads_from_a_real_browser() {
             .map(|e| format!("{}: {}", e.field("kind"), e.field("reason")))
             .collect();
         panic!(
-            "a 429 is explained with its Retry-After (1/h quota, burst 2): {said}; \
+            "a 429 is explained with its Retry-After (1/h quota, burst 3): {said}; \
              desk holds {} items, suppressed {kinds:?}",
             gw.entries("desk").await.len()
         );
     }
     assert_eq!(
         gw.entries("desk").await.len(),
-        2,
+        3,
         "the refused post is not on the desk"
     );
 
