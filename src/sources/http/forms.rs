@@ -177,12 +177,13 @@ pub fn token<B>(
     let form = state
         .config
         .form(form_id)
-        .filter(|f| f.token != formguard::TokenMode::Off)
         .ok_or_else(|| ApiError::UnknownForm(form_id.to_string()))?;
+    // A form without tokens has no token endpoint (not "no such form").
     let key = state
         .form_tokens
         .as_ref()
-        .ok_or_else(|| ApiError::UnknownForm(form_id.to_string()))?;
+        .filter(|_| form.token != formguard::TokenMode::Off)
+        .ok_or(ApiError::NotFound)?;
     let origin = request_origin(request.headers());
     let mut response = issue_token(form, key, origin.as_deref(), request.method())
         .unwrap_or_else(ApiError::into_response);
