@@ -16,6 +16,7 @@
 
 mod support;
 
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -421,10 +422,13 @@ impl Browser {
             );
         }
         let port = free_port();
+        // A process group of its own: Chromium, which chromedriver starts,
+        // joins it, so a failed test can end both (see `Drop`).
         let mut driver = Command::new(CHROMEDRIVER)
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
+            .process_group(0)
             .spawn()
             .expect("chromedriver starts");
         // Wait for chromedriver to listen; it prints nothing we need.
@@ -463,17 +467,20 @@ impl Browser {
         Browser { client, driver }
     }
 
-    async fn stop(mut self) {
+    /// Closes the session (chromedriver ends Chromium); `Drop` ends the rest.
+    async fn stop(self) {
         let _ = self.client.clone().close().await;
-        let _ = self.driver.kill();
-        let _ = self.driver.wait();
     }
 }
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        // A failed test still ends chromedriver (and with it Chromium).
-        let _ = self.driver.kill();
+        // A failed test never closes its session: end the whole group
+        // (chromedriver and every Chromium process), not chromedriver alone,
+        // which would leave Chromium running.
+        let group = format!("-{}", self.driver.id());
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
+        let _ = self.driver.wait();
     }
 }
 
