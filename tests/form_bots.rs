@@ -133,6 +133,11 @@ async fn the_token_endpoint_issues_a_token_bound_to_its_form() {
         .await
         .unwrap();
     assert_eq!(off.status(), 404, "a form without tokens issues none");
+    let body: Value = off.json().await.unwrap();
+    assert_eq!(
+        body["error"], "not_found",
+        "the form exists; it has no token endpoint: {body}"
+    );
 }
 
 #[tokio::test]

@@ -309,6 +309,88 @@ async fn cors_preflight_from_allowed_origin_is_answered() {
 }
 
 #[tokio::test]
+async fn refusals_carry_cors_headers_so_the_page_script_can_read_them() {
+    let gw = support::Gateway::start_with(
+        "form_cors_refusal",
+        &support::redis_url(),
+        "\n[[form]]\nid = \"open\"\n",
+    )
+    .await;
+    // A 400 from an allowed origin: the script must read its fields.
+    let response = client()
+        .post(gw.form_url("contact"))
+        .header(header::ORIGIN, "https://shop.test")
+        .form(&[("name", "Ann")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    assert_eq!(
+        response.headers()[header::ACCESS_CONTROL_ALLOW_ORIGIN],
+        "https://shop.test",
+        "a refusal names the origin too, not only a 202"
+    );
+    let exposed = response.headers()[header::ACCESS_CONTROL_EXPOSE_HEADERS]
+        .to_str()
+        .unwrap();
+    assert!(
+        exposed.contains("retry-after") && exposed.contains("ratelimit"),
+        "Retry-After and RateLimit are readable by scripts: {exposed}"
+    );
+    // A refused origin learns nothing more.
+    let response = client()
+        .post(gw.form_url("contact"))
+        .header(header::ORIGIN, "https://evil.example")
+        .form(&[("email", "ann@example.com")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403);
+    assert!(response
+        .headers()
+        .get(header::ACCESS_CONTROL_ALLOW_ORIGIN)
+        .is_none());
+    // A form open to every origin lets every page read its answers.
+    let response = client()
+        .post(gw.form_url("open"))
+        .header(header::ORIGIN, "https://any.example")
+        .form(&[("email", "ann@example.com")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    assert_eq!(response.headers()[header::ACCESS_CONTROL_ALLOW_ORIGIN], "*");
+}
+
+#[tokio::test]
+async fn browser_post_to_a_non_ascii_next_is_still_redirected() {
+    let gw = Gateway::start("form_next_non_ascii").await;
+    let response = client()
+        .post(gw.form_url("contact"))
+        .header(header::ACCEPT, "text/html")
+        .form(&[
+            ("email", "ann@example.com"),
+            ("_next", "https://shop.test/danke-schön#oben"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 303);
+    let id = gw.entries("desk").await[0].field("id").to_string();
+    let location = response
+        .headers()
+        .get(header::LOCATION)
+        .expect("a 303 always carries Location")
+        .to_str()
+        .unwrap();
+    assert_eq!(
+        location,
+        format!("https://shop.test/danke-sch%C3%B6n?receipt={id}#oben"),
+        "percent-encoded, receipt in the query, fragment kept last"
+    );
+}
+
+#[tokio::test]
 async fn filled_honeypot_looks_accepted_but_goes_to_suppressed() {
     let gw = Gateway::start("form_honeypot").await;
     let response = client()

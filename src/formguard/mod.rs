@@ -7,8 +7,12 @@
 //! a bot cannot learn which check fired; the log and
 //! `intake_form_bot_checks_total{check}` say which did.
 //!
-//! Token: `base64url(issued_at_be64 || HMAC-SHA256(secret, form_id 0x00
-//! issued_at_be64))`, issued by `GET /v1/forms/{form}/token`.
+//! Token: `base64url(issued_at_be64 || nonce || HMAC-SHA256(secret,
+//! form_id 0x00 issued_at_be64 nonce))`, issued by `GET
+//! /v1/forms/{form}/token`. The 16 random bytes of the nonce make every
+//! token unique: without them two visitors who load the page in the same
+//! second would get the same token, and the second one's post would be
+//! taken for a replay.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -84,6 +88,10 @@ impl std::fmt::Debug for TokenKey {
     }
 }
 
+/// Random bytes in every token, so that tokens issued in the same second
+/// differ.
+const NONCE_LEN: usize = 16;
+
 /// Clock slack for a token that seems issued in the future (several
 /// gateways behind one balancer).
 const FUTURE_SLACK: u64 = 60;
@@ -95,18 +103,24 @@ impl TokenKey {
         }
     }
 
-    fn message(form: &str, issued_at: u64) -> Vec<u8> {
-        let mut message = Vec::with_capacity(form.len() + 9);
+    fn message(form: &str, issued_at: u64, nonce: &[u8]) -> Vec<u8> {
+        let mut message = Vec::with_capacity(form.len() + 9 + NONCE_LEN);
         message.extend_from_slice(form.as_bytes());
         message.push(0);
         message.extend_from_slice(&issued_at.to_be_bytes());
+        message.extend_from_slice(nonce);
         message
     }
 
-    /// A token for `form`, issued at `issued_at` (Unix seconds).
+    /// A token for `form`, issued at `issued_at` (Unix seconds); no two
+    /// are alike.
     pub fn issue(&self, form: &str, issued_at: u64) -> String {
-        let tag = hmac::sign(&self.key, &Self::message(form, issued_at));
+        let mut nonce = [0u8; NONCE_LEN];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut nonce)
+            .expect("the system's random source works");
+        let tag = hmac::sign(&self.key, &Self::message(form, issued_at, &nonce));
         let mut raw = issued_at.to_be_bytes().to_vec();
+        raw.extend_from_slice(&nonce);
         raw.extend_from_slice(tag.as_ref());
         URL_SAFE_NO_PAD.encode(raw)
     }
@@ -124,12 +138,13 @@ impl TokenKey {
         let raw = URL_SAFE_NO_PAD
             .decode(token.trim())
             .map_err(|_| BotCheck::TokenInvalid)?;
-        if raw.len() != 8 + 32 {
+        if raw.len() != 8 + NONCE_LEN + 32 {
             return Err(BotCheck::TokenInvalid);
         }
         let issued_at = u64::from_be_bytes(raw[..8].try_into().expect("8 bytes"));
+        let (nonce, tag) = raw[8..].split_at(NONCE_LEN);
         // Constant-time comparison of the tag.
-        hmac::verify(&self.key, &Self::message(form, issued_at), &raw[8..])
+        hmac::verify(&self.key, &Self::message(form, issued_at, nonce), tag)
             .map_err(|_| BotCheck::TokenInvalid)?;
         if issued_at > now + FUTURE_SLACK {
             return Err(BotCheck::TokenInvalid);
@@ -255,6 +270,17 @@ mod tests {
             other_key.verify("contact", &token, 1_000_010, MIN, MAX),
             Err(BotCheck::TokenInvalid)
         );
+    }
+
+    #[test]
+    fn tokens_issued_in_the_same_second_differ() {
+        let key = TokenKey::new(b"0123456789abcdef0123456789abcdef");
+        let a = key.issue("contact", 1_000_000);
+        let b = key.issue("contact", 1_000_000);
+        assert_ne!(a, b, "two visitors in one second must not share a token");
+        for token in [a, b] {
+            assert_eq!(key.verify("contact", &token, 1_000_010, MIN, MAX), Ok(()));
+        }
     }
 
     #[test]

@@ -38,14 +38,34 @@ where
         .form(form_id)
         .ok_or_else(|| ApiError::UnknownForm(form_id.to_string()))?;
     let origin = request_origin(request.headers());
-    if let Some(origin) = &origin {
+    // Refusals carry the CORS headers too: a shop page's script must be
+    // able to read a 400's fields or a 429's Retry-After, not only a 202.
+    let mut response = post(state, form, origin.as_deref(), request, peer)
+        .await
+        .unwrap_or_else(ApiError::into_response);
+    allow_origin(&mut response, origin.as_deref(), form);
+    Ok(response)
+}
+
+async fn post<B>(
+    state: &AppState,
+    form: &FormConfig,
+    origin: Option<&str>,
+    request: Request<B>,
+    peer: SocketAddr,
+) -> Result<Response<Body>, ApiError>
+where
+    B: HttpBody,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    if let Some(origin) = origin {
         if !origin_allowed(form, origin) {
-            return Err(ApiError::OriginNotAllowed(origin.clone()));
+            return Err(ApiError::OriginNotAllowed(origin.to_string()));
         }
     }
     match *request.method() {
         Method::POST => {}
-        Method::OPTIONS => return Ok(preflight(form, origin.as_deref())),
+        Method::OPTIONS => return Ok(preflight()),
         _ => {
             return Err(ApiError::MethodNotAllowed {
                 allow: "POST, OPTIONS",
@@ -92,24 +112,23 @@ where
             retry_after: state.config.http.retry_after.into(),
             cause,
         })?;
-    let mut response = match stored.answer {
-        Answer::Accepted => accepted(form, &headers, next.as_deref(), &stored.id.to_string()),
+    match stored.answer {
+        Answer::Accepted => Ok(accepted(
+            form,
+            &headers,
+            next.as_deref(),
+            &stored.id.to_string(),
+        )),
         Answer::Refused(Refusal::RateLimited {
             retry_after,
             policy,
-        }) => {
-            return Err(ApiError::RateLimited {
-                retry_after,
-                policy,
-            })
-        }
-        Answer::Refused(Refusal::Infected { signatures }) => {
-            return Err(ApiError::Infected { signatures })
-        }
-        Answer::Refused(Refusal::Policy) => return Err(ApiError::Refused),
-    };
-    allow_origin(&mut response, origin.as_deref(), form);
-    Ok(response)
+        }) => Err(ApiError::RateLimited {
+            retry_after,
+            policy,
+        }),
+        Answer::Refused(Refusal::Infected { signatures }) => Err(ApiError::Infected { signatures }),
+        Answer::Refused(Refusal::Policy) => Err(ApiError::Refused),
+    }
 }
 
 /// Which bot check, if any, the post fails: honeypot, links, token
@@ -158,19 +177,32 @@ pub fn token<B>(
     let form = state
         .config
         .form(form_id)
-        .filter(|f| f.token != formguard::TokenMode::Off)
         .ok_or_else(|| ApiError::UnknownForm(form_id.to_string()))?;
+    // A form without tokens has no token endpoint (not "no such form").
     let key = state
         .form_tokens
         .as_ref()
-        .ok_or_else(|| ApiError::UnknownForm(form_id.to_string()))?;
+        .filter(|_| form.token != formguard::TokenMode::Off)
+        .ok_or(ApiError::NotFound)?;
     let origin = request_origin(request.headers());
-    if let Some(origin) = &origin {
+    let mut response = issue_token(form, key, origin.as_deref(), request.method())
+        .unwrap_or_else(ApiError::into_response);
+    allow_origin(&mut response, origin.as_deref(), form);
+    Ok(response)
+}
+
+fn issue_token(
+    form: &FormConfig,
+    key: &crate::formguard::TokenKey,
+    origin: Option<&str>,
+    method: &Method,
+) -> Result<Response<Body>, ApiError> {
+    if let Some(origin) = origin {
         if !origin_allowed(form, origin) {
-            return Err(ApiError::OriginNotAllowed(origin.clone()));
+            return Err(ApiError::OriginNotAllowed(origin.to_string()));
         }
     }
-    if request.method() != Method::GET {
+    if method != Method::GET {
         return Err(ApiError::MethodNotAllowed { allow: "GET" });
     }
     let mut response = super::respond::json_response(
@@ -184,7 +216,6 @@ pub fn token<B>(
     response
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    allow_origin(&mut response, origin.as_deref(), form);
     Ok(response)
 }
 
@@ -201,13 +232,11 @@ fn accepted(
         .or(form.redirect.as_deref());
     match (wants_html, target) {
         (true, Some(target)) => {
-            let separator = if target.contains('?') { '&' } else { '?' };
-            let location = format!("{target}{separator}receipt={id}");
             let mut response = Response::new(Body::default());
             *response.status_mut() = StatusCode::SEE_OTHER;
-            if let Ok(value) = HeaderValue::from_str(&location) {
-                response.headers_mut().insert(header::LOCATION, value);
-            }
+            let location = HeaderValue::from_str(&with_receipt(target, id))
+                .expect("with_receipt leaves only visible ASCII");
+            response.headers_mut().insert(header::LOCATION, location);
             response
         }
         _ => super::respond::json_response(
@@ -215,6 +244,35 @@ fn accepted(
             &serde_json::json!({ "id": id, "status": "accepted" }),
         ),
     }
+}
+
+/// `target` with `receipt=<id>` added to its query (before any
+/// `#fragment`, where it would not reach the page's server), and every
+/// character that is not visible ASCII percent-encoded as UTF-8, so an
+/// address like `/danke-schön` still makes a valid `Location` header.
+fn with_receipt(target: &str, id: &str) -> String {
+    let (base, fragment) = match target.split_once('#') {
+        Some((base, fragment)) => (base, Some(fragment)),
+        None => (target, None),
+    };
+    let separator = if base.contains('?') { '&' } else { '?' };
+    let mut url = format!("{base}{separator}receipt={id}");
+    if let Some(fragment) = fragment {
+        url.push('#');
+        url.push_str(fragment);
+    }
+    let mut encoded = String::with_capacity(url.len());
+    for c in url.chars() {
+        if c.is_ascii_graphic() {
+            encoded.push(c);
+        } else {
+            let mut buf = [0u8; 4];
+            for byte in c.encode_utf8(&mut buf).bytes() {
+                encoded.push_str(&format!("%{byte:02X}"));
+            }
+        }
+    }
+    encoded
 }
 
 fn check_fields(form: &FormConfig, post: &FormPost) -> Result<(), ApiError> {
@@ -320,8 +378,9 @@ fn redirect_allowed(form: &FormConfig, next: &str) -> bool {
             .any(|allowed| allowed.trim_end_matches('/').eq_ignore_ascii_case(&origin))
 }
 
-/// CORS preflight for script posts from an allowed origin.
-fn preflight(form: &FormConfig, origin: Option<&str>) -> Response<Body> {
+/// CORS preflight for script posts from an allowed origin (the caller
+/// adds the origin).
+fn preflight() -> Response<Body> {
     let mut response = Response::new(Body::default());
     *response.status_mut() = StatusCode::NO_CONTENT;
     let headers = response.headers_mut();
@@ -337,23 +396,34 @@ fn preflight(form: &FormConfig, origin: Option<&str>) -> Response<Body> {
         header::ACCESS_CONTROL_MAX_AGE,
         HeaderValue::from_static("600"),
     );
-    allow_origin(&mut response, origin, form);
     response
 }
 
+/// Lets a page on an allowed origin read the answer: the origin itself
+/// for a form with `allowed_origins`, `*` for a form open to any origin
+/// (no credentials are involved). `Retry-After` and the RateLimit fields
+/// are not CORS-safelisted, so they are exposed by name.
 fn allow_origin(response: &mut Response<Body>, origin: Option<&str>, form: &FormConfig) {
     let Some(origin) = origin else { return };
-    if form.allowed_origins.is_empty() {
+    if !origin_allowed(form, origin) {
         return;
     }
-    if let Ok(value) = HeaderValue::from_str(origin) {
-        response
-            .headers_mut()
-            .insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, value);
-        response
-            .headers_mut()
-            .insert(header::VARY, HeaderValue::from_static("Origin"));
+    let headers = response.headers_mut();
+    if form.allowed_origins.is_empty() {
+        headers.insert(
+            header::ACCESS_CONTROL_ALLOW_ORIGIN,
+            HeaderValue::from_static("*"),
+        );
+    } else if let Ok(value) = HeaderValue::from_str(origin) {
+        headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, value);
+        headers.insert(header::VARY, HeaderValue::from_static("Origin"));
+    } else {
+        return;
     }
+    headers.insert(
+        header::ACCESS_CONTROL_EXPOSE_HEADERS,
+        HeaderValue::from_static("retry-after, ratelimit, ratelimit-policy"),
+    );
 }
 
 pub(super) fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
@@ -371,6 +441,21 @@ mod tests {
         assert!(!looks_like_email("ann"));
         assert!(!looks_like_email("a@b@c.d"));
         assert!(!looks_like_email("a@localhost"));
+    }
+
+    #[test]
+    fn receipt_goes_into_the_query_and_the_location_stays_valid() {
+        assert_eq!(
+            with_receipt("https://shop.test/thanks", "01ABC"),
+            "https://shop.test/thanks?receipt=01ABC"
+        );
+        assert_eq!(
+            with_receipt("https://shop.test/thanks?lang=de#top", "01ABC"),
+            "https://shop.test/thanks?lang=de&receipt=01ABC#top"
+        );
+        let location = with_receipt("https://shop.test/danke-schön", "01ABC");
+        assert_eq!(location, "https://shop.test/danke-sch%C3%B6n?receipt=01ABC");
+        assert!(HeaderValue::from_str(&location).is_ok());
     }
 
     #[test]

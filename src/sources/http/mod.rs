@@ -117,13 +117,44 @@ where
         ["v1", "forms", form] => forms::handle(state, form, request, peer).await,
         ["v1", "forms", form, "token"] => forms::token(state, form, &request),
         ["v1", "messages"] => messages::handle(state, request, peer).await,
-        ["healthz"] => Ok(json_response(
-            StatusCode::OK,
-            &serde_json::json!({ "status": "alive" }),
-        )),
-        ["readyz"] => Ok(readiness(state).await),
+        ["healthz"] => {
+            only_get(&request)?;
+            Ok(json_response(
+                StatusCode::OK,
+                &serde_json::json!({ "status": "alive" }),
+            ))
+        }
+        ["readyz"] => {
+            only_get(&request)?;
+            Ok(readiness(state).await)
+        }
+        ["v1", "openapi.yaml"] => {
+            only_get(&request)?;
+            Ok(openapi())
+        }
         _ => Err(ApiError::NotFound),
     }
+}
+
+/// Read-only endpoints answer GET (and HEAD, which hyper answers
+/// without the body); anything else is a 405, not a silent 200.
+fn only_get<B>(request: &Request<B>) -> Result<(), ApiError> {
+    match *request.method() {
+        http::Method::GET | http::Method::HEAD => Ok(()),
+        _ => Err(ApiError::MethodNotAllowed { allow: "GET, HEAD" }),
+    }
+}
+
+/// The OpenAPI document of this API (public and admin), as built in.
+const OPENAPI: &str = include_str!("../../openapi.yaml");
+
+fn openapi() -> Response<Body> {
+    let mut response = Response::new(Body::from(OPENAPI));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/yaml"),
+    );
+    response
 }
 
 /// Ready when an item could be stored now.
