@@ -131,18 +131,36 @@ impl ReleaseError {
     }
 }
 
-/// Whether `text` is a Redis stream entry id (`<ms>-<seq>`): anything else
-/// is refused before it reaches Redis, which would answer with an error.
+/// Whether `text` is a Redis stream entry id (`<ms>-<seq>`, each a u64):
+/// anything else is refused before it reaches Redis, which would answer
+/// with an error.
 pub fn is_entry_id(text: &str) -> bool {
-    let digits = |s: &str| !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit());
-    text.split_once('-')
-        .is_some_and(|(ms, seq)| digits(ms) && digits(seq))
+    entry_id_parts(text).is_some()
+}
+
+/// `<ms>-<seq>` as numbers; only plain digits (no sign), each fitting a u64.
+fn entry_id_parts(text: &str) -> Option<(u64, u64)> {
+    let number = |s: &str| {
+        (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| s.parse().ok())
+            .flatten()
+    };
+    let (ms, seq) = text.split_once('-')?;
+    Some((number(ms)?, number(seq)?))
 }
 
 impl Quarantine {
     /// Up to `count` entries after `after`, oldest first.
     pub async fn list(&self, after: Option<&str>, count: usize) -> Result<Page, SinkError> {
         let count = count.clamp(1, MAX_PAGE);
+        // Nothing can follow the largest id, and Redis refuses it as an
+        // exclusive start rather than answering with no entries.
+        if after.and_then(entry_id_parts) == Some((u64::MAX, u64::MAX)) {
+            return Ok(Page {
+                entries: Vec::new(),
+                next: None,
+            });
+        }
         let entries = self.sink.read(Stream::Quarantine, after, count).await?;
         let next = (entries.len() == count)
             .then(|| entries.last().map(|e| e.entry_id.clone()))
@@ -572,5 +590,11 @@ mod tests {
         assert!(!is_entry_id("-0"));
         assert!(!is_entry_id("a-b"));
         assert!(!is_entry_id("1-2-3"));
+        assert!(!is_entry_id("+1-0"), "a sign is not an id");
+        assert!(
+            !is_entry_id("18446744073709551616-0"),
+            "over a u64: Redis would refuse it"
+        );
+        assert!(is_entry_id("18446744073709551615-18446744073709551615"));
     }
 }

@@ -378,6 +378,11 @@ async fn the_quarantine_needs_the_admin_token_and_knows_its_entries() {
     assert_eq!(response.status(), 401, "wrong token, no release");
     assert_eq!(s.release("1-0").await.status(), 404, "unknown entry");
     assert_eq!(s.release("not-an-id").await.status(), 404, "not an id");
+    assert_eq!(
+        s.release("99999999999999999999-0").await.status(),
+        404,
+        "over a u64 is not an id (Redis would refuse it)"
+    );
     let response = client()
         .get(format!("{}/v1/quarantine/1-0/release", s.admin))
         .bearer_auth(ADMIN_TOKEN)
@@ -418,12 +423,23 @@ async fn the_listing_pages_with_count_and_after() {
         .collect();
     assert_eq!(ids, [receipts[2].as_str()], "the rest");
     assert_eq!(second["next"], Value::Null, "last page");
+    // Nothing follows the largest entry id (Redis refuses it as an
+    // exclusive start: the gateway answers for it).
+    let response = s
+        .list("?after=18446744073709551615-18446744073709551615")
+        .await;
+    assert_eq!(response.status(), 200);
+    let last: Value = response.json().await.unwrap();
+    assert_eq!(last["entries"], serde_json::json!([]));
+    assert_eq!(last["next"], Value::Null);
     for bad in [
         "?count=0",
         "?count=501",
         "?count=x",
         "?after=nope",
         "?page=2",
+        "?after=18446744073709551616-0",
+        "?after=-1-0",
     ] {
         let response = s.list(bad).await;
         assert_eq!(response.status(), 400, "{bad} is refused");
