@@ -193,3 +193,39 @@ async fn an_unknown_stream_is_a_usage_error() {
     assert_eq!(output.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&output.stderr).contains("must be one of"));
 }
+
+#[tokio::test]
+async fn a_waiting_tail_gets_items_posted_while_it_blocks() {
+    let gw = Gateway::start("desk_tail_blocking").await;
+    // No --drain: the tail blocks (2 s per read, longer than the Redis
+    // client's default response timeout) until two items have come.
+    let child = Command::new(env!("CARGO_BIN_EXE_intake"))
+        .args(["desk", "tail", "--redis-url", &gw.redis_url, "--prefix"])
+        .arg(&gw.prefix)
+        .args(["--block", "2s", "--max", "2", "--start", "new"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run intake desk tail");
+    // Wait until the group exists, so `--start new` includes what follows.
+    support::imap::eventually(10, "the tail's group", || async {
+        let client = redis::Client::open(gw.redis_url.as_str()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let groups: redis::RedisResult<redis::streams::StreamInfoGroupsReply> =
+            conn.xinfo_groups(format!("{}:desk", gw.prefix)).await;
+        groups.ok().filter(|g| !g.groups.is_empty()).map(|_| ())
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let posted = post_forms(&gw, 2, "gus").await;
+    let output = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(printed_ids(&output), posted);
+}

@@ -163,7 +163,7 @@ fn tail_main(args: TailArgs) -> ExitCode {
         .build()
         .expect("runtime");
     runtime.block_on(async move {
-        let mut connection = match connect(&target).await {
+        let mut connection = match connect(&target, args.block).await {
             Ok(c) => c,
             Err(e) => {
                 return fail(
@@ -205,7 +205,12 @@ fn tail_main(args: TailArgs) -> ExitCode {
     })
 }
 
-async fn connect(target: &Target) -> Result<MultiplexedConnection, redis::RedisError> {
+/// Connects with a response timeout longer than a blocking read's wait:
+/// the client's default (half a second) would cut every `BLOCK` short.
+async fn connect(
+    target: &Target,
+    block: Duration,
+) -> Result<MultiplexedConnection, redis::RedisError> {
     let mut info: redis::ConnectionInfo =
         redis::IntoConnectionInfo::into_connection_info(target.url.as_str())?;
     if let Some(password) = &target.password {
@@ -218,7 +223,11 @@ async fn connect(target: &Target) -> Result<MultiplexedConnection, redis::RedisE
     let client = redis::Client::open(info)?;
     let mut connection = tokio::time::timeout(
         Duration::from_secs(10),
-        client.get_multiplexed_async_connection(),
+        client.get_multiplexed_async_connection_with_config(
+            &redis::AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(Duration::from_secs(10)))
+                .set_response_timeout(Some(block + Duration::from_secs(10))),
+        ),
     )
     .await
     .map_err(|_| redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut)))??;

@@ -156,7 +156,12 @@ where
 pub async fn xlen(redis_url: &str, prefix: &str, stream: &str) -> usize {
     let client = redis::Client::open(redis_url).expect("redis url");
     let mut conn = client
-        .get_multiplexed_async_connection()
+        // The client's default response timeout (0.5 s) is too short for
+        // a stream of large entries on a busy machine.
+        .get_multiplexed_async_connection_with_config(
+            &redis::AsyncConnectionConfig::new()
+                .set_response_timeout(Some(Duration::from_secs(60))),
+        )
         .await
         .expect("the dev Redis is up");
     redis::cmd("XLEN")

@@ -208,7 +208,12 @@ impl Entry {
 pub async fn read_stream(redis_url: &str, key: &str) -> Vec<Entry> {
     let client = redis::Client::open(redis_url).expect("redis url");
     let mut conn = client
-        .get_multiplexed_async_connection()
+        // The client's default response timeout (0.5 s) is too short for
+        // a stream of large entries on a busy machine.
+        .get_multiplexed_async_connection_with_config(
+            &redis::AsyncConnectionConfig::new()
+                .set_response_timeout(Some(Duration::from_secs(60))),
+        )
         .await
         .expect("the dev Redis is up (deploy/dev/services start)");
     let reply: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
