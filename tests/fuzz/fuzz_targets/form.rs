@@ -106,7 +106,7 @@ fn check_form(kind: BodyKind, body: Bytes) {
     let key = TokenKey::new(b"fuzz secret of the form tokens");
     let bot_check = judge(form, Some(&key), &post, unix_now())
         .err()
-        .map(|check| check.to_string());
+        .map(|check| check.label().to_string());
 
     let mut post = post;
     post.bot_check = bot_check;
