@@ -291,12 +291,21 @@ impl Rate {
         if n == 0 {
             return Err(bad());
         }
-        Ok(Rate {
-            count,
-            per: Duration::from_secs(n * unit_secs),
-        })
+        let per = n
+            .checked_mul(unit_secs)
+            .map(Duration::from_secs)
+            .filter(|per| *per <= MAX_PERIOD)
+            .ok_or_else(|| {
+                format!("`{text}`: the period is longer than a year; use at most 365d")
+            })?;
+        Ok(Rate { count, per })
     }
 }
+
+/// The longest period a rate may name. Longer ones limit nothing in
+/// practice, and the limiter counts time in u64 nanoseconds (584 years):
+/// `1/100000000000d` used to load and then panic on the first item.
+pub const MAX_PERIOD: Duration = Duration::from_secs(365 * 86_400);
 
 impl fmt::Display for Rate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -361,6 +370,18 @@ mod tests {
         assert!(Rate::parse("10/x").unwrap_err().contains("10/h"));
         assert!(Rate::parse("0/h").is_err());
         assert!(Rate::parse("ten/h").is_err());
+    }
+
+    #[test]
+    fn a_period_past_a_year_is_refused_not_overflowed() {
+        // Found by the `rules` fuzz target: the day count times 86,400
+        // overflowed u64 (a panic in debug builds, a wrapped rate in release).
+        let err = Rate::parse("1/300000000000000d").unwrap_err();
+        assert!(err.contains("longer than a year"), "{err}");
+        // Fits in u64 seconds, but not in the limiter's nanoseconds.
+        assert!(Rate::parse("1/100000000000d").is_err());
+        assert!(Rate::parse("1/366d").is_err());
+        assert_eq!(Rate::parse("1/365d").unwrap().per, MAX_PERIOD);
     }
 
     #[test]

@@ -425,6 +425,20 @@ fn check_rule(spec: &RuleSpec, at: &dyn Fn(&str) -> RuleProblem, problems: &mut 
     if spec.burst == 0 {
         problem("burst", "must be at least 1".into());
     }
+    if spec
+        .rate
+        .interval()
+        .checked_mul(spec.burst)
+        .is_none_or(|refill| refill > MAX_REFILL)
+    {
+        problem(
+            "burst",
+            format!(
+                "a burst of {} at {} takes more than 10 years to refill; lower the burst",
+                spec.burst, spec.rate
+            ),
+        );
+    }
     if spec.ipv4_prefix > 32 {
         problem("ipv4_prefix", "must be 0 to 32".into());
     }
@@ -438,6 +452,11 @@ fn check_rule(spec: &RuleSpec, at: &dyn Fn(&str) -> RuleProblem, problems: &mut 
         problem("tag", "only a rule with action = \"tag\" adds a tag".into());
     }
 }
+
+/// The longest a rule's bucket may take to refill (its interval times its
+/// burst). The limiter keeps that span in u64 nanoseconds (584 years) and
+/// overflows past it; nothing useful needs more than a few days.
+const MAX_REFILL: Duration = Duration::from_secs(10 * 365 * 86_400);
 
 fn check_list(
     spec: &ListSpec,
@@ -571,6 +590,40 @@ mod tests {
                 .shadow,
             "the valve ships in shadow"
         );
+    }
+
+    #[test]
+    fn a_burst_the_limiter_cannot_hold_is_a_problem_not_a_panic() {
+        // Found by the `rules` fuzz target: this set loaded, and the
+        // limiter then overflowed its nanoseconds on the first item.
+        let err = load(
+            "[[rule]]\nname = \"slow\"\nkey = [\"global\"]\nrate = \"1/365d\"\nburst = 4294967295\naction = \"reject\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(err.0.len(), 1, "{err}");
+        assert_eq!(err.0[0].key.as_deref(), Some("rule[0] (slow).burst"));
+        assert!(err.0[0].message.contains("10 years"), "{err}");
+
+        // The slowest set that loads counts items without overflowing.
+        let set = load(
+            "[[rule]]\nname = \"slow\"\nkey = [\"global\"]\nrate = \"1/365d\"\nburst = 10\naction = \"reject\"\n",
+        )
+        .expect("ten years to refill is allowed");
+        let rule = &set.rules[0];
+        let limiter = crate::guard::limiter::LocalLimiter::new(
+            &rule.name,
+            rule.rate,
+            rule.burst,
+            rule.max_keys,
+            &crate::guard::limiter::LimiterClock::Live,
+        );
+        for _ in 0..10 {
+            assert_eq!(limiter.check("k"), crate::guard::limiter::Decision::Allowed);
+        }
+        assert!(matches!(
+            limiter.check("k"),
+            crate::guard::limiter::Decision::Limited { .. }
+        ));
     }
 
     #[test]

@@ -275,7 +275,10 @@ fn with_receipt(target: &str, id: &str) -> String {
     encoded
 }
 
-fn check_fields(form: &FormConfig, post: &FormPost) -> Result<(), ApiError> {
+/// Checks a decoded post against its form: required fields, a plausible
+/// reply address (no header injection), an allowed `_next`. Public for the
+/// fuzz targets (tests/fuzz), which run a post through the same checks.
+pub fn check_fields(form: &FormConfig, post: &FormPost) -> Result<(), ApiError> {
     let mut problems = Vec::new();
     for name in &form.required {
         if post.field(name).is_none() && !post.files.iter().any(|f| &f.field == name) {
