@@ -239,15 +239,29 @@ pub struct PrivateRedis {
     pub port: u16,
     child: Option<std::process::Child>,
     dir: tempfile::TempDir,
+    /// Keeps an append-only file synced on every write, so what it
+    /// acknowledged survives a kill and a restart.
+    persistent: bool,
 }
 
 impl PrivateRedis {
     pub fn start() -> PrivateRedis {
+        PrivateRedis::start_with(false)
+    }
+
+    /// A Redis that loses nothing it acknowledged when killed
+    /// (`appendonly yes`, `appendfsync always`).
+    pub fn start_persistent() -> PrivateRedis {
+        PrivateRedis::start_with(true)
+    }
+
+    fn start_with(persistent: bool) -> PrivateRedis {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut redis = PrivateRedis {
             port: free_port(),
             child: None,
             dir,
+            persistent,
         };
         redis.restart();
         redis
@@ -262,7 +276,12 @@ impl PrivateRedis {
         assert!(self.child.is_none(), "already running");
         let child = std::process::Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
+            .args(["--save", ""])
+            .args(if self.persistent {
+                ["--appendonly", "yes", "--appendfsync", "always"].as_slice()
+            } else {
+                ["--appendonly", "no"].as_slice()
+            })
             .arg("--dir")
             .arg(self.dir.path())
             .stdout(std::process::Stdio::null())
