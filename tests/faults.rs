@@ -593,3 +593,97 @@ async fn dovecot_killed_mid_fetch_and_restarted_stores_each_mail_once() {
     assert!(before >= 30);
     gw.stop().await;
 }
+
+/// What a retry after a lost answer looks like, without a fault: the same
+/// request again. The first receipt comes back and nothing is written.
+#[tokio::test]
+async fn mail_handed_over_again_is_stored_once_under_its_first_receipt() {
+    let gw = Gateway::start("faults_mail_retry").await;
+    let dir = tempfile::tempdir().unwrap();
+    let token = token_file(dir.path());
+    let mail = "From: ann@example.com\r\nMessage-ID: <retry-1@example.com>\r\n\
+                Subject: Retry\r\n\r\nWhere is my order?\r\n";
+    let send = |mail: &'static str| {
+        let (url, token) = (gw.url.clone(), token.clone());
+        tokio::task::spawn_blocking(move || mailgate(&url, &token, mail))
+    };
+    let (first, first_line) = send(mail).await.unwrap();
+    let (again, again_line) = send(mail).await.unwrap();
+    assert_eq!((first, again), (0, 0), "{first_line} / {again_line}");
+    assert_eq!(
+        first_line, again_line,
+        "the retry is told the first receipt"
+    );
+    assert_eq!(gw.entries("desk").await.len(), 1, "one desk item, not two");
+    // Another mail (other bytes) is another item, even with the same
+    // Message-ID: only the delivery itself is recognised.
+    let edited = "From: ann@example.com\r\nMessage-ID: <retry-1@example.com>\r\n\
+                  Subject: Retry\r\n\r\nWhere is my order? Any news?\r\n";
+    assert_eq!(send(edited).await.unwrap().0, 0);
+    assert_eq!(gw.entries("desk").await.len(), 2);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn form_post_retried_with_its_idempotency_key_gets_the_first_receipt() {
+    let gw = Gateway::start("faults_form_retry").await;
+    let http = client();
+    let post = |key: Option<&'static str>| {
+        let mut request = http
+            .post(gw.form_url("contact"))
+            .form(&[("email", "ann@example.com"), ("message", "Where is it?")]);
+        if let Some(key) = key {
+            request = request.header("Idempotency-Key", key);
+        }
+        request.send()
+    };
+    let first = post(Some("order-77-attempt")).await.unwrap();
+    assert_eq!(first.status(), 202);
+    let first: serde_json::Value = first.json().await.unwrap();
+    let again = post(Some("order-77-attempt")).await.unwrap();
+    assert_eq!(again.status(), 202);
+    let again: serde_json::Value = again.json().await.unwrap();
+    assert_eq!(first["id"], again["id"], "the retry gets the first receipt");
+    assert_eq!(gw.entries("desk").await.len(), 1, "one desk item, not two");
+    let bad = http
+        .post(gw.form_url("contact"))
+        .header("Idempotency-Key", "")
+        .form(&[("email", "ann@example.com")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400, "an empty key is refused, not ignored");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn infected_upload_retried_with_its_key_is_refused_again_not_accepted() {
+    let scan = format!(
+        "[scan]\nclamd = \"tcp://{}\"\n",
+        support::clamd::dev_clamd()
+    );
+    let gw = Gateway::start_with("faults_refused_retry", &support::redis_url(), &scan).await;
+    let http = client();
+    for attempt in ["first", "retry"] {
+        let form = reqwest::multipart::Form::new()
+            .text("email", "ann@example.com")
+            .part(
+                "file",
+                reqwest::multipart::Part::bytes(support::clamd::eicar()).file_name("x.com"),
+            );
+        let response = http
+            .post(gw.form_url("contact"))
+            .header("Idempotency-Key", "infected-1")
+            .multipart(form)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            response.status(),
+            422,
+            "the {attempt} post of an infected file is refused, never answered as accepted"
+        );
+    }
+    assert!(gw.entries("desk").await.is_empty());
+    gw.stop().await;
+}

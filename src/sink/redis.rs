@@ -25,12 +25,30 @@ redis.call('SET', KEYS[2], ARGV[1] .. ' ' .. entry, 'EX', tonumber(ARGV[2]))
 return {1, entry}
 "#;
 
+/// Marks an idempotency key with the entry just added to the stream; run
+/// inside the MULTI of a large write, right after its XADD, so nothing can
+/// come between the two. KEYS[1] stream, KEYS[2] idempotency key; ARGV[1]
+/// receipt id, ARGV[2] key lifetime in seconds.
+const MARK_LAST: &str = r#"
+local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+redis.call('SET', KEYS[2], ARGV[1] .. ' ' .. last[1][1], 'EX', tonumber(ARGV[2]))
+return last[1][1]
+"#;
+
+/// Entries larger than this are written once through WATCH and MULTI on a
+/// connection of their own instead of [`XADD_ONCE`]: Redis copies a
+/// script's arguments, which more than doubles the time to write a large
+/// mail and pushed a 60 MB one past the command timeout.
+const LARGE_ENTRY_BYTES: usize = 1 << 20;
+
 /// How long an idempotency key is remembered: far longer than any retry
 /// or restart, short enough not to grow without bound.
 const IDEMPOTENCY_TTL_SECS: u64 = 30 * 24 * 3600;
 
 pub struct RedisSink {
     connection: ConnectionManager,
+    /// For the connections of their own that large writes WATCH on.
+    client: Client,
     /// `<prefix>:` prepended to every stream name.
     prefix: String,
     /// Bound on every command, connect and reconnect included.
@@ -57,9 +75,10 @@ impl RedisSink {
             // One quick retry inside the manager; the client retries the rest.
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(200));
-        let connection = ConnectionManager::new_lazy_with_config(client, manager_config)?;
+        let connection = ConnectionManager::new_lazy_with_config(client.clone(), manager_config)?;
         Ok(RedisSink {
             connection,
+            client,
             prefix: config.prefix.clone(),
             timeout,
         })
@@ -93,6 +112,72 @@ impl RedisSink {
             Ok(Err(e)) if is_connection_problem(&e) => Err(SinkError::Unavailable(e)),
             Ok(Err(e)) => Err(SinkError::Refused(e)),
         }
+    }
+}
+
+impl RedisSink {
+    /// [`XADD_ONCE`] for a large entry, without passing it through a
+    /// script: WATCH the key, look, then XADD and mark in one MULTI. A
+    /// writer that set the key meanwhile makes EXEC fail, and its entry is
+    /// the answer. WATCH needs a connection no other request shares.
+    async fn append_large_once(
+        &self,
+        stream: &str,
+        key: &str,
+        id: &str,
+        fields: &[(&str, &str)],
+    ) -> Result<Appended, SinkError> {
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.timeout))
+            .set_response_timeout(Some(self.timeout));
+        let mut connection = self
+            .bounded(
+                self.client
+                    .get_multiplexed_async_connection_with_config(&config),
+            )
+            .await?;
+        self.bounded(redis::cmd("WATCH").arg(key).exec_async(&mut connection))
+            .await?;
+        let seen: Option<String> = self
+            .bounded(redis::cmd("GET").arg(key).query_async(&mut connection))
+            .await?;
+        if let Some(value) = seen {
+            return Ok(already_stored(&value));
+        }
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        let xadd = pipe.cmd("XADD").arg(stream).arg("*");
+        for (name, value) in fields {
+            xadd.arg(*name).arg(*value);
+        }
+        pipe.cmd("EVAL")
+            .arg(MARK_LAST)
+            .arg(2)
+            .arg(stream)
+            .arg(key)
+            .arg(id)
+            .arg(IDEMPOTENCY_TTL_SECS)
+            .ignore();
+        let written: Option<(String,)> = self.bounded(pipe.query_async(&mut connection)).await?;
+        match written {
+            Some((entry_id,)) => Ok(Appended::Written { entry_id }),
+            // EXEC refused: another writer set the key after our look.
+            None => {
+                let value: Option<String> = self
+                    .bounded(redis::cmd("GET").arg(key).query_async(&mut connection))
+                    .await?;
+                Ok(already_stored(value.as_deref().unwrap_or_default()))
+            }
+        }
+    }
+}
+
+/// The earlier entry a key's value (`"<receipt> <entry id>"`) names.
+fn already_stored(value: &str) -> Appended {
+    let (receipt, entry_id) = value.split_once(' ').unwrap_or((value, ""));
+    Appended::AlreadyStored {
+        receipt: receipt.to_string(),
+        entry_id: entry_id.to_string(),
     }
 }
 
@@ -144,6 +229,15 @@ impl Sink for RedisSink {
                         .await?;
                     Ok(Appended::Written { entry_id })
                 }
+                Some(key) if entry.envelope.len() > LARGE_ENTRY_BYTES => {
+                    self.append_large_once(
+                        &stream,
+                        &self.idempotency_key(entry.stream, key),
+                        &id,
+                        &fields,
+                    )
+                    .await
+                }
                 Some(key) => {
                     let script = redis::Script::new(XADD_ONCE);
                     let mut invocation = script.prepare_invoke();
@@ -161,12 +255,7 @@ impl Sink for RedisSink {
                     if written == 1 {
                         Ok(Appended::Written { entry_id: value })
                     } else {
-                        let (receipt, entry_id) =
-                            value.split_once(' ').unwrap_or((value.as_str(), ""));
-                        Ok(Appended::AlreadyStored {
-                            receipt: receipt.to_string(),
-                            entry_id: entry_id.to_string(),
-                        })
+                        Ok(already_stored(&value))
                     }
                 }
             }
