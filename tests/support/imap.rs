@@ -154,11 +154,7 @@ where
 
 /// XLEN of `<prefix>:<stream>`.
 pub async fn xlen(redis_url: &str, prefix: &str, stream: &str) -> usize {
-    let client = redis::Client::open(redis_url).expect("redis url");
-    let mut conn = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("the dev Redis is up");
+    let mut conn = super::test_connection(redis_url).await;
     redis::cmd("XLEN")
         .arg(format!("{prefix}:{stream}"))
         .query_async(&mut conn)

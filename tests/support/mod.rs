@@ -192,12 +192,23 @@ impl Entry {
     }
 }
 
-pub async fn read_stream(redis_url: &str, key: &str) -> Vec<Entry> {
-    let client = redis::Client::open(redis_url).expect("redis url");
-    let mut conn = client
-        .get_multiplexed_async_connection()
+/// A connection for test checks. redis-rs gives up on an answer after
+/// 500 ms by default; on a busy shared machine reading a stream of a few
+/// thousand entries can take longer, and that made tests fail now and then
+/// while nothing was wrong. A check is not a timing assertion.
+pub async fn test_connection(redis_url: &str) -> redis::aio::MultiplexedConnection {
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(10)))
+        .set_response_timeout(Some(Duration::from_secs(30)));
+    redis::Client::open(redis_url)
+        .expect("redis url")
+        .get_multiplexed_async_connection_with_config(&config)
         .await
-        .expect("the dev Redis is up (deploy/dev/services start)");
+        .expect("the dev Redis is up (deploy/dev/services start)")
+}
+
+pub async fn read_stream(redis_url: &str, key: &str) -> Vec<Entry> {
+    let mut conn = test_connection(redis_url).await;
     let reply: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
         .arg(key)
         .arg("-")
