@@ -25,16 +25,6 @@ redis.call('SET', KEYS[2], ARGV[1] .. ' ' .. entry, 'EX', tonumber(ARGV[2]))
 return {1, entry}
 "#;
 
-/// Marks an idempotency key with the entry just added to the stream; run
-/// inside the MULTI of a large write, right after its XADD, so nothing can
-/// come between the two. KEYS[1] stream, KEYS[2] idempotency key; ARGV[1]
-/// receipt id, ARGV[2] key lifetime in seconds.
-const MARK_LAST: &str = r#"
-local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
-redis.call('SET', KEYS[2], ARGV[1] .. ' ' .. last[1][1], 'EX', tonumber(ARGV[2]))
-return last[1][1]
-"#;
-
 /// Entries larger than this are written once through WATCH and MULTI on a
 /// connection of their own instead of [`XADD_ONCE`]: Redis copies a
 /// script's arguments, which more than doubles the time to write a large
@@ -150,17 +140,28 @@ impl RedisSink {
         for (name, value) in fields {
             xadd.arg(*name).arg(*value);
         }
-        pipe.cmd("EVAL")
-            .arg(MARK_LAST)
-            .arg(2)
-            .arg(stream)
+        // The key names the receipt at once, inside the MULTI; the entry id
+        // (only informative) is added after EXEC. Reading it back in a
+        // script would copy the whole large entry into Lua.
+        pipe.cmd("SET")
             .arg(key)
             .arg(id)
+            .arg("EX")
             .arg(IDEMPOTENCY_TTL_SECS)
             .ignore();
         let written: Option<(String,)> = self.bounded(pipe.query_async(&mut connection)).await?;
         match written {
-            Some((entry_id,)) => Ok(Appended::Written { entry_id }),
+            Some((entry_id,)) => {
+                let mut mark = redis::cmd("SET");
+                mark.arg(key)
+                    .arg(format!("{id} {entry_id}"))
+                    .arg("XX")
+                    .arg("KEEPTTL");
+                if let Err(e) = self.bounded(mark.exec_async(&mut connection)).await {
+                    tracing::debug!(error = %e, "entry id not added to the idempotency key");
+                }
+                Ok(Appended::Written { entry_id })
+            }
             // EXEC refused: another writer set the key after our look.
             None => {
                 let value: Option<String> = self
