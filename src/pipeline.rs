@@ -114,6 +114,7 @@ impl Pipeline {
             return Err(PipelineError::Busy(reason));
         }
         let idempotency_key = submission.idempotency_key.clone();
+        let refusal_forgets_key = submission.refusal_forgets_key;
         // 0. A source re-reading an item it may have stored (IMAP after a
         //    crash) learns so before the item is counted again.
         if let Some(key) = &idempotency_key {
@@ -174,7 +175,13 @@ impl Pipeline {
         // mail is not held twice while it is written.
         message.scan_targets = Vec::new();
 
-        // 5. Sink: the write that makes the item accepted.
+        // 5. Sink: the write that makes the item accepted. A refusal the
+        //    client hears is not an acknowledgement: its retry must be
+        //    judged again, not answered "accepted" from the key.
+        let idempotency_key = match route.answer {
+            Answer::Refused(_) if refusal_forgets_key => None,
+            _ => idempotency_key,
+        };
         self.store(message, route, idempotency_key, Some(&checked.ticket))
             .await
     }

@@ -69,6 +69,12 @@ pub struct Submission {
     /// Set by sources that may hand in the same item twice (IMAP re-reads
     /// after a crash): the item is then stored at most once.
     pub idempotency_key: Option<String>,
+    /// Set by sources that tell their client about a refusal (HTTP 422,
+    /// 429): a refused item is not acknowledged and its client may send it
+    /// again, so its key is not remembered and the retry is judged afresh
+    /// instead of being answered as accepted. IMAP leaves it unset: a
+    /// quarantined mail re-read after a crash must still be stored once.
+    pub refusal_forgets_key: bool,
 }
 
 impl Submission {
@@ -79,6 +85,7 @@ impl Submission {
             source,
             payload,
             idempotency_key: None,
+            refusal_forgets_key: false,
         }
     }
 }

@@ -101,8 +101,7 @@ async fn full_desk_refuses_new_items_until_it_drains() {
     );
 
     // The desk consumer catches up (here: the stream is emptied).
-    let client = redis::Client::open(redis_url()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let mut conn = support::test_connection(&redis_url()).await;
     let _: () = redis::cmd("DEL")
         .arg(format!("{}:desk", gw.prefix))
         .query_async(&mut conn)

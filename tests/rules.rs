@@ -332,7 +332,9 @@ async fn exact_and_near_duplicates_are_collapsed_with_counts_in_events() {
         .await,
     )
     .await;
-    // The same Message-ID again (a mail server's re-delivery).
+    // The same Message-ID again (a re-delivery through another relay;
+    // the very same bytes would be a retry, answered with the first
+    // receipt and not written at all).
     receipt(
         post_mail(
             &gw,
@@ -340,7 +342,7 @@ async fn exact_and_near_duplicates_are_collapsed_with_counts_in_events() {
                 "carl@example.com",
                 "Order",
                 text,
-                "Message-ID: <a1@example.com>\r\n",
+                "Received: from mx2.example.com\r\nMessage-ID: <a1@example.com>\r\n",
             ),
         )
         .await,

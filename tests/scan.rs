@@ -569,8 +569,7 @@ async fn a_60mb_attachment_gets_the_oversize_policy() {
     assert_eq!(quarantine[0].envelope()["scan"]["status"], "unscanned");
     assert!(gw.entries("desk").await.is_empty(), "not on the desk");
     // 80 MB of base64 in the shared Redis: clean up.
-    let client = redis::Client::open(gw.redis_url.as_str()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let mut conn = support::test_connection(&gw.redis_url).await;
     let _: () = redis::cmd("DEL")
         .arg(format!("{}:quarantine", gw.prefix))
         .query_async(&mut conn)

@@ -105,3 +105,56 @@ async fn held_entries_read_back_in_order_after_a_cursor_and_delete() {
     let left = sink.read(Stream::Held, None, 10).await.unwrap();
     assert_eq!(left[0].fields["id"], ids[1], "the deleted one is gone");
 }
+
+#[tokio::test]
+async fn large_entry_with_a_key_is_written_once_too() {
+    // Over the size where the sink uses WATCH/MULTI instead of its script.
+    let prefix = unique_prefix("sink_idem_large");
+    let sink = sink(&prefix);
+    let envelope = format!("{{\"text\":\"{}\"}}", "x".repeat(3 << 20));
+    let mut first = entry(Some("mailgate:large"));
+    first.envelope = envelope.clone();
+    let mut second = entry(Some("mailgate:large"));
+    second.envelope = envelope;
+    let written = sink.append(&first).await.unwrap();
+    let Appended::Written { entry_id } = written else {
+        panic!("first write must be written: {written:?}")
+    };
+    // Two writers at once with the same key: one entry in the end.
+    let (a, b) = tokio::join!(sink.append(&second), sink.append(&second));
+    for again in [a.unwrap(), b.unwrap()] {
+        assert_eq!(
+            again,
+            Appended::AlreadyStored {
+                receipt: first.id.to_string(),
+                entry_id: entry_id.clone()
+            },
+            "the retry is answered with the first receipt and entry"
+        );
+    }
+    let entries = read_stream(&redis_url(), &format!("{prefix}:desk")).await;
+    assert_eq!(entries.len(), 1, "one entry for three writes");
+    assert_eq!(entries[0].field("idempotency_key"), "mailgate:large");
+}
+
+#[tokio::test]
+async fn large_entries_racing_with_one_key_make_one_entry() {
+    let prefix = unique_prefix("sink_idem_race");
+    let sink = sink(&prefix);
+    let envelope = format!("{{\"text\":\"{}\"}}", "y".repeat(2 << 20));
+    let entries: Vec<Entry> = (0..4)
+        .map(|_| {
+            let mut e = entry(Some("mailgate:race"));
+            e.envelope = envelope.clone();
+            e
+        })
+        .collect();
+    let results = futures_util::future::join_all(entries.iter().map(|e| sink.append(e))).await;
+    let written = results
+        .iter()
+        .filter(|r| matches!(r, Ok(Appended::Written { .. })))
+        .count();
+    assert_eq!(written, 1, "exactly one writer wins: {results:?}");
+    let stored = read_stream(&redis_url(), &format!("{prefix}:desk")).await;
+    assert_eq!(stored.len(), 1, "one entry for four racing writes");
+}

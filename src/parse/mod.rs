@@ -70,6 +70,7 @@ pub fn parse(submission: Submission, options: ParseOptions<'_>) -> Result<Messag
         source,
         payload,
         idempotency_key: _,
+        refusal_forgets_key: _,
     } = submission;
     let mut envelope = Envelope {
         version: ENVELOPE_VERSION,

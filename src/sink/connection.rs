@@ -97,6 +97,22 @@ impl RedisConnection {
     }
 }
 
+/// Where one Redis server is, with the password from the config's secret.
+pub fn connection_info(
+    url: &str,
+    password: Option<&SecretValue>,
+) -> Result<redis::ConnectionInfo, RedisError> {
+    let mut info = redis::IntoConnectionInfo::into_connection_info(url)?;
+    if let Some(password) = password {
+        let settings = info
+            .redis_settings()
+            .clone()
+            .set_password(password.expose());
+        info = info.set_redis_settings(settings);
+    }
+    Ok(info)
+}
+
 /// A cluster connection made on first use: the slot map can only be read
 /// from a live node, and the gateway must start while the cluster is down.
 #[derive(Clone)]

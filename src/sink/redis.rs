@@ -6,9 +6,9 @@
 
 use std::time::Duration;
 
-use redis::RedisError;
+use redis::{Client, RedisError};
 
-use super::connection::RedisConnection;
+use super::connection::{connection_info, RedisConnection};
 use super::{Appended, Entry, Seen, Sink, SinkError, SinkFuture, StoredEntry, ITEM_STREAMS};
 use crate::config::{RedisConfig, SecretValue};
 
@@ -25,12 +25,21 @@ redis.call('SET', KEYS[2], ARGV[1] .. ' ' .. entry, 'EX', tonumber(ARGV[2]))
 return {1, entry}
 "#;
 
+/// Entries larger than this are written once through WATCH and MULTI on a
+/// connection of their own instead of [`XADD_ONCE`]: Redis copies a
+/// script's arguments, which more than doubles the time to write a large
+/// mail and pushed a 60 MB one past the command timeout.
+const LARGE_ENTRY_BYTES: usize = 1 << 20;
+
 /// How long an idempotency key is remembered: far longer than any retry
 /// or restart, short enough not to grow without bound.
 const IDEMPOTENCY_TTL_SECS: u64 = 30 * 24 * 3600;
 
 pub struct RedisSink {
     connection: RedisConnection,
+    /// For the connections of their own that large writes WATCH on; none on
+    /// a cluster, where large entries go through [`XADD_ONCE`] like the rest.
+    client: Option<Client>,
     /// `<prefix>:` prepended to every stream name.
     prefix: String,
     /// Bound on every command, connect and reconnect included.
@@ -40,8 +49,17 @@ pub struct RedisSink {
 impl RedisSink {
     /// Prepares the connection; does not wait for Redis to be up.
     pub fn new(config: &RedisConfig, password: Option<SecretValue>) -> Result<Self, RedisError> {
+        let client = if config.cluster {
+            None
+        } else {
+            Some(Client::open(connection_info(
+                &config.url,
+                password.as_ref(),
+            )?)?)
+        };
         Ok(RedisSink {
             connection: RedisConnection::new(config, password)?,
+            client,
             prefix: config.prefix.clone(),
             timeout: config.timeout.into(),
         })
@@ -75,6 +93,85 @@ impl RedisSink {
             Ok(Err(e)) if is_connection_problem(&e) => Err(SinkError::Unavailable(e)),
             Ok(Err(e)) => Err(SinkError::Refused(e)),
         }
+    }
+}
+
+impl RedisSink {
+    /// [`XADD_ONCE`] for a large entry, without passing it through a
+    /// script: WATCH the key, look, then XADD and mark in one MULTI. A
+    /// writer that set the key meanwhile makes EXEC fail, and its entry is
+    /// the answer. WATCH needs a connection no other request shares.
+    async fn append_large_once(
+        &self,
+        stream: &str,
+        key: &str,
+        id: &str,
+        fields: &[(&str, &str)],
+    ) -> Result<Appended, SinkError> {
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.timeout))
+            .set_response_timeout(Some(self.timeout));
+        let mut connection = self
+            .bounded(
+                self.client
+                    .as_ref()
+                    .expect("large writes take this path on a single Redis only")
+                    .get_multiplexed_async_connection_with_config(&config),
+            )
+            .await?;
+        self.bounded(redis::cmd("WATCH").arg(key).exec_async(&mut connection))
+            .await?;
+        let seen: Option<String> = self
+            .bounded(redis::cmd("GET").arg(key).query_async(&mut connection))
+            .await?;
+        if let Some(value) = seen {
+            return Ok(already_stored(&value));
+        }
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        let xadd = pipe.cmd("XADD").arg(stream).arg("*");
+        for (name, value) in fields {
+            xadd.arg(*name).arg(*value);
+        }
+        // The key names the receipt at once, inside the MULTI; the entry id
+        // (only informative) is added after EXEC. Reading it back in a
+        // script would copy the whole large entry into Lua.
+        pipe.cmd("SET")
+            .arg(key)
+            .arg(id)
+            .arg("EX")
+            .arg(IDEMPOTENCY_TTL_SECS)
+            .ignore();
+        let written: Option<(String,)> = self.bounded(pipe.query_async(&mut connection)).await?;
+        match written {
+            Some((entry_id,)) => {
+                let mut mark = redis::cmd("SET");
+                mark.arg(key)
+                    .arg(format!("{id} {entry_id}"))
+                    .arg("XX")
+                    .arg("KEEPTTL");
+                if let Err(e) = self.bounded(mark.exec_async(&mut connection)).await {
+                    tracing::debug!(error = %e, "entry id not added to the idempotency key");
+                }
+                Ok(Appended::Written { entry_id })
+            }
+            // EXEC refused: another writer set the key after our look.
+            None => {
+                let value: Option<String> = self
+                    .bounded(redis::cmd("GET").arg(key).query_async(&mut connection))
+                    .await?;
+                Ok(already_stored(value.as_deref().unwrap_or_default()))
+            }
+        }
+    }
+}
+
+/// The earlier entry a key's value (`"<receipt> <entry id>"`) names.
+fn already_stored(value: &str) -> Appended {
+    let (receipt, entry_id) = value.split_once(' ').unwrap_or((value, ""));
+    Appended::AlreadyStored {
+        receipt: receipt.to_string(),
+        entry_id: entry_id.to_string(),
     }
 }
 
@@ -126,6 +223,15 @@ impl Sink for RedisSink {
                         .await?;
                     Ok(Appended::Written { entry_id })
                 }
+                Some(key) if entry.envelope.len() > LARGE_ENTRY_BYTES && self.client.is_some() => {
+                    self.append_large_once(
+                        &stream,
+                        &self.idempotency_key(entry.stream, key),
+                        &id,
+                        &fields,
+                    )
+                    .await
+                }
                 Some(key) => {
                     let script = redis::Script::new(XADD_ONCE);
                     let mut invocation = script.prepare_invoke();
@@ -143,12 +249,7 @@ impl Sink for RedisSink {
                     if written == 1 {
                         Ok(Appended::Written { entry_id: value })
                     } else {
-                        let (receipt, entry_id) =
-                            value.split_once(' ').unwrap_or((value.as_str(), ""));
-                        Ok(Appended::AlreadyStored {
-                            receipt: receipt.to_string(),
-                            entry_id: entry_id.to_string(),
-                        })
+                        Ok(already_stored(&value))
                     }
                 }
             }

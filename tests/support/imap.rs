@@ -154,16 +154,7 @@ where
 
 /// XLEN of `<prefix>:<stream>`.
 pub async fn xlen(redis_url: &str, prefix: &str, stream: &str) -> usize {
-    let client = redis::Client::open(redis_url).expect("redis url");
-    let mut conn = client
-        // The client's default response timeout (0.5 s) is too short for
-        // a stream of large entries on a busy machine.
-        .get_multiplexed_async_connection_with_config(
-            &redis::AsyncConnectionConfig::new()
-                .set_response_timeout(Some(Duration::from_secs(60))),
-        )
-        .await
-        .expect("the dev Redis is up");
+    let mut conn = super::test_connection(redis_url).await;
     redis::cmd("XLEN")
         .arg(format!("{prefix}:{stream}"))
         .query_async(&mut conn)
@@ -451,6 +442,33 @@ service imap-login {{
         }
     }
 
+    /// SIGKILL to the master and every process under it, as a crash or an
+    /// OOM kill would: no goodbye to clients, nothing flushed.
+    pub fn kill(&mut self) {
+        if !self.running {
+            return;
+        }
+        let pid_file = self.dir.path().join("run/master.pid");
+        let master = std::fs::read_to_string(&pid_file).expect("dovecot master.pid");
+        let mut tree = vec![master.trim().to_string()];
+        let mut i = 0;
+        while i < tree.len() {
+            let children = children_of(&tree[i]);
+            tree.extend(children);
+            i += 1;
+        }
+        let _ = Command::new("kill").arg("-KILL").args(&tree).status();
+        self.running = false;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // A stale pid file could name a process that reused the pid.
+        let _ = std::fs::remove_file(pid_file);
+    }
+
     fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("dovecot.log")).unwrap_or_default()
     }
@@ -460,6 +478,23 @@ impl Drop for PrivateDovecot {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// The pids whose parent is `pid`, from /proc (no procps needed).
+fn children_of(pid: &str) -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().into_string().ok()?;
+            name.bytes().all(|b| b.is_ascii_digit()).then_some(())?;
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            // `pid (comm) state ppid ...`; comm may hold spaces and parens.
+            let ppid = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?;
+            (ppid == pid).then_some(name)
+        })
+        .collect()
 }
 
 fn id(flag: &str) -> String {

@@ -205,17 +205,23 @@ impl Entry {
     }
 }
 
-pub async fn read_stream(redis_url: &str, key: &str) -> Vec<Entry> {
-    let client = redis::Client::open(redis_url).expect("redis url");
-    let mut conn = client
-        // The client's default response timeout (0.5 s) is too short for
-        // a stream of large entries on a busy machine.
-        .get_multiplexed_async_connection_with_config(
-            &redis::AsyncConnectionConfig::new()
-                .set_response_timeout(Some(Duration::from_secs(60))),
-        )
+/// A connection for test checks. redis-rs gives up on an answer after
+/// 500 ms by default; on a busy shared machine reading a stream of a few
+/// thousand entries can take longer, and that made tests fail now and then
+/// while nothing was wrong. A check is not a timing assertion.
+pub async fn test_connection(redis_url: &str) -> redis::aio::MultiplexedConnection {
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(10)))
+        .set_response_timeout(Some(Duration::from_secs(30)));
+    redis::Client::open(redis_url)
+        .expect("redis url")
+        .get_multiplexed_async_connection_with_config(&config)
         .await
-        .expect("the dev Redis is up (deploy/dev/services start)");
+        .expect("the dev Redis is up (deploy/dev/services start)")
+}
+
+pub async fn read_stream(redis_url: &str, key: &str) -> Vec<Entry> {
+    let mut conn = test_connection(redis_url).await;
     let reply: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
         .arg(key)
         .arg("-")
@@ -257,15 +263,29 @@ pub struct PrivateRedis {
     pub port: u16,
     child: Option<std::process::Child>,
     dir: tempfile::TempDir,
+    /// Keeps an append-only file synced on every write, so what it
+    /// acknowledged survives a kill and a restart.
+    persistent: bool,
 }
 
 impl PrivateRedis {
     pub fn start() -> PrivateRedis {
+        PrivateRedis::start_with(false)
+    }
+
+    /// A Redis that loses nothing it acknowledged when killed
+    /// (`appendonly yes`, `appendfsync always`).
+    pub fn start_persistent() -> PrivateRedis {
+        PrivateRedis::start_with(true)
+    }
+
+    fn start_with(persistent: bool) -> PrivateRedis {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut redis = PrivateRedis {
             port: free_port(),
             child: None,
             dir,
+            persistent,
         };
         redis.restart();
         redis
@@ -280,7 +300,12 @@ impl PrivateRedis {
         assert!(self.child.is_none(), "already running");
         let child = std::process::Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
+            .args(["--save", ""])
+            .args(if self.persistent {
+                ["--appendonly", "yes", "--appendfsync", "always"].as_slice()
+            } else {
+                ["--appendonly", "no"].as_slice()
+            })
             .arg("--dir")
             .arg(self.dir.path())
             .stdout(std::process::Stdio::null())

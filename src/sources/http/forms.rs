@@ -74,6 +74,7 @@ where
     }
     let kind = BodyKind::from_content_type(header_str(request.headers(), header::CONTENT_TYPE))?;
     let headers = request.headers().clone();
+    let key = super::idempotency::from_header(&headers, &format!("form:{}", form.id))?;
     let body = read_body(
         request.into_body(),
         form.max_size.bytes(),
@@ -99,7 +100,10 @@ where
         origin: header_str(&headers, header::ORIGIN).map(str::to_string),
         referer: header_str(&headers, header::REFERER).map(str::to_string),
     };
-    let submission = Submission::new(source, Payload::Form(post));
+    let mut submission = Submission::new(source, Payload::Form(post));
+    // A client that retries with the same key gets the first receipt.
+    submission.idempotency_key = key;
+    submission.refusal_forgets_key = true;
     let options = ParseOptions {
         form: Some(form),
         keep_raw: false,
@@ -393,7 +397,7 @@ fn preflight() -> Response<Body> {
     );
     headers.insert(
         header::ACCESS_CONTROL_ALLOW_HEADERS,
-        HeaderValue::from_static("content-type, accept"),
+        HeaderValue::from_static("content-type, accept, idempotency-key"),
     );
     headers.insert(
         header::ACCESS_CONTROL_MAX_AGE,

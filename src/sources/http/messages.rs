@@ -54,6 +54,7 @@ where
         });
     }
     let headers = request.headers().clone();
+    let client_key = super::idempotency::from_header(&headers, "messages")?;
     let limit = state.config.messages.max_size.bytes();
     let raw = read_body(
         request.into_body(),
@@ -65,19 +66,26 @@ where
 
     let sender = header_str(&headers, SENDER_HEADER.parse().expect("valid header name"))
         .map(|s| s.trim().trim_matches(['<', '>']).to_string());
-    let recipients = headers
+    let recipients: Vec<String> = headers
         .get_all(RECIPIENT_HEADER)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .map(|s| s.trim().trim_matches(['<', '>']).to_string())
         .filter(|s| !s.is_empty())
         .collect();
+    // A mail server that lost our answer (gateway killed after the write,
+    // its own timeout) delivers the same bytes again: the derived key turns
+    // that retry into the first receipt, not a second desk item.
+    let key = client_key
+        .unwrap_or_else(|| super::idempotency::of_mail(sender.as_deref(), &recipients, &raw));
     let source = Source::Mailgate {
         sender,
         recipients,
         ip: peer.ip().to_string(),
     };
-    let submission = Submission::new(source, Payload::Mail(raw));
+    let mut submission = Submission::new(source, Payload::Mail(raw));
+    submission.idempotency_key = Some(key);
+    submission.refusal_forgets_key = true;
     let options = ParseOptions {
         form: None,
         keep_raw: state.config.messages.keep_raw,

@@ -6,6 +6,7 @@
 
 pub mod form_body;
 pub mod forms;
+pub mod idempotency;
 pub mod messages;
 pub mod per_ip;
 pub mod respond;
