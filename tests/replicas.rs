@@ -129,12 +129,7 @@ fn raw_mail(n: usize) -> Vec<u8> {
 
 /// Sends item `n`, starting at replica `n % 3` and moving on to the next
 /// replica whenever one does not answer or answers 503.
-async fn send(
-    http: &reqwest::Client,
-    ports: &[u16],
-    n: usize,
-    retries: &AtomicUsize,
-) -> Outcome {
+async fn send(http: &reqwest::Client, ports: &[u16], n: usize, retries: &AtomicUsize) -> Outcome {
     let mut outcome = Outcome::default();
     for attempt in 0..12 {
         let port = ports[(n + attempt) % ports.len()];
@@ -307,7 +302,10 @@ async fn three_replicas_share_a_mailbox_forms_and_a_limit_and_survive_a_kill() {
             let holders: Vec<usize> = (0..logs.len())
                 .filter(|i| logs[*i].contains("lease taken"))
                 .collect();
-            assert!(holders.len() <= 1, "two replicas took the lease: {holders:?}");
+            assert!(
+                holders.len() <= 1,
+                "two replicas took the lease: {holders:?}"
+            );
             holders.first().copied()
         }
     })
@@ -445,8 +443,14 @@ async fn three_replicas_share_a_mailbox_forms_and_a_limit_and_survive_a_kill() {
             }
         }
     }
-    let unknown: Vec<_> = by_receipt.iter().filter(|(_, items)| items.len() > 1).collect();
-    assert!(unknown.is_empty(), "one receipt on two entries: {unknown:?}");
+    let unknown: Vec<_> = by_receipt
+        .iter()
+        .filter(|(_, items)| items.len() > 1)
+        .collect();
+    assert!(
+        unknown.is_empty(),
+        "one receipt on two entries: {unknown:?}"
+    );
 
     // The shared limit: the burst, plus what the rate refilled while the
     // test ran, across all three replicas together.
