@@ -208,6 +208,27 @@ fn mail_of(envelope: &Value) -> Option<usize> {
         .ok()
 }
 
+/// The replica (other than `dead`) that holds the mailbox lease: the
+/// lease key's value is the owner id its log names when it takes it.
+async fn lease_holder(replicas: &[GatewayProcess], lease: &str, dead: Option<usize>) -> usize {
+    let redis = redis::Client::open(redis_url()).expect("redis url");
+    eventually(60, "a live replica holds the IMAP lease", || {
+        let redis = redis.clone();
+        let logs: Vec<String> = replicas.iter().map(|r| r.log_text()).collect();
+        async move {
+            let mut conn = redis.get_multiplexed_async_connection().await.ok()?;
+            let owner: Option<String> = redis::cmd("GET")
+                .arg(lease)
+                .query_async(&mut conn)
+                .await
+                .ok()?;
+            let owner = owner?;
+            (0..logs.len()).find(|i| Some(*i) != dead && logs[*i].contains(&owner))
+        }
+    })
+    .await
+}
+
 async fn all_streams(prefix: &str) -> Vec<(String, Entry)> {
     let mut all = Vec::new();
     for stream in ["desk", "quarantine", "suppressed", "held"] {
@@ -295,26 +316,13 @@ async fn three_replicas_share_a_mailbox_forms_and_a_limit_and_survive_a_kill() {
         }));
     }
 
-    // The lease holder: the one replica whose log says it took the lease.
-    let holder = eventually(30, "one replica holds the IMAP lease", || {
-        let logs: Vec<String> = replicas.iter().map(|r| r.log_text()).collect();
-        async move {
-            let holders: Vec<usize> = (0..logs.len())
-                .filter(|i| logs[*i].contains("lease taken"))
-                .collect();
-            assert!(
-                holders.len() <= 1,
-                "two replicas took the lease: {holders:?}"
-            );
-            holders.first().copied()
-        }
-    })
-    .await;
     eventually(60, "IMAP backlog under way", || async {
         let mut s = dev_login().await;
         (count(&mut s, &boxes.done).await >= 40).then_some(())
     })
     .await;
+    let lease = format!("{prefix}:imap:{{test/{}}}:lease", boxes.inbox);
+    let holder = lease_holder(&replicas, &lease, None).await;
     go.store(true, Ordering::SeqCst);
     eventually(60, "second half of the posts under way", || {
         let done = done.clone();
@@ -343,11 +351,10 @@ async fn three_replicas_share_a_mailbox_forms_and_a_limit_and_survive_a_kill() {
 
     // A survivor takes the mailbox over and empties it.
     let survivors: Vec<usize> = (0..3).filter(|i| *i != holder).collect();
-    eventually(60, "a surviving replica took the lease over", || {
-        let logs: Vec<String> = survivors.iter().map(|i| replicas[*i].log_text()).collect();
-        async move { logs.iter().any(|l| l.contains("lease taken")).then_some(()) }
-    })
-    .await;
+    // Once the dead replica's lease expires, a survivor takes it.
+    let successor = lease_holder(&replicas, &lease, Some(holder)).await;
+    let log = replicas[successor].log_text();
+    assert!(log.contains("lease taken"), "{}", names[successor]);
     eventually(120, "the mailbox emptied", || async {
         let mut s = dev_login().await;
         let left = count(&mut s, &boxes.inbox).await;
