@@ -215,6 +215,7 @@ impl Quarantine {
             scan_targets: Vec::new(),
             trap: None,
             mime: Default::default(),
+            idempotency_key: None,
         };
         // The operator's release stands in for the guard's verdict; the
         // rules' tags from the first pass are in the envelope already.

@@ -35,6 +35,34 @@ pub struct Fingerprint {
     pub numbers: u32,
     /// Whether the text is long enough for near-duplicate comparison.
     pub comparable: bool,
+    /// Digest of the source's idempotency key (IMAP mail): a replica
+    /// that died between reserving an item and storing it left its
+    /// receipt behind, and the re-read of the same mail must not be
+    /// folded into that receipt, which never reached a stream.
+    pub attempt: Option<String>,
+}
+
+/// What a reservation holds: the receipt, tagged with the item's attempt
+/// digest when it has one (`RECEIPT~DIGEST`).
+fn value(fp: Option<&Fingerprint>, receipt: ReceiptId) -> String {
+    match fp.and_then(|f| f.attempt.as_deref()) {
+        Some(attempt) => format!("{receipt}~{attempt}"),
+        None => receipt.to_string(),
+    }
+}
+
+/// The earlier receipt a stored value names; `None` when it is this very
+/// item's own unfinished earlier attempt (same idempotency key).
+fn earlier(stored: &str, fp: Option<&Fingerprint>) -> Option<ReceiptId> {
+    let (receipt, attempt) = match stored.split_once('~') {
+        Some((receipt, attempt)) => (receipt, Some(attempt)),
+        None => (stored, None),
+    };
+    let own = fp.and_then(|f| f.attempt.as_deref());
+    if own.is_some() && attempt == own {
+        return None;
+    }
+    receipt.parse().ok()
 }
 
 /// How an item duplicates an earlier one.
@@ -93,6 +121,7 @@ pub fn fingerprint(facts: &Facts<'_>) -> Option<Fingerprint> {
         simhash: simhash(&tokens),
         numbers,
         comparable: tokens.len() >= MIN_NEAR_TOKENS,
+        attempt: None,
     })
 }
 
@@ -187,11 +216,23 @@ pub struct Memory {
 /// Reserve (atomic): fails with the earlier receipt if either exact key
 /// is taken; else records this item and makes it the customer's latest.
 /// KEYS mid, content, recent, last; ARGV receipt, window ms, now ms,
-/// member ("" for none), recent cap, use mid, use content.
+/// member ("" for none), recent cap, use mid, use content, own attempt
+/// suffix ("~DIGEST", or "" for none: a value with it is this item's own
+/// unfinished earlier attempt, taken over rather than returned, and its
+/// recent members are dropped).
 const RESERVE: &str = r#"
-if ARGV[6] == '1' then local v = redis.call('GET', KEYS[1]); if v then return v end end
-if ARGV[7] == '1' then local v = redis.call('GET', KEYS[2]); if v then return v end end
+local function other(v)
+  if not v then return false end
+  return ARGV[8] == '' or string.sub(v, -string.len(ARGV[8])) ~= ARGV[8]
+end
+if ARGV[6] == '1' then local v = redis.call('GET', KEYS[1]); if other(v) then return v end end
+if ARGV[7] == '1' then local v = redis.call('GET', KEYS[2]); if other(v) then return v end end
 local window = tonumber(ARGV[2])
+if ARGV[8] ~= '' then
+  for _, m in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do
+    if not other(m) then redis.call('ZREM', KEYS[3], m) end
+  end
+end
 if ARGV[6] == '1' then redis.call('SET', KEYS[1], ARGV[1], 'PX', window) end
 if ARGV[7] == '1' then redis.call('SET', KEYS[2], ARGV[1], 'PX', window) end
 if ARGV[4] ~= '' then
@@ -219,9 +260,14 @@ end
 return 1
 "#;
 
-/// A recent item in the per-customer set: `simhash:numbers:receipt`.
+/// A recent item in the per-customer set: `simhash:numbers:value`.
 fn member(fp: &Fingerprint, receipt: ReceiptId) -> String {
-    format!("{:016x}:{:08x}:{receipt}", fp.simhash, fp.numbers)
+    format!(
+        "{:016x}:{:08x}:{}",
+        fp.simhash,
+        fp.numbers,
+        value(Some(fp), receipt)
+    )
 }
 
 struct Keys {
@@ -263,7 +309,7 @@ impl DedupeStore {
         let (mid, content, recent): (
             Option<String>,
             Option<String>,
-            Vec<(String, u64, u32)>,
+            Vec<(ReceiptId, u64, u32)>,
         ) = match self {
             DedupeStore::Redis(store) => {
                 let keys = Self::keys(store.prefix(), &fp.customer, Some(fp));
@@ -283,7 +329,7 @@ impl DedupeStore {
                         let mut parts = m.splitn(3, ':');
                         let hash = u64::from_str_radix(parts.next()?, 16).ok()?;
                         let numbers = u32::from_str_radix(parts.next()?, 16).ok()?;
-                        Some((parts.next()?.to_string(), hash, numbers))
+                        Some((earlier(parts.next()?, Some(fp))?, hash, numbers))
                     })
                     .collect();
                 (mid, content, recent)
@@ -305,7 +351,7 @@ impl DedupeStore {
                         items
                             .iter()
                             .filter(|(at, ..)| at + window > now_ms)
-                            .map(|(_, h, n, r)| (r.clone(), *h, *n))
+                            .filter_map(|(_, h, n, r)| Some((earlier(r, Some(fp))?, *h, *n)))
                             .collect()
                     })
                     .unwrap_or_default();
@@ -314,11 +360,11 @@ impl DedupeStore {
         };
         if settings.exact {
             if fp.message_id.is_some() {
-                if let Some(r) = mid.and_then(|r| r.parse().ok()) {
+                if let Some(r) = mid.and_then(|r| earlier(&r, Some(fp))) {
                     return Ok(Some((r, Kind::Exact)));
                 }
             }
-            if let Some(r) = content.and_then(|r| r.parse().ok()) {
+            if let Some(r) = content.and_then(|r| earlier(&r, Some(fp))) {
                 return Ok(Some((r, Kind::Exact)));
             }
         }
@@ -329,7 +375,7 @@ impl DedupeStore {
                 .map(|(r, h, _)| (r, (h ^ fp.simhash).count_ones()))
                 .filter(|(_, d)| *d <= settings.max_distance)
                 .min_by_key(|(_, d)| *d);
-            if let Some(r) = nearest.and_then(|(r, _)| r.parse().ok()) {
+            if let Some((r, _)) = nearest {
                 return Ok(Some((r, Kind::Near)));
             }
         }
@@ -352,6 +398,11 @@ impl DedupeStore {
         let member = fp
             .filter(|f| f.comparable && settings.near_duplicates)
             .map(|f| member(f, receipt));
+        let value = value(fp, receipt);
+        let own = fp
+            .and_then(|f| f.attempt.as_deref())
+            .map(|a| format!("~{a}"))
+            .unwrap_or_default();
         match self {
             DedupeStore::Redis(store) => {
                 let keys = Self::keys(store.prefix(), customer, fp);
@@ -362,18 +413,19 @@ impl DedupeStore {
                     .key(&keys.content)
                     .key(&keys.recent)
                     .key(&keys.last)
-                    .arg(receipt.to_string())
+                    .arg(&value)
                     .arg(window)
                     .arg(now_ms)
                     .arg(member.as_deref().unwrap_or(""))
                     .arg(settings.recent)
                     .arg(if use_mid { "1" } else { "0" })
-                    .arg(if use_content { "1" } else { "0" });
+                    .arg(if use_content { "1" } else { "0" })
+                    .arg(&own);
                 let mut connection = store.connection();
-                let earlier: Option<String> = store
+                let found: Option<String> = store
                     .bounded(invocation.invoke_async(&mut connection))
                     .await?;
-                Ok(earlier.and_then(|r| r.parse().ok()))
+                Ok(found.and_then(|r| earlier(&r, None)))
             }
             DedupeStore::Memory(memory) => {
                 let mut memory = memory.lock().expect("dedupe lock");
@@ -381,29 +433,33 @@ impl DedupeStore {
                 for (used, key) in [(use_mid, &keys.mid), (use_content, &keys.content)] {
                     if let Some((v, exp)) = memory.values.get(key) {
                         if used && *exp > now_ms {
-                            return Ok(v.parse().ok());
+                            if let Some(r) = earlier(v, fp) {
+                                return Ok(Some(r));
+                            }
                         }
                     }
                 }
                 let expiry = now_ms + window;
                 for (used, key) in [(use_mid, &keys.mid), (use_content, &keys.content)] {
                     if used {
-                        memory
-                            .values
-                            .insert(key.clone(), (receipt.to_string(), expiry));
+                        memory.values.insert(key.clone(), (value.clone(), expiry));
+                    }
+                }
+                if !own.is_empty() {
+                    if let Some(items) = memory.recent.get_mut(customer) {
+                        items.retain(|(.., r)| !r.ends_with(&own));
                     }
                 }
                 if let (Some(fp), Some(_)) = (fp, &member) {
                     let items = memory.recent.entry(customer.to_string()).or_default();
-                    items.push((now_ms, fp.simhash, fp.numbers, receipt.to_string()));
+                    items.push((now_ms, fp.simhash, fp.numbers, value.clone()));
                     items.retain(|(at, ..)| at + window > now_ms);
                     let excess = items.len().saturating_sub(settings.recent);
                     items.drain(..excess);
                 }
-                memory.values.insert(
-                    keys.last,
-                    (receipt.to_string(), now_ms + window.max(86_400_000)),
-                );
+                memory
+                    .values
+                    .insert(keys.last, (value, now_ms + window.max(86_400_000)));
                 Ok(None)
             }
         }
@@ -422,7 +478,7 @@ impl DedupeStore {
                             .query_async(&mut connection),
                     )
                     .await?;
-                Ok(last.and_then(|r| r.parse().ok()))
+                Ok(last.and_then(|r| earlier(&r, None)))
             }
             DedupeStore::Memory(memory) => {
                 let keys = Self::keys("", customer, None);
@@ -432,7 +488,7 @@ impl DedupeStore {
                     .values
                     .get(&keys.last)
                     .filter(|(_, exp)| *exp > now_ms)
-                    .and_then(|(v, _)| v.parse().ok()))
+                    .and_then(|(v, _)| earlier(v, None)))
             }
         }
     }
@@ -444,9 +500,8 @@ impl DedupeStore {
         fp: Option<&Fingerprint>,
         receipt: ReceiptId,
     ) -> Result<(), GuardError> {
-        let member = fp
-            .map(|f| format!("{:016x}:{receipt}", f.simhash))
-            .unwrap_or_default();
+        let member = fp.map(|f| member(f, receipt)).unwrap_or_default();
+        let value = value(fp, receipt);
         match self {
             DedupeStore::Redis(store) => {
                 let keys = Self::keys(store.prefix(), customer, fp);
@@ -457,7 +512,7 @@ impl DedupeStore {
                     .key(&keys.content)
                     .key(&keys.recent)
                     .key(&keys.last)
-                    .arg(receipt.to_string())
+                    .arg(&value)
                     .arg(member);
                 let mut connection = store.connection();
                 store
@@ -468,14 +523,13 @@ impl DedupeStore {
             DedupeStore::Memory(memory) => {
                 let mut memory = memory.lock().expect("dedupe lock");
                 let keys = Self::keys("", customer, fp);
-                let receipt = receipt.to_string();
                 for key in [keys.mid, keys.content, keys.last] {
-                    if memory.values.get(&key).is_some_and(|(v, _)| *v == receipt) {
+                    if memory.values.get(&key).is_some_and(|(v, _)| *v == value) {
                         memory.values.remove(&key);
                     }
                 }
                 if let Some(items) = memory.recent.get_mut(customer) {
-                    items.retain(|(.., r)| *r != receipt);
+                    items.retain(|(.., r)| *r != value);
                 }
                 Ok(())
             }
@@ -560,5 +614,58 @@ mod tests {
                 .collect::<Vec<_>>(),
             ["Hi", "there"]
         );
+    }
+
+    fn fp(attempt: Option<&str>) -> Fingerprint {
+        Fingerprint {
+            customer: "c".into(),
+            message_id: Some("m".into()),
+            content: "t".into(),
+            simhash: 7,
+            numbers: 0,
+            comparable: true,
+            attempt: attempt.map(str::to_string),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_re_read_of_the_same_mail_is_not_folded_into_its_own_unstored_attempt() {
+        let store = DedupeStore::memory();
+        let settings = Dedupe::default();
+        let first = ReceiptId::new();
+        // A replica reserved the mail, then died before storing it.
+        let dead = fp(Some("imap-key"));
+        assert_eq!(
+            store
+                .reserve("c", Some(&dead), &settings, first, 1000)
+                .await
+                .unwrap(),
+            None
+        );
+        // The survivor re-reads the same mail (same idempotency key).
+        let again = fp(Some("imap-key"));
+        assert_eq!(store.lookup(&again, &settings, 2000).await.unwrap(), None);
+        let second = ReceiptId::new();
+        assert_eq!(
+            store
+                .reserve("c", Some(&again), &settings, second, 2000)
+                .await
+                .unwrap(),
+            None,
+            "it takes the reservation over"
+        );
+        // A real duplicate (another mail with that Message-ID) still folds.
+        let other = fp(Some("another-key"));
+        assert_eq!(
+            store.lookup(&other, &settings, 3000).await.unwrap(),
+            Some((second, Kind::Exact))
+        );
+        assert_eq!(
+            store.lookup(&fp(None), &settings, 3000).await.unwrap(),
+            Some((second, Kind::Exact))
+        );
+        assert_eq!(store.last("c", 3000).await.unwrap(), Some(second));
+        store.release("c", Some(&again), second).await.unwrap();
+        assert_eq!(store.lookup(&other, &settings, 4000).await.unwrap(), None);
     }
 }

@@ -207,7 +207,13 @@ impl Guard {
             ticket.customer = customer
                 .as_deref()
                 .map(|c| store::short_digest(c.as_bytes()));
-            ticket.fingerprint = dedupe::fingerprint(&facts);
+            ticket.fingerprint = dedupe::fingerprint(&facts).map(|mut fp| {
+                fp.attempt = message
+                    .idempotency_key
+                    .as_deref()
+                    .map(|k| store::short_digest(k.as_bytes()));
+                fp
+            });
             // 4. Duplicates fold into the first item without costing quota.
             if let Some(fp) = &ticket.fingerprint {
                 if let Some((into, kind)) =
@@ -459,6 +465,7 @@ pub(crate) mod tests {
             scan_targets: vec![],
             trap: None,
             mime: Default::default(),
+            idempotency_key: None,
         }
     }
 

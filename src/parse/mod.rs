@@ -31,6 +31,9 @@ pub struct Message {
     pub trap: Option<String>,
     /// The mail's MIME measurements, checked against `[mime]` limits.
     pub mime: limits::MimeStats,
+    /// The source's idempotency key (IMAP), so the guard can tell a
+    /// re-read of this very item from a duplicate of it.
+    pub idempotency_key: Option<String>,
 }
 
 /// One blob for the virus scanner, with a name for its report.
@@ -69,7 +72,7 @@ pub fn parse(submission: Submission, options: ParseOptions<'_>) -> Result<Messag
         received_at,
         source,
         payload,
-        idempotency_key: _,
+        idempotency_key,
         refusal_forgets_key: _,
     } = submission;
     let mut envelope = Envelope {
@@ -122,6 +125,7 @@ pub fn parse(submission: Submission, options: ParseOptions<'_>) -> Result<Messag
         scan_targets,
         trap,
         mime,
+        idempotency_key,
     })
 }
 

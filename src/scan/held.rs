@@ -202,6 +202,7 @@ impl Redrive {
             scan_targets,
             trap: None,
             mime: Default::default(),
+            idempotency_key: None,
         })
     }
 }
