@@ -57,7 +57,9 @@ async fn instream(address: &str, data: &[u8]) -> Result<String, std::io::Error> 
     stream.set_nodelay(true)?;
     stream.write_all(b"zINSTREAM\0").await?;
     for chunk in data.chunks(64 * 1024) {
-        stream.write_all(&(chunk.len() as u32).to_be_bytes()).await?;
+        stream
+            .write_all(&(chunk.len() as u32).to_be_bytes())
+            .await?;
         stream.write_all(chunk).await?;
     }
     stream.write_all(&[0, 0, 0, 0]).await?;
@@ -71,7 +73,8 @@ async fn instream(address: &str, data: &[u8]) -> Result<String, std::io::Error> 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: mail_scan post URL TOKEN N CONCURRENCY | ceiling CLAMD REDIS STREAM N CONCURRENCY";
+    let usage =
+        "usage: mail_scan post URL TOKEN N CONCURRENCY | ceiling CLAMD REDIS STREAM N CONCURRENCY";
     let (mode, rest) = args.split_first().ok_or(usage)?;
     let (n, concurrency): (usize, usize) = match rest {
         [_, _, n, c] | [_, _, _, n, c] => (n.parse()?, c.parse()?),

@@ -20,9 +20,7 @@ use mail_parser::{MessageParser, MimeHeaders};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
-    let dir = args
-        .next()
-        .ok_or("usage: parse_corpus DIR [ITERATIONS]")?;
+    let dir = args.next().ok_or("usage: parse_corpus DIR [ITERATIONS]")?;
     let iterations: usize = args.next().map_or(Ok(5), |n| n.parse())?;
     let mut paths: Vec<_> = std::fs::read_dir(&dir)?
         .map(|e| e.map(|e| e.path()))

@@ -33,15 +33,63 @@ const DOMAINS: usize = 1000;
 /// (name, key, rate, burst, action and extra keys) of the 10 rules.
 const RULES: [(&str, &str, &str, u32, &str); 10] = [
     ("mail-burst", "sender", "6/h", 5, "action = \"collapse\""),
-    ("mail-hourly", "sender", "20/h", 10, "action = \"quarantine\""),
-    ("mail-daily", "sender", "100/d", 50, "action = \"quarantine\""),
+    (
+        "mail-hourly",
+        "sender",
+        "20/h",
+        10,
+        "action = \"quarantine\"",
+    ),
+    (
+        "mail-daily",
+        "sender",
+        "100/d",
+        50,
+        "action = \"quarantine\"",
+    ),
     ("mail-busy-tag", "sender", "3/h", 3, "action = \"tag\""),
-    ("mail-shadow", "sender", "2/h", 2, "action = \"reject\"\nshadow = true"),
-    ("mail-weekly-tag", "sender", "500/d", 100, "action = \"tag\""),
-    ("per-mailbox", "sender\", \"mailbox", "10/h", 5, "action = \"collapse\""),
-    ("domain-flood", "sender_domain", "300/h", 100, "action = \"quarantine\"\nshadow = true"),
-    ("domain-tag", "sender_domain", "1000/h", 500, "action = \"tag\""),
-    ("everything", "global", "100000/h", 10000, "action = \"tag\""),
+    (
+        "mail-shadow",
+        "sender",
+        "2/h",
+        2,
+        "action = \"reject\"\nshadow = true",
+    ),
+    (
+        "mail-weekly-tag",
+        "sender",
+        "500/d",
+        100,
+        "action = \"tag\"",
+    ),
+    (
+        "per-mailbox",
+        "sender\", \"mailbox",
+        "10/h",
+        5,
+        "action = \"collapse\"",
+    ),
+    (
+        "domain-flood",
+        "sender_domain",
+        "300/h",
+        100,
+        "action = \"quarantine\"\nshadow = true",
+    ),
+    (
+        "domain-tag",
+        "sender_domain",
+        "1000/h",
+        500,
+        "action = \"tag\"",
+    ),
+    (
+        "everything",
+        "global",
+        "100000/h",
+        10000,
+        "action = \"tag\"",
+    ),
 ];
 
 fn sender(i: usize) -> String {
