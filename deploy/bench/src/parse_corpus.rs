@@ -24,7 +24,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let iterations: usize = args.next().map_or(Ok(5), |n| n.parse())?;
     let mut paths: Vec<_> = std::fs::read_dir(&dir)?
         .map(|e| e.map(|e| e.path()))
-        .collect::<Result<_, _>>()?;
+        .collect::<Result<Vec<_>, _>>()?;
+    paths.retain(|p| p.extension().is_some_and(|e| e == "eml"));
     paths.sort();
     let mails: Vec<Bytes> = paths
         .iter()
