@@ -1,0 +1,157 @@
+//! The raw-mail benchmark of `deploy/bench/run`: N mails of about 10 KB of
+//! text with a 50 KB attachment (random bytes, base64; the same bytes in
+//! both modes), CONCURRENCY at a time.
+//!
+//!     mail_scan post URL TOKEN N CONCURRENCY
+//!         POST each to URL/v1/messages (the gateway, scanning on); every
+//!         answer must be 202.
+//!     mail_scan ceiling CLAMD_HOST:PORT REDIS_URL STREAM N CONCURRENCY
+//!         the ceiling: each mail streamed to clamd once (INSTREAM, what
+//!         `clamdscan --stream` does, without a process per file) and then
+//!         XADDed whole to STREAM, nothing else.
+//!
+//! Prints `MODE mails=N bytes=B seconds=S`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::Semaphore;
+
+fn mail(i: usize) -> Vec<u8> {
+    // xorshift: random-looking, so clamd cannot shortcut, yet repeatable.
+    let mut state = 0x9E37_79B9_7F4A_7C15u64 ^ (i as u64 + 1);
+    let attachment: Vec<u8> = (0..50_000)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect();
+    let encoded = base64::engine::general_purpose::STANDARD.encode(&attachment);
+    let mut text = String::new();
+    while text.len() < 10_000 {
+        text.push_str("Hello, the parcel for order 4711 arrived damaged; photo attached. ");
+        text.push_str("Could you send a replacement or refund it, please?\r\n");
+    }
+    let mut out = format!(
+        "From: Customer {i} <c{i}@customers.example>\r\nTo: support@shop.test\r\n\
+         Subject: Damaged parcel {i}\r\nMessage-ID: <scan-{i}@customers.example>\r\n\
+         MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b\"\r\n\r\n\
+         --b\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{text}\r\n\
+         --b\r\nContent-Type: image/jpeg; name=\"photo.jpg\"\r\n\
+         Content-Transfer-Encoding: base64\r\nContent-Disposition: attachment; filename=\"photo.jpg\"\r\n\r\n"
+    );
+    for line in encoded.as_bytes().chunks(76) {
+        out.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
+        out.push_str("\r\n");
+    }
+    out.push_str("--b--\r\n");
+    out.into_bytes()
+}
+
+async fn instream(address: &str, data: &[u8]) -> Result<String, std::io::Error> {
+    let mut stream = tokio::net::TcpStream::connect(address).await?;
+    stream.set_nodelay(true)?;
+    stream.write_all(b"zINSTREAM\0").await?;
+    for chunk in data.chunks(64 * 1024) {
+        stream
+            .write_all(&(chunk.len() as u32).to_be_bytes())
+            .await?;
+        stream.write_all(chunk).await?;
+    }
+    stream.write_all(&[0, 0, 0, 0]).await?;
+    let mut reply = Vec::new();
+    stream.read_to_end(&mut reply).await?;
+    Ok(String::from_utf8_lossy(&reply)
+        .trim_end_matches('\0')
+        .to_string())
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let usage =
+        "usage: mail_scan post URL TOKEN N CONCURRENCY | ceiling CLAMD REDIS STREAM N CONCURRENCY";
+    let (mode, rest) = args.split_first().ok_or(usage)?;
+    let (n, concurrency): (usize, usize) = match rest {
+        [_, _, n, c] | [_, _, _, n, c] => (n.parse()?, c.parse()?),
+        _ => return Err(usage.into()),
+    };
+    let mails: Arc<Vec<Vec<u8>>> = Arc::new((0..n).map(mail).collect());
+    let bytes: usize = mails.iter().map(Vec::len).sum();
+    let limit = Arc::new(Semaphore::new(concurrency));
+    let mut tasks = tokio::task::JoinSet::new();
+    let started = Instant::now();
+    match (mode.as_str(), rest) {
+        ("post", [url, token, ..]) => {
+            let client = reqwest::Client::builder()
+                .no_proxy()
+                .timeout(Duration::from_secs(120))
+                .build()?;
+            for i in 0..n {
+                let permit = limit.clone().acquire_owned().await?;
+                let (client, mails) = (client.clone(), mails.clone());
+                let (url, token) = (format!("{url}/v1/messages"), token.clone());
+                tasks.spawn(async move {
+                    let _permit = permit;
+                    let answer = client
+                        .post(url)
+                        .bearer_auth(token)
+                        .header("content-type", "message/rfc822")
+                        .body(mails[i].clone())
+                        .send()
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    match answer.status().as_u16() {
+                        202 => Ok(()),
+                        other => Err(format!("mail {i}: answer {other}")),
+                    }
+                });
+            }
+        }
+        ("ceiling", [clamd, redis_url, stream, ..]) => {
+            let redis =
+                redis::aio::ConnectionManager::new(redis::Client::open(redis_url.as_str())?)
+                    .await?;
+            for i in 0..n {
+                let permit = limit.clone().acquire_owned().await?;
+                let (mut redis, mails) = (redis.clone(), mails.clone());
+                let (clamd, stream) = (clamd.clone(), stream.clone());
+                tasks.spawn(async move {
+                    let _permit = permit;
+                    let reply = instream(&clamd, &mails[i])
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    if !reply.ends_with("OK") {
+                        return Err(format!("mail {i}: clamd said {reply}"));
+                    }
+                    redis::cmd("XADD")
+                        .arg(&stream)
+                        .arg("*")
+                        .arg("id")
+                        .arg(ulid::Ulid::new().to_string())
+                        .arg("kind")
+                        .arg("message")
+                        .arg("envelope")
+                        .arg(&mails[i])
+                        .query_async::<String>(&mut redis)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    Ok(())
+                });
+            }
+        }
+        _ => return Err(usage.into()),
+    }
+    while let Some(done) = tasks.join_next().await {
+        done??;
+    }
+    println!(
+        "{mode} mails={n} bytes={bytes} seconds={:.4}",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
