@@ -109,8 +109,11 @@ pub fn fingerprint(facts: &Facts<'_>) -> Option<Fingerprint> {
         .collect();
     numbers.sort_unstable();
     numbers.dedup();
-    let numbers =
-        u32::from_str_radix(&short_digest(numbers.join(" ").as_bytes())[..8], 16).unwrap_or(0);
+    let numbers = {
+        use sha2::{Digest, Sha256};
+        let digest = Sha256::digest(numbers.join(" ").as_bytes());
+        u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]])
+    };
     Some(Fingerprint {
         customer: short_digest(customer.as_bytes()),
         message_id: envelope
