@@ -23,7 +23,8 @@ use redis::{AsyncCommands, Value};
 use serde_json::json;
 
 use super::{fail, EXIT_UNAVAILABLE};
-use crate::config::Config;
+use crate::config::{Config, SecretValue};
+use crate::sink::connection::connection_info;
 
 /// EX_USAGE: the arguments contradict each other.
 const EXIT_USAGE: u8 = 64;
@@ -99,7 +100,7 @@ pub fn main(command: DeskCommand) -> ExitCode {
 /// Where the stream lives.
 struct Target {
     url: String,
-    password: Option<String>,
+    password: Option<SecretValue>,
     stream: String,
 }
 
@@ -132,9 +133,7 @@ fn target(args: &TailArgs) -> Result<Target, ExitCode> {
         Some(secret) => Some(
             secret
                 .resolve()
-                .map_err(|e| fail(EXIT_CONFIG, format!("redis.password: {e}")))?
-                .expose()
-                .to_string(),
+                .map_err(|e| fail(EXIT_CONFIG, format!("redis.password: {e}")))?,
         ),
         None => None,
     };
@@ -211,16 +210,7 @@ async fn connect(
     target: &Target,
     block: Duration,
 ) -> Result<MultiplexedConnection, redis::RedisError> {
-    let mut info: redis::ConnectionInfo =
-        redis::IntoConnectionInfo::into_connection_info(target.url.as_str())?;
-    if let Some(password) = &target.password {
-        let settings = info
-            .redis_settings()
-            .clone()
-            .set_password(password.as_str());
-        info = info.set_redis_settings(settings);
-    }
-    let client = redis::Client::open(info)?;
+    let client = redis::Client::open(connection_info(&target.url, target.password.as_ref())?)?;
     let mut connection = tokio::time::timeout(
         Duration::from_secs(10),
         client.get_multiplexed_async_connection_with_config(

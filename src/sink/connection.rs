@@ -33,17 +33,7 @@ impl RedisConnection {
     /// Prepares the connection without waiting for Redis to be up.
     pub fn new(config: &RedisConfig, password: Option<SecretValue>) -> Result<Self, RedisError> {
         let timeout: Duration = config.timeout.into();
-        let with_password = |url: &str| -> Result<redis::ConnectionInfo, RedisError> {
-            let mut info = redis::IntoConnectionInfo::into_connection_info(url)?;
-            if let Some(password) = &password {
-                let settings = info
-                    .redis_settings()
-                    .clone()
-                    .set_password(password.expose());
-                info = info.set_redis_settings(settings);
-            }
-            Ok(info)
-        };
+        let with_password = |url: &str| connection_info(url, password.as_ref());
         if config.cluster {
             let seeds = std::iter::once(&config.url)
                 .chain(&config.cluster_nodes)
