@@ -6,6 +6,13 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// mimalloc, not the C library's allocator: every item allocates many
+/// small, short-lived buffers on several threads, and glibc's malloc, free
+/// and consolidation took about a third of the gateway's CPU in the IMAP
+/// backlog benchmark (perf, deploy/bench/imap).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "intake",
