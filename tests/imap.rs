@@ -134,6 +134,25 @@ async fn backlog_of_2000_mails_is_stored_once_each_in_batches() {
     wait_count(dev_port(), &boxes.done, 2000, 20).await;
     let desk = gw.entries("desk").await;
     assert_each_once(&uids(&desk), 2000);
+    // The last batch is settled after the backlog is read (each batch's
+    // acknowledgement runs while the next one is delivered): the
+    // checkpoint still reaches the last mail.
+    let conn = support::test_connection(&redis_url()).await;
+    let key = format!("{}:imap:{{test/{}}}:checkpoint", gw.prefix, boxes.inbox);
+    eventually(20, "the checkpoint reaches UID 2000", || {
+        let mut conn = conn.clone();
+        let key = key.clone();
+        async move {
+            let last: Option<u32> = redis::cmd("HGET")
+                .arg(&key)
+                .arg("last_uid")
+                .query_async(&mut conn)
+                .await
+                .ok()?;
+            (last == Some(2000)).then_some(())
+        }
+    })
+    .await;
     gw.stop().await;
     cleanup(&boxes).await;
 }

@@ -277,14 +277,20 @@ fn default_quarantine_folder() -> String {
 fn default_max_size() -> ByteSize {
     ByteSize(25_000_000)
 }
+/// Large enough that the server's per-command cost (Dovecot's MOVE is
+/// about 16 ms plus 30 us a mail on the dev stack) is spread thin;
+/// `batch_bytes` still bounds the memory. deploy/bench/imap: 200 -> 1000
+/// with concurrency 8 -> 32 took a 10,000-mail backlog from 5.6-6.5k to
+/// 11k mails/s.
 fn default_batch_size() -> usize {
-    200
+    1000
 }
 fn default_batch_bytes() -> ByteSize {
     ByteSize(64_000_000)
 }
+/// Enough mails in flight to hide the Redis round trips of each one.
 fn default_concurrency() -> usize {
-    8
+    32
 }
 fn default_idle_renew() -> HumanDuration {
     HumanDuration(Duration::from_secs(25 * 60))

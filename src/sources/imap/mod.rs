@@ -119,6 +119,17 @@ struct Worker {
     store: MailboxStore,
 }
 
+/// A batch whose mail is stored but not yet acknowledged on the server.
+struct Settled {
+    /// Stored: move to the processed folder (or flag \Seen).
+    processed: Vec<u32>,
+    /// Set aside: move to the quarantine folder.
+    quarantined: Vec<u32>,
+    /// The last UID of the batch's done prefix: the checkpoint once the
+    /// acknowledgements are through.
+    through: Option<u32>,
+}
+
 /// Where an acknowledged mail goes on the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Dest {
@@ -368,6 +379,10 @@ impl Worker {
     }
 
     /// Reads every mail above `after`, batch by batch, until none is left.
+    /// A batch's acknowledgement waits for the next batch's fetch and then
+    /// runs on the session while that batch is delivered (the server's
+    /// MOVE and the pipeline's work overlap); the last one is settled
+    /// before returning.
     async fn drain(
         self: &Arc<Self>,
         session: &mut Session,
@@ -379,6 +394,7 @@ impl Worker {
         let timeout = self.config.command_timeout.0;
         let unseen_only = self.config.processed == Processed::Seen;
         let backlog = metrics::gauge!("intake_imap_backlog", "mailbox" => self.label.clone());
+        let mut pending: Option<Settled> = None;
         loop {
             let uids = bounded(
                 "UID SEARCH",
@@ -388,13 +404,19 @@ impl Worker {
             .await?;
             backlog.set(uids.len() as f64);
             let Some(&last) = uids.last() else {
+                if let Some(settled) = pending.take() {
+                    self.settle(session, features, uidvalidity, settled).await?;
+                }
                 return Ok(());
             };
             for (i, chunk) in uids.chunks(self.config.batch_size).enumerate() {
                 if lost.is_cancelled() {
                     return Ok(());
                 }
-                self.batch(session, features, uidvalidity, chunk).await?;
+                pending = Some(
+                    self.batch(session, features, uidvalidity, chunk, pending.take())
+                        .await?,
+                );
                 let left = uids.len() - (i * self.config.batch_size + chunk.len());
                 backlog.set(left as f64);
             }
@@ -403,16 +425,19 @@ impl Worker {
     }
 
     /// One batch: sizes, then headers of the oversized and whole mails of
-    /// the rest, each mail through the pipeline, then one acknowledgement
-    /// per destination and the checkpoint. On a failure the stored prefix
-    /// is still acknowledged, and the rest stays for the next try.
+    /// the rest, each mail through the pipeline. Returns what was stored,
+    /// for the caller to settle (acknowledge and checkpoint) later;
+    /// `earlier`, the batch before, is settled while this one's mails go
+    /// through the pipeline. On a failure everything stored so far is
+    /// settled at once, and the rest stays for the next try.
     async fn batch(
         self: &Arc<Self>,
         session: &mut Session,
         features: Features,
         uidvalidity: u32,
         chunk: &[u32],
-    ) -> Result<(), ImapError> {
+        mut earlier: Option<Settled>,
+    ) -> Result<Settled, ImapError> {
         let timeout = self.config.command_timeout.0;
         let max_size = self.config.max_size.bytes();
         let sizes = bounded("UID FETCH sizes", timeout, fetch::sizes(session, chunk)).await?;
@@ -488,46 +513,87 @@ impl Worker {
                 // batch, and only what came before it is acknowledged. (A
                 // task still running then may store its mail; it is read
                 // again later and recognised by its idempotency key.)
-                let mut results = futures_util::stream::iter(present)
-                    .map(|(uid, raw)| {
-                        let worker = self.clone();
-                        let task =
-                            tokio::spawn(
-                                async move { worker.deliver(uidvalidity, uid, raw).await },
-                            );
-                        async move { (uid, task.await) }
-                    })
-                    .buffered(self.config.concurrency);
-                while let Some((uid, result)) = results.next().await {
-                    match result {
-                        Ok(Ok(dest)) => done.push((uid, dest)),
-                        Ok(Err(e)) => {
-                            failure = Some(e);
-                            break;
-                        }
-                        Err(e) => {
-                            failure = Some(ImapError::Task(e.to_string()));
-                            break;
+                let deliveries = async {
+                    let mut results = futures_util::stream::iter(present)
+                        .map(|(uid, raw)| {
+                            let worker = self.clone();
+                            let task =
+                                tokio::spawn(
+                                    async move { worker.deliver(uidvalidity, uid, raw).await },
+                                );
+                            async move { (uid, task.await) }
+                        })
+                        .buffered(self.config.concurrency);
+                    while let Some((uid, result)) = results.next().await {
+                        match result {
+                            Ok(Ok(dest)) => done.push((uid, dest)),
+                            Ok(Err(e)) => return Some(e),
+                            Err(e) => return Some(ImapError::Task(e.to_string())),
                         }
                     }
-                }
+                    None
+                };
+                // The session is free while the pipeline works: settle the
+                // batch before on it meanwhile.
+                let settling = async {
+                    match earlier.take() {
+                        Some(settled) => self.settle(session, features, uidvalidity, settled).await,
+                        None => Ok(()),
+                    }
+                };
+                let (delivered, settled) = tokio::join!(deliveries, settling);
+                failure = delivered;
+                // On an error, what this batch stored is read again on the
+                // next session and recognised by its idempotency key.
+                settled?;
                 if failure.is_some() {
                     break;
                 }
             }
         }
 
-        // Acknowledge what is stored, then record how far we got.
-        let processed: Vec<u32> = done
-            .iter()
-            .filter(|(_, d)| *d == Dest::Processed)
-            .map(|(u, _)| *u)
-            .collect();
-        let quarantined: Vec<u32> = done
-            .iter()
-            .filter(|(_, d)| *d == Dest::Quarantine)
-            .map(|(u, _)| *u)
-            .collect();
+        if let Some(settled) = earlier.take() {
+            // No mail of this batch went through the pipeline (all too big,
+            // or gone): nothing to overlap with.
+            self.settle(session, features, uidvalidity, settled).await?;
+        }
+        let finished: HashSet<u32> = done.iter().map(|(u, _)| *u).chain(vanished).collect();
+        let settled = Settled {
+            processed: done
+                .iter()
+                .filter(|(_, d)| *d == Dest::Processed)
+                .map(|(u, _)| *u)
+                .collect(),
+            quarantined: done
+                .iter()
+                .filter(|(_, d)| *d == Dest::Quarantine)
+                .map(|(u, _)| *u)
+                .collect(),
+            through: chunk
+                .iter()
+                .take_while(|uid| finished.contains(uid))
+                .last()
+                .copied(),
+        };
+        match failure {
+            Some(e) => {
+                self.settle(session, features, uidvalidity, settled).await?;
+                Err(e)
+            }
+            None => Ok(settled),
+        }
+    }
+
+    /// Acknowledges a batch's stored mail on the server (one command per
+    /// destination), then records how far the mailbox is done.
+    async fn settle(
+        &self,
+        session: &mut Session,
+        features: Features,
+        uidvalidity: u32,
+        settled: Settled,
+    ) -> Result<(), ImapError> {
+        let timeout = self.config.command_timeout.0;
         let ack = match self.config.processed {
             Processed::Move => Ack::MoveTo(&self.config.processed_folder),
             Processed::Seen => Ack::FlagSeen,
@@ -535,7 +601,7 @@ impl Worker {
         bounded(
             "acknowledge",
             timeout,
-            fetch::acknowledge(session, features, &processed, ack),
+            fetch::acknowledge(session, features, &settled.processed, ack),
         )
         .await?;
         bounded(
@@ -544,14 +610,12 @@ impl Worker {
             fetch::acknowledge(
                 session,
                 features,
-                &quarantined,
+                &settled.quarantined,
                 Ack::MoveTo(&self.config.quarantine_folder),
             ),
         )
         .await?;
-        let finished: HashSet<u32> = done.iter().map(|(u, _)| *u).chain(vanished).collect();
-        let through = chunk.iter().take_while(|uid| finished.contains(uid)).last();
-        if let Some(&last_uid) = through {
+        if let Some(last_uid) = settled.through {
             let saved = self
                 .store
                 .save(Checkpoint {
@@ -563,10 +627,7 @@ impl Worker {
                 tracing::warn!(mailbox = %self.label, "checkpoint not written: the lease is no longer ours");
             }
         }
-        match failure {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
+        Ok(())
     }
 
     /// One mail through the pipeline. `Ok` means stored (or stored before)
