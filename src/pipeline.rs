@@ -117,7 +117,10 @@ impl Pipeline {
         let refusal_forgets_key = submission.refusal_forgets_key;
         // 0. A source re-reading an item it may have stored (IMAP after a
         //    crash) learns so before the item is counted again.
-        if let Some(key) = &idempotency_key {
+        if let Some(key) = idempotency_key
+            .as_ref()
+            .filter(|_| !submission.idempotency_checked)
+        {
             if let Some(seen) = self
                 .sink
                 .seen(key)
@@ -313,6 +316,21 @@ impl Pipeline {
 }
 
 impl Pipeline {
+    /// Which of `keys` were stored before, in their order, with their first
+    /// receipts. A source holding a batch asks once for all its items and
+    /// hands in the rest with [`Submission::idempotency_checked`].
+    pub async fn recognise(&self, keys: &[String]) -> Result<Vec<Option<Stored>>, PipelineError> {
+        let seen = self
+            .sink
+            .seen_many(keys)
+            .await
+            .map_err(|e| self.store_failed(e))?;
+        Ok(seen
+            .into_iter()
+            .map(|seen| seen.map(|seen| self.recognised(seen)))
+            .collect())
+    }
+
     /// The answer for an item stored before: its first receipt, nothing
     /// written again.
     fn recognised(&self, seen: crate::sink::Seen) -> Stored {
@@ -450,6 +468,31 @@ mod tests {
             "second read is recognised"
         );
         assert_eq!(a.id, b.id, "the re-read gets the first receipt");
+        assert_eq!(sink.entries().len(), 1, "one entry, not two");
+    }
+
+    #[tokio::test]
+    async fn a_batch_is_recognised_in_order_and_checked_keys_are_not_asked_again() {
+        let sink = Arc::new(MemorySink::default());
+        let pipeline = pipeline(sink.clone());
+        let mut first = mail();
+        first.idempotency_key = Some("acct:1:1".into());
+        let stored = pipeline.process(first, OPTS).await.unwrap();
+        let keys = ["acct:1:2".to_string(), "acct:1:1".to_string()];
+        let known = pipeline.recognise(&keys).await.unwrap();
+        assert!(known[0].is_none(), "a new key is not recognised");
+        let again = known[1].as_ref().expect("the stored key is recognised");
+        assert!(again.already_stored);
+        assert_eq!(again.id, stored.id, "with its first receipt");
+
+        // A source that has just looked the key up hands the item in as
+        // checked: it is not looked up again, and the sink's write-once
+        // still stores it only once.
+        let mut checked = mail();
+        checked.idempotency_key = Some("acct:1:1".into());
+        checked.idempotency_checked = true;
+        let written = pipeline.process(checked, OPTS).await.unwrap();
+        assert!(written.already_stored, "the write-once key still holds");
         assert_eq!(sink.entries().len(), 1, "one entry, not two");
     }
 

@@ -75,6 +75,10 @@ pub struct Submission {
     /// instead of being answered as accepted. IMAP leaves it unset: a
     /// quarantined mail re-read after a crash must still be stored once.
     pub refusal_forgets_key: bool,
+    /// The source has just asked [`crate::pipeline::Pipeline::recognise`]
+    /// about the key and it was not stored: the pipeline does not ask
+    /// again.
+    pub idempotency_checked: bool,
 }
 
 impl Submission {
@@ -86,6 +90,7 @@ impl Submission {
             payload,
             idempotency_key: None,
             refusal_forgets_key: false,
+            idempotency_checked: false,
         }
     }
 }

@@ -74,6 +74,7 @@ pub fn parse(submission: Submission, options: ParseOptions<'_>) -> Result<Messag
         payload,
         idempotency_key,
         refusal_forgets_key: _,
+        idempotency_checked: _,
     } = submission;
     let mut envelope = Envelope {
         version: ENVELOPE_VERSION,

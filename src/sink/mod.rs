@@ -91,6 +91,18 @@ pub trait Sink: Send + Sync + 'static {
     /// re-read (IMAP after a crash) ask first, so a re-read is recognised
     /// before the abuse checks count it as a new duplicate.
     fn seen<'a>(&'a self, key: &'a str) -> SinkFuture<'a, Option<Seen>>;
+    /// [`Sink::seen`] for many keys, answered in their order: a source
+    /// holding a batch (IMAP) asks once, in one round trip where the store
+    /// allows it, instead of once per item.
+    fn seen_many<'a>(&'a self, keys: &'a [String]) -> SinkFuture<'a, Vec<Option<Seen>>> {
+        Box::pin(async move {
+            let mut found = Vec::with_capacity(keys.len());
+            for key in keys {
+                found.push(self.seen(key).await?);
+            }
+            Ok(found)
+        })
+    }
 }
 
 /// An idempotency key found in a stream.

@@ -166,6 +166,34 @@ impl RedisSink {
     }
 }
 
+impl RedisSink {
+    /// MGET of `key` in every item stream.
+    fn seen_query(&self, key: &str) -> redis::Cmd {
+        let mut mget = redis::cmd("MGET");
+        for stream in ITEM_STREAMS {
+            mget.arg(self.idempotency_key(stream, key));
+        }
+        mget
+    }
+}
+
+/// The first stream whose value (`"<receipt> <entry id>"`) the MGET of
+/// [`RedisSink::seen_query`] found.
+fn first_seen(values: Vec<Option<String>>) -> Option<Seen> {
+    ITEM_STREAMS
+        .into_iter()
+        .zip(values)
+        .find_map(|(stream, value)| {
+            let value = value?;
+            let (receipt, entry_id) = value.split_once(' ').unwrap_or((value.as_str(), ""));
+            Some(Seen {
+                stream,
+                receipt: receipt.to_string(),
+                entry_id: entry_id.to_string(),
+            })
+        })
+}
+
 /// The earlier entry a key's value (`"<receipt> <entry id>"`) names.
 fn already_stored(value: &str) -> Appended {
     let (receipt, entry_id) = value.split_once(' ').unwrap_or((value, ""));
@@ -342,25 +370,30 @@ impl Sink for RedisSink {
             // One MGET over every stream's key: one round trip on a single
             // Redis; on a cluster the keys live in their streams' slots and
             // the client splits the MGET by node (a pipeline could not).
-            let mut mget = redis::cmd("MGET");
-            for stream in ITEM_STREAMS {
-                mget.arg(self.idempotency_key(stream, key));
+            let mut connection = self.connection.clone();
+            let values: Vec<Option<String>> = self
+                .bounded(self.seen_query(key).query_async(&mut connection))
+                .await?;
+            Ok(first_seen(values))
+        })
+    }
+
+    fn seen_many<'a>(&'a self, keys: &'a [String]) -> SinkFuture<'a, Vec<Option<Seen>>> {
+        Box::pin(async move {
+            if self.client.is_none() {
+                // A cluster: each key's MGET on its own, all at once.
+                let asks = keys.iter().map(|key| self.seen(key));
+                return futures_util::future::try_join_all(asks).await;
+            }
+            // A single Redis: every key's MGET in one pipeline, one round trip.
+            let mut pipe = redis::pipe();
+            for key in keys {
+                pipe.add_command(self.seen_query(key));
             }
             let mut connection = self.connection.clone();
-            let values: Vec<Option<String>> =
-                self.bounded(mget.query_async(&mut connection)).await?;
-            Ok(ITEM_STREAMS
-                .into_iter()
-                .zip(values)
-                .find_map(|(stream, value)| {
-                    let value = value?;
-                    let (receipt, entry_id) = value.split_once(' ').unwrap_or((value.as_str(), ""));
-                    Some(Seen {
-                        stream,
-                        receipt: receipt.to_string(),
-                        entry_id: entry_id.to_string(),
-                    })
-                }))
+            let values: Vec<Vec<Option<String>>> =
+                self.bounded(pipe.query_async(&mut connection)).await?;
+            Ok(values.into_iter().map(first_seen).collect())
         })
     }
 

@@ -508,19 +508,45 @@ impl Worker {
                     })
                     .collect();
                 drop(mails);
+                // One round trip tells which mails were stored before (read
+                // again after a crash or a failed acknowledgement): they are
+                // acknowledged without going through the pipeline again.
+                let keys: Vec<String> = present
+                    .iter()
+                    .map(|(uid, raw)| self.idempotency_key(uidvalidity, *uid, raw))
+                    .collect();
+                let known = match self.pipeline.recognise(&keys).await {
+                    Ok(known) => known,
+                    Err(e) => {
+                        failure = Some(ImapError::Store(e));
+                        break;
+                    }
+                };
+                let mut fresh = Vec::with_capacity(present.len());
+                for ((uid, raw), (key, known)) in
+                    present.into_iter().zip(keys.into_iter().zip(known))
+                {
+                    match known {
+                        Some(stored) => {
+                            metrics::counter!("intake_imap_mails_total", "outcome" => "already_stored")
+                                .increment(1);
+                            done.push((uid, destination(&stored)));
+                        }
+                        None => fresh.push((uid, raw, key)),
+                    }
+                }
                 // In order, a bounded number at once, each on its own task
                 // so parsing uses every core: the first failure stops the
                 // batch, and only what came before it is acknowledged. (A
                 // task still running then may store its mail; it is read
                 // again later and recognised by its idempotency key.)
                 let deliveries = async {
-                    let mut results = futures_util::stream::iter(present)
-                        .map(|(uid, raw)| {
+                    let mut results = futures_util::stream::iter(fresh)
+                        .map(|(uid, raw, key)| {
                             let worker = self.clone();
-                            let task =
-                                tokio::spawn(
-                                    async move { worker.deliver(uidvalidity, uid, raw).await },
-                                );
+                            let task = tokio::spawn(async move {
+                                worker.deliver(uidvalidity, uid, raw, key).await
+                            });
                             async move { (uid, task.await) }
                         })
                         .buffered(self.config.concurrency);
@@ -632,10 +658,17 @@ impl Worker {
 
     /// One mail through the pipeline. `Ok` means stored (or stored before)
     /// and says where the mail goes on the server; `Err` means not stored.
-    async fn deliver(&self, uidvalidity: u32, uid: u32, raw: Bytes) -> Result<Dest, ImapError> {
-        let key = self.idempotency_key(uidvalidity, uid, &raw);
+    /// `key` was just looked up and is not stored yet.
+    async fn deliver(
+        &self,
+        uidvalidity: u32,
+        uid: u32,
+        raw: Bytes,
+        key: String,
+    ) -> Result<Dest, ImapError> {
         let mut submission = Submission::new(self.source(uidvalidity, uid), Payload::Mail(raw));
         submission.idempotency_key = Some(key);
+        submission.idempotency_checked = true;
         let options = ParseOptions {
             form: None,
             keep_raw: self.config.keep_raw,
