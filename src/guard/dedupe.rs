@@ -167,14 +167,14 @@ fn strip_html(html: &str) -> String {
 /// buffer: `"hello my order "`. One allocation for all the words, not one
 /// per word (that showed in the form path's profile), and the buffer is
 /// already the normalized text the content digest is taken of.
-pub struct Words {
+struct Words {
     text: String,
     /// Where each word starts in `text`.
     starts: Vec<usize>,
 }
 
 impl Words {
-    pub fn of<'a>(lines: impl Iterator<Item = &'a str>) -> Words {
+    fn of<'a>(lines: impl Iterator<Item = &'a str>) -> Words {
         let mut words = Words {
             text: String::new(),
             starts: Vec::new(),
@@ -200,15 +200,11 @@ impl Words {
         words
     }
 
-    pub fn len(&self) -> usize {
+    fn len(&self) -> usize {
         self.starts.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.starts.is_empty()
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = &str> + '_ {
+    fn iter(&self) -> impl Iterator<Item = &str> + '_ {
         (0..self.len()).map(|i| {
             let span = self.span(i, i + 1);
             &span[..span.len() - 1]
@@ -216,7 +212,7 @@ impl Words {
     }
 
     /// The words joined by single spaces.
-    pub fn joined(&self) -> &str {
+    fn joined(&self) -> &str {
         self.text.strip_suffix(' ').unwrap_or_default()
     }
 
@@ -229,7 +225,7 @@ impl Words {
 
 /// 64-bit SimHash over 3-word shingles (single words for shorter texts):
 /// bit i is set when more than half the shingles' hashes have it set.
-pub fn simhash(words: &Words) -> u64 {
+fn simhash(words: &Words) -> u64 {
     let width = if words.len() >= 3 { 3 } else { 1 };
     let shingles = (words.len() + 1).saturating_sub(width);
     // Set-bit counts, eight at a time: byte i of `lanes[k]` counts bit

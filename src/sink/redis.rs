@@ -380,8 +380,9 @@ impl Sink for RedisSink {
 
     fn seen_many<'a>(&'a self, keys: &'a [String]) -> SinkFuture<'a, Vec<Option<Seen>>> {
         Box::pin(async move {
-            if self.client.is_none() {
-                // A cluster: each key's MGET on its own, all at once.
+            if matches!(self.connection, RedisConnection::Cluster(_)) {
+                // A cluster: each key's MGET on its own (a pipeline cannot
+                // span slots), all at once.
                 let asks = keys.iter().map(|key| self.seen(key));
                 return futures_util::future::try_join_all(asks).await;
             }

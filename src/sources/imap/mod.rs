@@ -120,6 +120,7 @@ struct Worker {
 }
 
 /// A batch whose mail is stored but not yet acknowledged on the server.
+#[derive(Default)]
 struct Settled {
     /// Stored: move to the processed folder (or flag \Seen).
     processed: Vec<u32>,
@@ -128,6 +129,16 @@ struct Settled {
     /// The last UID of the batch's done prefix: the checkpoint once the
     /// acknowledgements are through.
     through: Option<u32>,
+}
+
+impl Settled {
+    /// Records a stored mail under where it goes on the server.
+    fn add(&mut self, uid: u32, dest: Dest) {
+        match dest {
+            Dest::Processed => self.processed.push(uid),
+            Dest::Quarantine => self.quarantined.push(uid),
+        }
+    }
 }
 
 /// Where an acknowledged mail goes on the server.
@@ -451,7 +462,7 @@ impl Worker {
             .filter(|uid| sizes.contains_key(uid))
             .partition(|uid| u64::from(sizes[uid]) > max_size);
 
-        let mut done: Vec<(u32, Dest)> = Vec::with_capacity(chunk.len());
+        let mut done = Settled::default();
         let mut failure = None;
 
         if !oversized.is_empty() {
@@ -473,7 +484,7 @@ impl Worker {
                             .set_aside_oversized(uidvalidity, *uid, sizes[uid], header.clone())
                             .await
                         {
-                            Ok(()) => done.push((*uid, Dest::Quarantine)),
+                            Ok(()) => done.add(*uid, Dest::Quarantine),
                             Err(e) => {
                                 failure = Some(e);
                                 break;
@@ -530,7 +541,7 @@ impl Worker {
                         Some(stored) => {
                             metrics::counter!("intake_imap_mails_total", "outcome" => "already_stored")
                                 .increment(1);
-                            done.push((uid, destination(&stored)));
+                            done.add(uid, destination(&stored));
                         }
                         None => fresh.push((uid, raw, key)),
                     }
@@ -552,7 +563,7 @@ impl Worker {
                         .buffered(self.config.concurrency);
                     while let Some((uid, result)) = results.next().await {
                         match result {
-                            Ok(Ok(dest)) => done.push((uid, dest)),
+                            Ok(Ok(dest)) => done.add(uid, dest),
                             Ok(Err(e)) => return Some(e),
                             Err(e) => return Some(ImapError::Task(e.to_string())),
                         }
@@ -567,11 +578,11 @@ impl Worker {
                         None => Ok(()),
                     }
                 };
-                let (delivered, settled) = tokio::join!(deliveries, settling);
+                let (delivered, settled_earlier) = tokio::join!(deliveries, settling);
                 failure = delivered;
                 // On an error, what this batch stored is read again on the
                 // next session and recognised by its idempotency key.
-                settled?;
+                settled_earlier?;
                 if failure.is_some() {
                     break;
                 }
@@ -583,30 +594,24 @@ impl Worker {
             // or gone): nothing to overlap with.
             self.settle(session, features, uidvalidity, settled).await?;
         }
-        let finished: HashSet<u32> = done.iter().map(|(u, _)| *u).chain(vanished).collect();
-        let settled = Settled {
-            processed: done
-                .iter()
-                .filter(|(_, d)| *d == Dest::Processed)
-                .map(|(u, _)| *u)
-                .collect(),
-            quarantined: done
-                .iter()
-                .filter(|(_, d)| *d == Dest::Quarantine)
-                .map(|(u, _)| *u)
-                .collect(),
-            through: chunk
-                .iter()
-                .take_while(|uid| finished.contains(uid))
-                .last()
-                .copied(),
-        };
+        let finished: HashSet<u32> = done
+            .processed
+            .iter()
+            .chain(&done.quarantined)
+            .copied()
+            .chain(vanished)
+            .collect();
+        done.through = chunk
+            .iter()
+            .take_while(|uid| finished.contains(uid))
+            .last()
+            .copied();
         match failure {
             Some(e) => {
-                self.settle(session, features, uidvalidity, settled).await?;
+                self.settle(session, features, uidvalidity, done).await?;
                 Err(e)
             }
-            None => Ok(settled),
+            None => Ok(done),
         }
     }
 
