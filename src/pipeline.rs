@@ -114,7 +114,7 @@ impl Pipeline {
             return Err(PipelineError::Busy(reason));
         }
         let idempotency_key = submission.idempotency_key.clone();
-        let refusal_forgets_key = submission.refusal_forgets_key;
+        let refusal_judged_again = submission.refusal_judged_again;
         // 0. A source re-reading an item it may have stored (IMAP after a
         //    crash) learns so before the item is counted again.
         if let Some(key) = idempotency_key
@@ -180,9 +180,14 @@ impl Pipeline {
 
         // 5. Sink: the write that makes the item accepted. A refusal the
         //    client hears is not an acknowledgement: its retry must be
-        //    judged again, not answered "accepted" from the key.
+        //    judged again, not answered "accepted" from the key. It is
+        //    written under a key of its own, which step 0 never looks up,
+        //    so a client that retries after a lost 429 (its replica died
+        //    after the write) leaves one audit entry, not two.
         let idempotency_key = match route.answer {
-            Answer::Refused(_) if refusal_forgets_key => None,
+            Answer::Refused(_) if refusal_judged_again => idempotency_key
+                .as_deref()
+                .map(crate::submission::refused_key),
             _ => idempotency_key,
         };
         self.store(message, route, idempotency_key, Some(&checked.ticket))
@@ -417,15 +422,18 @@ mod tests {
     }
 
     fn mail() -> Submission {
+        mail_saying("hello")
+    }
+
+    fn mail_saying(text: &str) -> Submission {
+        let raw = format!("From: a@example.com\r\nSubject: hi\r\n\r\n{text}\r\n");
         Submission::new(
             Source::Mailgate {
                 sender: None,
                 recipients: vec![],
                 ip: "127.0.0.1".into(),
             },
-            Payload::Mail(Bytes::from_static(
-                b"From: a@example.com\r\nSubject: hi\r\n\r\nhello\r\n",
-            )),
+            Payload::Mail(Bytes::from(raw)),
         )
     }
 
@@ -494,6 +502,67 @@ mod tests {
         let written = pipeline.process(checked, OPTS).await.unwrap();
         assert!(written.already_stored, "the write-once key still holds");
         assert_eq!(sink.entries().len(), 1, "one entry, not two");
+    }
+
+    #[tokio::test]
+    async fn a_retried_refusal_is_judged_again_and_audited_once() {
+        use crate::guard::limiter::LimiterClock;
+        use crate::guard::rules::RuleSet;
+        let rules = "[[rule]]\nname = \"per-sender\"\nkey = [\"sender\"]\n\
+                     rate = \"1/h\"\nburst = 1\naction = \"reject\"\n";
+        let set = RuleSet::from_texts(&[("t.toml".into(), rules.into())]).expect("valid rules");
+        let clock = governor::clock::FakeRelativeClock::default();
+        let guard = Guard::new(set, None, None, LimiterClock::Fake(clock.clone()));
+        let sink = Arc::new(MemorySink::default());
+        let pipeline = Pipeline::new(guard, Scanner::disabled(), sink.clone());
+        let config = crate::config::Config::from_toml(
+            "[redis]\nurl = \"redis://x\"\n[[form]]\nid = \"contact\"\n",
+        )
+        .unwrap();
+        let form = ParseOptions {
+            form: Some(&config.forms[0]),
+            keep_raw: false,
+        };
+        // A form post, as the HTTP source hands it in: a refusal is a 429.
+        let post = |text: &str| {
+            let mut fields = crate::submission::FormPost::default();
+            fields.add_field("email".into(), "ann@example.com".into());
+            fields.add_field("message".into(), text.into());
+            let source = Source::Form {
+                form: "contact".into(),
+                ip: "198.51.100.7".into(),
+                user_agent: None,
+                origin: None,
+                referer: None,
+            };
+            let mut submission = Submission::new(source, Payload::Form(fields));
+            submission.idempotency_key = Some(format!("form:contact:{text}"));
+            submission.refusal_judged_again = true;
+            submission
+        };
+        let first = pipeline.process(post("first"), form).await.unwrap();
+        assert_eq!(first.answer, Answer::Accepted);
+
+        // Over the limit: refused, and its retry (a client whose answer
+        // was lost) is refused again without a second audit entry.
+        let refused = pipeline.process(post("second"), form).await.unwrap();
+        assert!(matches!(refused.answer, Answer::Refused(_)), "{refused:?}");
+        assert_eq!(refused.stream, Stream::Suppressed);
+        let again = pipeline.process(post("second"), form).await.unwrap();
+        assert!(matches!(again.answer, Answer::Refused(_)), "still refused");
+        assert!(again.already_stored, "the refusal is not written twice");
+        let in_stream = |stream| sink.entries().iter().filter(|e| e.stream == stream).count();
+        assert_eq!(in_stream(Stream::Suppressed), 1, "one audit entry");
+
+        // Once the limit allows it, the same retry is accepted: the
+        // refusal's key does not answer it.
+        clock.advance(std::time::Duration::from_secs(3600));
+        let later = pipeline.process(post("second"), form).await.unwrap();
+        assert_eq!(later.answer, Answer::Accepted);
+        assert!(!later.already_stored);
+        assert_eq!(later.stream, Stream::Desk);
+        assert_eq!(in_stream(Stream::Desk), 2, "both posts on the desk");
+        assert_eq!(in_stream(Stream::Suppressed), 1);
     }
 
     #[tokio::test]

@@ -71,10 +71,12 @@ pub struct Submission {
     pub idempotency_key: Option<String>,
     /// Set by sources that tell their client about a refusal (HTTP 422,
     /// 429): a refused item is not acknowledged and its client may send it
-    /// again, so its key is not remembered and the retry is judged afresh
-    /// instead of being answered as accepted. IMAP leaves it unset: a
+    /// again, so the retry is judged afresh instead of being answered as
+    /// accepted. The refusal is remembered under its own key (see
+    /// [`refused_key`]): a retry refused again is not audited twice, and
+    /// one accepted later still reaches the desk. IMAP leaves it unset: a
     /// quarantined mail re-read after a crash must still be stored once.
-    pub refusal_forgets_key: bool,
+    pub refusal_judged_again: bool,
     /// The source has just asked [`crate::pipeline::Pipeline::recognise`]
     /// about the key and it was not stored: the pipeline does not ask
     /// again.
@@ -89,10 +91,17 @@ impl Submission {
             source,
             payload,
             idempotency_key: None,
-            refusal_forgets_key: false,
+            refusal_judged_again: false,
             idempotency_checked: false,
         }
     }
+}
+
+/// The idempotency key a refusal of an item keyed `key` is written under.
+/// Apart from the item's own key, which the pipeline looks up before
+/// judging: a retried refusal is judged again, not answered from it.
+pub fn refused_key(key: &str) -> String {
+    format!("refused:{key}")
 }
 
 /// The accepted bytes, in the form the source could give them.

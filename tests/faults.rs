@@ -685,5 +685,13 @@ async fn infected_upload_retried_with_its_key_is_refused_again_not_accepted() {
         );
     }
     assert!(gw.entries("desk").await.is_empty());
+    // The refusal is kept for an audit once, not once per attempt: the
+    // retry was judged again and its entry found under the refusal's key.
+    let quarantined = gw.entries("quarantine").await;
+    assert_eq!(
+        quarantined.len(),
+        1,
+        "one quarantine entry for both attempts: {quarantined:?}"
+    );
     gw.stop().await;
 }

@@ -73,7 +73,7 @@ pub fn parse(submission: Submission, options: ParseOptions<'_>) -> Result<Messag
         source,
         payload,
         idempotency_key,
-        refusal_forgets_key: _,
+        refusal_judged_again: _,
         idempotency_checked: _,
     } = submission;
     let mut envelope = Envelope {

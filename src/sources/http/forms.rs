@@ -103,7 +103,7 @@ where
     let mut submission = Submission::new(source, Payload::Form(post));
     // A client that retries with the same key gets the first receipt.
     submission.idempotency_key = key;
-    submission.refusal_forgets_key = true;
+    submission.refusal_judged_again = true;
     let options = ParseOptions {
         form: Some(form),
         keep_raw: false,

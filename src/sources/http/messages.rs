@@ -85,7 +85,7 @@ where
     };
     let mut submission = Submission::new(source, Payload::Mail(raw));
     submission.idempotency_key = Some(key);
-    submission.refusal_forgets_key = true;
+    submission.refusal_judged_again = true;
     let options = ParseOptions {
         form: None,
         keep_raw: state.config.messages.keep_raw,
