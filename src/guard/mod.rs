@@ -207,15 +207,24 @@ impl Guard {
             ticket.customer = customer
                 .as_deref()
                 .map(|c| store::short_digest(c.as_bytes()));
-            ticket.fingerprint = dedupe::fingerprint(&facts).map(|mut fp| {
-                fp.attempt = message
-                    .idempotency_key
-                    .as_deref()
-                    .map(|k| store::short_digest(k.as_bytes()));
-                fp
-            });
+            // The fingerprint costs a pass over the text (a sixth of a
+            // form post's CPU) and the lookup a Redis round trip: neither
+            // is spent when no setting or rule would use them.
+            if remembers(&set) {
+                ticket.fingerprint = dedupe::fingerprint(&facts).map(|mut fp| {
+                    fp.attempt = message
+                        .idempotency_key
+                        .as_deref()
+                        .map(|k| store::short_digest(k.as_bytes()));
+                    fp
+                });
+            }
             // 4. Duplicates fold into the first item without costing quota.
-            if let Some(fp) = &ticket.fingerprint {
+            if let Some(fp) = ticket
+                .fingerprint
+                .as_ref()
+                .filter(|_| set.dedupe.exact || set.dedupe.near_duplicates)
+            {
                 if let Some((into, kind)) =
                     self.inner.dedupe.lookup(fp, &set.dedupe, now_ms).await?
                 {
@@ -532,6 +541,34 @@ pub(crate) mod tests {
             .unwrap()
             .expect("an event");
         assert_eq!((event.into, event.count), (first.envelope.id, 1));
+    }
+
+    #[tokio::test]
+    async fn with_dedupe_off_and_no_collapse_rule_nothing_is_fingerprinted_or_folded() {
+        let g = guard("[dedupe]\nexact = false\nnear_duplicates = false\n");
+        for _ in 0..2 {
+            let mut m = message("ann@example.com", "Where is my parcel?");
+            let checked = g.check(&mut m).await.unwrap();
+            assert_eq!(
+                checked.verdict,
+                GuardVerdict::Pass,
+                "the same text twice passes"
+            );
+            assert!(
+                checked.ticket.fingerprint.is_none() && checked.ticket.reserved.is_none(),
+                "nothing would read a fingerprint or reservation: {:?}",
+                checked.ticket
+            );
+        }
+        // A collapse rule still needs the customer's latest item, so that
+        // is still recorded, with its fingerprint.
+        let g = guard(&format!(
+            "[dedupe]\nexact = false\nnear_duplicates = false\n{}",
+            TWO_PER_HOUR.replace("ACTION", "collapse")
+        ));
+        let mut m = message("ann@example.com", "Where is my parcel?");
+        let checked = g.check(&mut m).await.unwrap();
+        assert!(checked.ticket.fingerprint.is_some() && checked.ticket.reserved.is_some());
     }
 
     #[tokio::test]
