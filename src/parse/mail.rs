@@ -24,7 +24,7 @@ pub(super) fn fill(
         whole_message: true,
     }];
     let parsed = MessageParser::default().parse(raw.as_ref());
-    let Some(message) = parsed else {
+    let Some(mut message) = parsed else {
         // mail-parser found no message at all (it is very lenient, so this is
         // garbage). Keep it whole for an operator rather than refuse it.
         envelope.abuse.tags.push("unparsed".into());
@@ -89,8 +89,13 @@ pub(super) fn fill(
     }
     envelope.stripped_text = envelope.text.as_deref().map(reply::strip);
 
-    for part in message.attachments() {
-        let contents = part.contents();
+    // Indices, not `message.attachments()`: each part's decoded buffer is
+    // moved out of the parsed message below instead of copied.
+    let attachment_ids = message.attachments.clone();
+    for (k, &id) in attachment_ids.iter().enumerate() {
+        let Some(part) = message.parts.get(id as usize) else {
+            continue;
+        };
         let content_type = part
             .content_type()
             .map(|ct| match ct.subtype() {
@@ -106,16 +111,18 @@ pub(super) fn fill(
             .content_disposition()
             .is_some_and(|d| d.ctype().eq_ignore_ascii_case("inline"));
         let filename = part.attachment_name().map(str::to_string);
+        let content_id = part
+            .content_id()
+            .map(|id| id.trim_matches(['<', '>']).to_string());
         // One buffer for the envelope and the scanner.
-        let data = share_or_copy(raw, contents);
+        let listed_again = attachment_ids[k + 1..].contains(&id);
+        let data = contents_buffer(raw, &mut message.parts[id as usize], listed_again);
         envelope.attachments.push(Attachment {
             filename: filename.clone(),
             content_type,
-            size: contents.len() as u64,
-            sha256: sha256_hex(contents),
-            content_id: part
-                .content_id()
-                .map(|id| id.trim_matches(['<', '>']).to_string()),
+            size: data.len() as u64,
+            sha256: sha256_hex(&data),
+            content_id,
             disposition: if inline {
                 Disposition::Inline
             } else {
@@ -163,9 +170,32 @@ pub(super) fn fill(
     targets
 }
 
+/// A part's decoded bytes as one buffer: a part decoded into its own
+/// buffer (base64, quoted-printable, a charset) gives that buffer up, taken
+/// out of the parsed message; one listed again later keeps it and is
+/// copied. Bytes that are a slice of the raw message (8bit and binary parts)
+/// share its buffer.
+fn contents_buffer(
+    raw: &Bytes,
+    part: &mut mail_parser::MessagePart<'_>,
+    listed_again: bool,
+) -> Bytes {
+    if !listed_again {
+        match &mut part.body {
+            PartType::Binary(Cow::Owned(bytes)) | PartType::InlineBinary(Cow::Owned(bytes)) => {
+                return Bytes::from(std::mem::take(bytes));
+            }
+            PartType::Text(Cow::Owned(text)) | PartType::Html(Cow::Owned(text)) => {
+                return Bytes::from(std::mem::take(text).into_bytes());
+            }
+            _ => {}
+        }
+    }
+    share_or_copy(raw, part.contents())
+}
+
 /// Decoded bytes that are a slice of the raw message (8bit and binary
-/// parts) share its buffer; decoded base64 and quoted-printable are copied
-/// once, here.
+/// parts) share its buffer; others are copied.
 fn share_or_copy(raw: &Bytes, part: &[u8]) -> Bytes {
     let raw_range = raw.as_ptr() as usize..raw.as_ptr() as usize + raw.len();
     let start = part.as_ptr() as usize;
@@ -303,18 +333,27 @@ fn mailbox_hash(envelope: &Envelope) -> Option<String> {
 /// Whether one header, by itself, marks a message as sent by a machine
 /// (the list in DESIGN.md, "Loops and auto-replies").
 pub fn is_auto_submitted_header(name: &str, value: &str) -> bool {
-    let value = value.trim().to_ascii_lowercase();
-    match name.to_ascii_lowercase().as_str() {
-        "auto-submitted" => !value.is_empty() && value != "no",
-        "precedence" => matches!(value.as_str(), "bulk" | "list" | "junk" | "auto_reply"),
-        "x-auto-response-suppress"
-        | "x-autoreply"
-        | "x-autorespond"
-        | "x-loop"
-        | "x-ms-exchange-inbox-rules-loop"
-        | "list-id"
-        | "list-unsubscribe" => true,
-        _ => false,
+    // Asked of every header of every mail: nothing is allocated.
+    let is = |expected: &str| name.eq_ignore_ascii_case(expected);
+    let value = value.trim();
+    if is("auto-submitted") {
+        !value.is_empty() && !value.eq_ignore_ascii_case("no")
+    } else if is("precedence") {
+        ["bulk", "list", "junk", "auto_reply"]
+            .iter()
+            .any(|v| value.eq_ignore_ascii_case(v))
+    } else {
+        [
+            "x-auto-response-suppress",
+            "x-autoreply",
+            "x-autorespond",
+            "x-loop",
+            "x-ms-exchange-inbox-rules-loop",
+            "list-id",
+            "list-unsubscribe",
+        ]
+        .iter()
+        .any(|h| is(h))
     }
 }
 
@@ -436,6 +475,46 @@ mod tests {
         assert!(!env.abuse.auto_submitted, "Auto-Submitted: no is a person");
         let env = parse_mail(b"From: a@example.com\r\nPrecedence: bulk\r\n\r\nnews\r\n");
         assert!(env.abuse.auto_submitted, "Precedence: bulk");
+        let env = parse_mail(b"From: a@example.com\r\nPRECEDENCE:  Junk \r\n\r\nx\r\n");
+        assert!(env.abuse.auto_submitted, "names and values in any case");
+        let env = parse_mail(b"From: a@example.com\r\nPrecedence: first-class\r\n\r\nx\r\n");
+        assert!(!env.abuse.auto_submitted, "another precedence is a person");
+        let env = parse_mail(b"From: a@example.com\r\nlist-id: <news.shop.example>\r\n\r\nx\r\n");
+        assert!(env.abuse.auto_submitted, "a mailing list");
+    }
+
+    #[test]
+    fn decoded_attachments_keep_their_bytes_beside_the_text_body() {
+        let env = parse_mail(
+            b"From: a@example.com\r\nSubject: files\r\nMIME-Version: 1.0\r\n\
+              Content-Type: multipart/mixed; boundary=\"b\"\r\n\r\n\
+              --b\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n\
+              --b\r\nContent-Type: text/plain; name=\"notes.txt\"\r\n\
+              Content-Disposition: attachment; filename=\"notes.txt\"\r\n\
+              Content-Transfer-Encoding: quoted-printable\r\n\r\nsize=3D42\r\n\
+              --b\r\nContent-Type: application/octet-stream; name=\"raw.bin\"\r\n\
+              Content-Disposition: attachment; filename=\"raw.bin\"\r\n\r\nplain bytes\r\n\
+              --b--\r\n",
+        );
+        assert_eq!(env.text.as_deref().map(str::trim), Some("see attached"));
+        let files: Vec<_> = env
+            .attachments
+            .iter()
+            .map(|a| {
+                (
+                    a.filename.as_deref().unwrap(),
+                    a.content_base64.bytes().to_vec(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            files,
+            [
+                ("notes.txt", b"size=42".to_vec()),
+                ("raw.bin", b"plain bytes".to_vec())
+            ]
+        );
+        assert_eq!(env.attachments[0].size, 7);
     }
 
     #[test]

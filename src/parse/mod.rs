@@ -133,10 +133,11 @@ pub fn parse(submission: Submission, options: ParseOptions<'_>) -> Result<Messag
 /// Lower-case hex SHA-256, as the envelope's `sha256` fields carry it.
 fn sha256_hex(data: &[u8]) -> String {
     use sha2::{Digest, Sha256};
-    use std::fmt::Write as _;
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(64);
     for byte in Sha256::digest(data) {
-        let _ = write!(out, "{byte:02x}");
+        out.push(HEX[usize::from(byte >> 4)] as char);
+        out.push(HEX[usize::from(byte & 0xf)] as char);
     }
     out
 }
