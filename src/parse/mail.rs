@@ -283,6 +283,7 @@ fn id_list(value: &HeaderValue<'_>) -> Vec<String> {
 }
 
 fn unfold(value: &str) -> String {
+    let value = value.trim();
     let mut out = String::with_capacity(value.len());
     for (i, line) in value.split('\n').enumerate() {
         let line = line.trim_end_matches('\r');
@@ -293,7 +294,10 @@ fn unfold(value: &str) -> String {
             out.push_str(line);
         }
     }
-    out.trim().to_string()
+    // Trimmed first, one allocation: a blank continuation line can still
+    // leave a space at the end.
+    out.truncate(out.trim_end().len());
+    out
 }
 
 /// The plus-address token of the recipient: `support+order-1234@shop.example`
@@ -520,5 +524,12 @@ mod tests {
     #[test]
     fn unfolding_joins_continuation_lines() {
         assert_eq!(unfold("a\r\n  b\r\n\tc"), "a b c");
+        assert_eq!(
+            unfold("  a  \r\n b \r\n"),
+            "a   b",
+            "inner spaces kept, ends trimmed"
+        );
+        assert_eq!(unfold(" \r\n b"), "b", "a blank first line");
+        assert_eq!(unfold("\r\n"), "");
     }
 }
