@@ -522,6 +522,19 @@ mod tests {
     }
 
     #[test]
+    fn a_report_part_mail_parser_cannot_place_still_gives_an_envelope() {
+        // Found by the fuzzer; mail-parser's debug assertion fired on it
+        // (see Cargo.toml's profile for mail-parser).
+        let raw = include_bytes!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fuzz/corpus/mail/report-part-without-boundary.eml"
+        ));
+        let env = parse_mail(raw);
+        assert!(env.abuse.auto_submitted, "a multipart/report is a bounce");
+        assert_eq!(env.subject.as_deref(), Some("Returned"));
+    }
+
+    #[test]
     fn unfolding_joins_continuation_lines() {
         assert_eq!(unfold("a\r\n  b\r\n\tc"), "a b c");
         assert_eq!(
