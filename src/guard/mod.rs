@@ -223,7 +223,7 @@ impl Guard {
             if let Some(fp) = ticket
                 .fingerprint
                 .as_ref()
-                .filter(|_| set.dedupe.exact || set.dedupe.near_duplicates)
+                .filter(|_| set.dedupe.looks_up())
             {
                 if let Some((into, kind)) =
                     self.inner.dedupe.lookup(fp, &set.dedupe, now_ms).await?
@@ -412,9 +412,7 @@ fn reject(hit: &Hit<'_>, why: &str) -> GuardVerdict {
 
 /// Whether desk items must be remembered per customer.
 fn remembers(set: &RuleSet) -> bool {
-    set.dedupe.exact
-        || set.dedupe.near_duplicates
-        || set.rules.iter().any(|r| r.action == Action::Collapse)
+    set.dedupe.looks_up() || set.rules.iter().any(|r| r.action == Action::Collapse)
 }
 
 fn export_rule_count(set: &RuleSet) {

@@ -90,9 +90,10 @@ pub(super) fn fill(
     envelope.stripped_text = envelope.text.as_deref().map(reply::strip);
 
     // Indices, not `message.attachments()`: each part's decoded buffer is
-    // moved out of the parsed message below instead of copied.
-    let attachment_ids = message.attachments.clone();
-    for (k, &id) in attachment_ids.iter().enumerate() {
+    // moved out of the parsed message below instead of copied. mail-parser
+    // lists each part at most once (the id is the part's own index, pushed
+    // as the part is added), so no buffer is wanted twice.
+    for id in std::mem::take(&mut message.attachments) {
         let Some(part) = message.parts.get(id as usize) else {
             continue;
         };
@@ -115,8 +116,7 @@ pub(super) fn fill(
             .content_id()
             .map(|id| id.trim_matches(['<', '>']).to_string());
         // One buffer for the envelope and the scanner.
-        let listed_again = attachment_ids[k + 1..].contains(&id);
-        let data = contents_buffer(raw, &mut message.parts[id as usize], listed_again);
+        let data = contents_buffer(raw, &mut message.parts[id as usize]);
         envelope.attachments.push(Attachment {
             filename: filename.clone(),
             content_type,
@@ -172,26 +172,18 @@ pub(super) fn fill(
 
 /// A part's decoded bytes as one buffer: a part decoded into its own
 /// buffer (base64, quoted-printable, a charset) gives that buffer up, taken
-/// out of the parsed message; one listed again later keeps it and is
-/// copied. Bytes that are a slice of the raw message (8bit and binary parts)
-/// share its buffer.
-fn contents_buffer(
-    raw: &Bytes,
-    part: &mut mail_parser::MessagePart<'_>,
-    listed_again: bool,
-) -> Bytes {
-    if !listed_again {
-        match &mut part.body {
-            PartType::Binary(Cow::Owned(bytes)) | PartType::InlineBinary(Cow::Owned(bytes)) => {
-                return Bytes::from(std::mem::take(bytes));
-            }
-            PartType::Text(Cow::Owned(text)) | PartType::Html(Cow::Owned(text)) => {
-                return Bytes::from(std::mem::take(text).into_bytes());
-            }
-            _ => {}
+/// out of the parsed message. Bytes that are a slice of the raw message
+/// (8bit and binary parts) share its buffer.
+fn contents_buffer(raw: &Bytes, part: &mut mail_parser::MessagePart<'_>) -> Bytes {
+    match &mut part.body {
+        PartType::Binary(Cow::Owned(bytes)) | PartType::InlineBinary(Cow::Owned(bytes)) => {
+            Bytes::from(std::mem::take(bytes))
         }
+        PartType::Text(Cow::Owned(text)) | PartType::Html(Cow::Owned(text)) => {
+            Bytes::from(std::mem::take(text).into_bytes())
+        }
+        _ => share_or_copy(raw, part.contents()),
     }
-    share_or_copy(raw, part.contents())
 }
 
 /// Decoded bytes that are a slice of the raw message (8bit and binary

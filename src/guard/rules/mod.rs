@@ -78,6 +78,11 @@ impl Default for Dedupe {
 }
 
 impl Dedupe {
+    /// Whether duplicates are looked up at all (exact or near).
+    pub fn looks_up(&self) -> bool {
+        self.exact || self.near_duplicates
+    }
+
     fn from_spec(spec: &DedupeSpec) -> Dedupe {
         Dedupe {
             window: spec.window.0,
