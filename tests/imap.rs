@@ -514,6 +514,89 @@ async fn two_replicas_work_a_mailbox_one_at_a_time_and_take_over() {
 }
 
 #[tokio::test]
+async fn a_backlog_is_acknowledged_on_a_second_connection_while_the_next_batch_is_read() {
+    let boxes = Boxes::new("second");
+    let mut imap = dev_login().await;
+    create(&mut imap, &boxes.inbox).await;
+    let mails: Vec<Vec<u8>> = (1..=300).map(|n| small_mail(n, "second")).collect();
+    append_all(&mut imap, &boxes.inbox, &mails, None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let pw = secret_file(dir.path(), "pw", &dev_password());
+    let prefix = unique_prefix("imap_second");
+    let table = imap_toml(dev_port(), &boxes, &pw, "batch_size = 50");
+    let config = process_config(dir.path(), &prefix, &table);
+
+    let mut gateway = GatewayProcess::start(&config, &dir.path().join("log"));
+    wait_xlen(&prefix, "desk", 300, 60).await;
+    wait_count(dev_port(), &boxes.inbox, 0, 30).await;
+    wait_count(dev_port(), &boxes.done, 300, 10).await;
+    let desk = support::read_stream(&redis_url(), &format!("{prefix}:desk")).await;
+    assert_each_once(&uids(&desk), 300);
+    // New mail after the backlog: one batch, read and acknowledged on the
+    // first connection alone (the second was logged out with the backlog).
+    let more: Vec<Vec<u8>> = (301..=310).map(|n| small_mail(n, "second")).collect();
+    append_all(&mut imap, &boxes.inbox, &more, None).await;
+    wait_xlen(&prefix, "desk", 310, 30).await;
+    wait_count(dev_port(), &boxes.done, 310, 10).await;
+    gateway.terminate();
+    let log = gateway.log_text();
+    assert_eq!(
+        log.matches("acknowledging on a second IMAP connection")
+            .count(),
+        1,
+        "the 300-mail backlog (six batches) opened a second connection, the 10 new mails did not:\n{log}"
+    );
+    assert!(!log.contains("no second IMAP connection"), "{log}");
+    cleanup(&boxes).await;
+}
+
+#[tokio::test]
+async fn a_server_that_refuses_a_second_connection_gets_the_backlog_acknowledged_on_one() {
+    // Two connections allowed: this test's own session and the gateway's
+    // first; the second connection's login is refused.
+    let dovecot = PrivateDovecot::start_limited(2);
+    let boxes = Boxes::new("single");
+    let mut imap = login(dovecot.port, &dev_user(), &dev_password()).await;
+    create(&mut imap, &boxes.inbox).await;
+    let mails: Vec<Vec<u8>> = (1..=200).map(|n| small_mail(n, "single")).collect();
+    append_all(&mut imap, &boxes.inbox, &mails, None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let pw = secret_file(dir.path(), "pw", &dev_password());
+    let prefix = unique_prefix("imap_single");
+    let table = imap_toml(dovecot.port, &boxes, &pw, "batch_size = 50");
+    let config = process_config(dir.path(), &prefix, &table);
+
+    let mut gateway = GatewayProcess::start(&config, &dir.path().join("log"));
+    wait_xlen(&prefix, "desk", 200, 60).await;
+    // Counted on the session held all along: a new login would be refused.
+    let mut moved = 0;
+    for _ in 0..100 {
+        moved = count(&mut imap, &boxes.done).await;
+        if moved == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        moved, 200,
+        "every stored mail moved to the processed folder"
+    );
+    assert_eq!(count(&mut imap, &boxes.inbox).await, 0);
+    let desk = support::read_stream(&redis_url(), &format!("{prefix}:desk")).await;
+    assert_each_once(&uids(&desk), 200);
+    gateway.terminate();
+    let log = gateway.log_text();
+    assert!(
+        log.contains("no second IMAP connection"),
+        "the refused second connection is reported:\n{log}"
+    );
+    assert!(
+        !log.contains("IMAP session failed"),
+        "the first connection carried on:\n{log}"
+    );
+}
+
+#[tokio::test]
 async fn imaps_and_starttls_verify_the_server_against_the_configured_ca() {
     let Ok(ca) = std::env::var("INTAKE_TEST_IMAP_CA") else {
         panic!("INTAKE_TEST_IMAP_CA is not set: source deploy/dev/intake-env");

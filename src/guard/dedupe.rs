@@ -9,7 +9,7 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{LazyLock, Mutex};
 
 use super::facts::Facts;
 use super::rules::Dedupe;
@@ -497,8 +497,9 @@ impl DedupeStore {
         match self {
             DedupeStore::Redis(store) => {
                 let keys = Self::keys(store.prefix(), customer, fp);
-                let script = redis::Script::new(RESERVE);
-                let mut invocation = script.prepare_invoke();
+                static SCRIPT: LazyLock<redis::Script> =
+                    LazyLock::new(|| redis::Script::new(RESERVE));
+                let mut invocation = SCRIPT.prepare_invoke();
                 invocation
                     .key(&keys.mid)
                     .key(&keys.content)
@@ -596,8 +597,9 @@ impl DedupeStore {
         match self {
             DedupeStore::Redis(store) => {
                 let keys = Self::keys(store.prefix(), customer, fp);
-                let script = redis::Script::new(RELEASE);
-                let mut invocation = script.prepare_invoke();
+                static SCRIPT: LazyLock<redis::Script> =
+                    LazyLock::new(|| redis::Script::new(RELEASE));
+                let mut invocation = SCRIPT.prepare_invoke();
                 invocation
                     .key(&keys.mid)
                     .key(&keys.content)

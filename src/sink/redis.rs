@@ -25,6 +25,14 @@ redis.call('SET', KEYS[2], ARGV[1] .. ' ' .. entry, 'EX', tonumber(ARGV[2]))
 return {1, entry}
 "#;
 
+/// [`XADD_ONCE`], hashed once: `Script::new` takes the SHA-1 of its text,
+/// which every keyed write paid again before.
+fn xadd_once() -> &'static redis::Script {
+    static SCRIPT: std::sync::LazyLock<redis::Script> =
+        std::sync::LazyLock::new(|| redis::Script::new(XADD_ONCE));
+    &SCRIPT
+}
+
 /// Entries larger than this are written once through WATCH and MULTI on a
 /// connection of their own instead of [`XADD_ONCE`]: Redis copies a
 /// script's arguments, which more than doubles the time to write a large
@@ -261,8 +269,7 @@ impl Sink for RedisSink {
                     .await
                 }
                 Some(key) => {
-                    let script = redis::Script::new(XADD_ONCE);
-                    let mut invocation = script.prepare_invoke();
+                    let mut invocation = xadd_once().prepare_invoke();
                     invocation
                         .key(&stream)
                         .key(self.idempotency_key(entry.stream, key))

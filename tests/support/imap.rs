@@ -273,10 +273,18 @@ pub struct PrivateDovecot {
     pub port: u16,
     dir: tempfile::TempDir,
     running: bool,
+    /// Dovecot's `mail_max_userip_connections`.
+    max_connections: u32,
 }
 
 impl PrivateDovecot {
     pub fn start() -> PrivateDovecot {
+        PrivateDovecot::start_limited(50)
+    }
+
+    /// Allows the account at most `max_connections` at once from one IP
+    /// (Dovecot refuses the login past it).
+    pub fn start_limited(max_connections: u32) -> PrivateDovecot {
         let dir = tempfile::Builder::new()
             .prefix("intake-dovecot-")
             .tempdir_in("/tmp")
@@ -286,6 +294,7 @@ impl PrivateDovecot {
             port,
             dir,
             running: false,
+            max_connections,
         };
         dovecot.write_config();
         dovecot.restart();
@@ -374,7 +383,7 @@ namespace inbox {{
   separator = /
 }}
 protocol imap {{
-  mail_max_userip_connections = 50
+  mail_max_userip_connections = {max_connections}
 }}
 service imap-login {{
   inet_listener imap {{
@@ -387,6 +396,7 @@ service imap-login {{
 }}
 {nochroot}"#,
             port = self.port,
+            max_connections = self.max_connections,
             d = d.display(),
             users = users.display(),
         );

@@ -70,6 +70,12 @@ pub struct ImapConfig {
     /// Mails of a batch going through the pipeline at once.
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
+    /// While a backlog of more than one batch is read, acknowledge (move or
+    /// flag) on a second connection to the mailbox, so the server moves
+    /// one batch while it sends the next. Turn off for a server that allows
+    /// an account very few connections.
+    #[serde(default = "default_true")]
+    pub second_connection: bool,
     /// Wait for new mail with IDLE when the server offers it.
     #[serde(default = "default_true")]
     pub idle: bool,
@@ -335,6 +341,7 @@ mod tests {
         assert_eq!(c.port(), 993);
         assert_eq!(c.mailboxes, ["INBOX"]);
         assert_eq!(c.processed, Processed::Move);
+        assert!(c.second_connection, "a backlog is acknowledged on a second connection");
         let mut problems = vec![];
         c.validate("imap[0]", &mut problems);
         assert!(problems.is_empty(), "{problems:?}");

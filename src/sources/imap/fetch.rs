@@ -36,20 +36,18 @@ pub async fn pending(
 /// RFC822.SIZE of each mail of `uids` still in the mailbox (one expunged
 /// meanwhile is simply missing from the answer).
 pub async fn sizes(session: &mut Session, uids: &[u32]) -> Result<HashMap<u32, u32>, ImapError> {
-    let fetches = fetch(session, uids, "(UID RFC822.SIZE)", "UID FETCH sizes").await?;
-    Ok(fetches
-        .iter()
-        .filter_map(|f| Some((f.uid?, f.size?)))
-        .collect())
+    fetch(session, uids, "(UID RFC822.SIZE)", "UID FETCH sizes", |f| {
+        f.size
+    })
+    .await
 }
 
 /// The whole mail of each of `uids`, without setting \Seen.
 pub async fn bodies(session: &mut Session, uids: &[u32]) -> Result<HashMap<u32, Bytes>, ImapError> {
-    let fetches = fetch(session, uids, "(UID BODY.PEEK[])", "UID FETCH mails").await?;
-    Ok(fetches
-        .iter()
-        .filter_map(|f| Some((f.uid?, Bytes::copy_from_slice(f.body()?))))
-        .collect())
+    fetch(session, uids, "(UID BODY.PEEK[])", "UID FETCH mails", |f| {
+        f.body().map(Bytes::copy_from_slice)
+    })
+    .await
 }
 
 /// Only the header of each of `uids` (for mail too big to download).
@@ -57,43 +55,53 @@ pub async fn headers(
     session: &mut Session,
     uids: &[u32],
 ) -> Result<HashMap<u32, Bytes>, ImapError> {
-    let fetches = fetch(
+    fetch(
         session,
         uids,
         "(UID BODY.PEEK[HEADER])",
         "UID FETCH headers",
+        |f| f.header().map(Bytes::copy_from_slice),
     )
-    .await?;
-    Ok(fetches
-        .iter()
-        .filter_map(|f| Some((f.uid?, Bytes::copy_from_slice(f.header()?))))
-        .collect())
+    .await
 }
 
-async fn fetch(
+/// One UID FETCH of `items` over `uids`: what `pick` takes out of each
+/// answer, by UID.
+async fn fetch<T>(
     session: &mut Session,
     uids: &[u32],
     items: &str,
     step: &'static str,
-) -> Result<Vec<async_imap::types::Fetch>, ImapError> {
+    pick: impl Fn(&async_imap::types::Fetch) -> Option<T>,
+) -> Result<HashMap<u32, T>, ImapError> {
+    let mut found = HashMap::with_capacity(uids.len());
     if uids.is_empty() {
-        return Ok(Vec::new());
+        return Ok(found);
     }
     let wanted: std::collections::HashSet<u32> = uids.iter().copied().collect();
-    let stream = session
+    let mut answers = session
         .uid_fetch(uid_set(uids), items)
         .await
         .map_err(ImapError::protocol(step))?;
-    let all: Vec<_> = stream
-        .try_collect()
+    // Each answer is picked and dropped as it arrives: the client keeps a
+    // whole read buffer (4 KB or more) behind every answer, so collecting a
+    // batch of them first held megabytes, and the allocator handed those
+    // pages back and faulted them in again batch after batch.
+    while let Some(answer) = answers
+        .try_next()
         .await
-        .map_err(ImapError::protocol(step))?;
-    // Unsolicited FETCH responses (another client's flag change) may be
-    // mixed in: keep only answers about the UIDs asked for.
-    Ok(all
-        .into_iter()
-        .filter(|f| f.uid.is_some_and(|uid| wanted.contains(&uid)))
-        .collect())
+        .map_err(ImapError::protocol(step))?
+    {
+        // Unsolicited FETCH responses (another client's flag change) may
+        // be mixed in: keep only answers about the UIDs asked for.
+        let Some(uid) = answer.uid.filter(|uid| wanted.contains(uid)) else {
+            continue;
+        };
+        if let Some(value) = pick(&answer) {
+            found.insert(uid, value);
+        }
+    }
+    Ok(found)
 }
 
 /// Where acknowledged mail goes.

@@ -390,10 +390,11 @@ impl Worker {
     }
 
     /// Reads every mail above `after`, batch by batch, until none is left.
-    /// A batch's acknowledgement waits for the next batch's fetch and then
-    /// runs on the session while that batch is delivered (the server's
-    /// MOVE and the pipeline's work overlap); the last one is settled
-    /// before returning.
+    /// A batch's acknowledgement runs while the next batch is read: on a
+    /// second connection when the backlog is longer than one batch (the
+    /// server moves one batch while it sends the next), else on this
+    /// session while the next batch's mails are in the pipeline. The last
+    /// one is settled before returning.
     async fn drain(
         self: &Arc<Self>,
         session: &mut Session,
@@ -406,49 +407,161 @@ impl Worker {
         let unseen_only = self.config.processed == Processed::Seen;
         let backlog = metrics::gauge!("intake_imap_backlog", "mailbox" => self.label.clone());
         let mut pending: Option<Settled> = None;
-        loop {
-            let uids = bounded(
-                "UID SEARCH",
-                timeout,
-                fetch::pending(session, after, unseen_only),
-            )
-            .await?;
-            backlog.set(uids.len() as f64);
-            let Some(&last) = uids.last() else {
-                if let Some(settled) = pending.take() {
-                    self.settle(session, features, uidvalidity, settled).await?;
-                }
-                return Ok(());
-            };
-            for (i, chunk) in uids.chunks(self.config.batch_size).enumerate() {
-                if lost.is_cancelled() {
+        let mut second: Option<Session> = None;
+        let drained: Result<(), ImapError> = async {
+            loop {
+                let uids = bounded(
+                    "UID SEARCH",
+                    timeout,
+                    fetch::pending(session, after, unseen_only),
+                )
+                .await?;
+                backlog.set(uids.len() as f64);
+                let Some(&last) = uids.last() else {
+                    if let Some(settled) = pending.take() {
+                        self.settle(session, features, uidvalidity, settled).await?;
+                    }
                     return Ok(());
+                };
+                if second.is_none()
+                    && self.config.second_connection
+                    && uids.len() > self.config.batch_size
+                {
+                    second = self.open_second(uidvalidity, uids.len()).await;
                 }
-                pending = Some(
-                    self.batch(session, features, uidvalidity, chunk, pending.take())
+                for (i, chunk) in uids.chunks(self.config.batch_size).enumerate() {
+                    if lost.is_cancelled() {
+                        return Ok(());
+                    }
+                    pending = Some(
+                        self.batch(
+                            session,
+                            second.as_mut(),
+                            features,
+                            uidvalidity,
+                            chunk,
+                            pending.take(),
+                        )
                         .await?,
-                );
-                let left = uids.len() - (i * self.config.batch_size + chunk.len());
-                backlog.set(left as f64);
+                    );
+                    let left = uids.len() - (i * self.config.batch_size + chunk.len());
+                    backlog.set(left as f64);
+                }
+                after = last;
             }
-            after = last;
+        }
+        .await;
+        // Only while a backlog is read: an idle second connection would
+        // just be logged out by the server.
+        if let Some(mut second) = second {
+            let _ = bounded("LOGOUT", Duration::from_secs(2), async {
+                second.logout().await.map_err(ImapError::protocol("LOGOUT"))
+            })
+            .await;
+        }
+        drained
+    }
+
+    /// A second connection to the mailbox, selected, for acknowledging
+    /// while the first reads. `None` when it cannot be had (the server may
+    /// limit connections per account): the first then does both, as fast
+    /// as before, so this is not an error.
+    async fn open_second(&self, uidvalidity: u32, backlog: usize) -> Option<Session> {
+        let timeout = self.config.command_timeout.0;
+        let opened = async {
+            let (mut session, _) = connect::connect(&self.config, &self.tls).await?;
+            let selected = bounded("SELECT", timeout, async {
+                session
+                    .select(&self.mailbox)
+                    .await
+                    .map_err(ImapError::protocol("SELECT"))
+            })
+            .await?;
+            // UIDs mean the same on both only under the same UIDVALIDITY.
+            Ok::<_, ImapError>((selected.uid_validity == Some(uidvalidity)).then_some(session))
+        }
+        .await;
+        match opened {
+            Ok(Some(session)) => {
+                tracing::info!(mailbox = %self.label, backlog, "backlog longer than one batch: acknowledging on a second IMAP connection while the next batch is read");
+                Some(session)
+            }
+            // Changed between the two SELECTs: the next round sees it.
+            Ok(None) => None,
+            Err(e) => {
+                if let Some(suppressed) = crate::telemetry::log_limit::errors()
+                    .check(&format!("imap-second:{}", self.label))
+                {
+                    tracing::warn!(
+                        mailbox = %self.label,
+                        error = %error_chain(&e),
+                        suppressed,
+                        "no second IMAP connection for acknowledging; the backlog is read and acknowledged on one (set second_connection = false if the server limits connections)"
+                    );
+                }
+                None
+            }
         }
     }
 
-    /// One batch: sizes, then headers of the oversized and whole mails of
-    /// the rest, each mail through the pipeline. Returns what was stored,
-    /// for the caller to settle (acknowledge and checkpoint) later;
-    /// `earlier`, the batch before, is settled while this one's mails go
-    /// through the pipeline. On a failure everything stored so far is
+    /// One batch read and delivered, with `earlier` (the batch before)
+    /// settled meanwhile: on `second` when there is one, else inside
+    /// [`Self::read`] on the same session. Returns what was stored, for
+    /// the caller to settle later. On a failure everything stored so far is
     /// settled at once, and the rest stays for the next try.
     async fn batch(
+        self: &Arc<Self>,
+        session: &mut Session,
+        second: Option<&mut Session>,
+        features: Features,
+        uidvalidity: u32,
+        chunk: &[u32],
+        earlier: Option<Settled>,
+    ) -> Result<Settled, ImapError> {
+        let (done, failure) = match second {
+            Some(second) => {
+                let settling = async {
+                    match earlier {
+                        Some(settled) => self.settle(second, features, uidvalidity, settled).await,
+                        None => Ok(()),
+                    }
+                };
+                let (read, settled) = tokio::join!(
+                    self.read(session, features, uidvalidity, chunk, None),
+                    settling
+                );
+                // On an error, what this batch stored is read again on the
+                // next session and recognised by its idempotency key.
+                settled?;
+                read?
+            }
+            None => {
+                self.read(session, features, uidvalidity, chunk, earlier)
+                    .await?
+            }
+        };
+        match failure {
+            Some(e) => {
+                self.settle(session, features, uidvalidity, done).await?;
+                Err(e)
+            }
+            None => Ok(done),
+        }
+    }
+
+    /// Reads one batch: sizes, then headers of the oversized and whole
+    /// mails of the rest, each mail through the pipeline. Returns what was
+    /// stored and the failure that stopped the batch, if one did; `earlier`
+    /// is settled on this session while the batch's mails go through the
+    /// pipeline.
+    async fn read(
         self: &Arc<Self>,
         session: &mut Session,
         features: Features,
         uidvalidity: u32,
         chunk: &[u32],
         mut earlier: Option<Settled>,
-    ) -> Result<Settled, ImapError> {
+    ) -> Result<(Settled, Option<ImapError>), ImapError> {
         let timeout = self.config.command_timeout.0;
         let max_size = self.config.max_size.bytes();
         let sizes = bounded("UID FETCH sizes", timeout, fetch::sizes(session, chunk)).await?;
@@ -606,13 +719,7 @@ impl Worker {
             .take_while(|uid| finished.contains(uid))
             .last()
             .copied();
-        match failure {
-            Some(e) => {
-                self.settle(session, features, uidvalidity, done).await?;
-                Err(e)
-            }
-            None => Ok(done),
-        }
+        Ok((done, failure))
     }
 
     /// Acknowledges a batch's stored mail on the server (one command per
