@@ -123,7 +123,7 @@ fn push_tag(envelope: &mut Envelope, tag: &str) {
 /// Masks the card numbers in `text` in place; returns how many.
 pub fn mask_cards(text: &mut String) -> usize {
     // Cheap exit for the common case: no run of 13 digits can exist.
-    if text.bytes().filter(u8::is_ascii_digit).count() < 13 {
+    if !has_digits(text.as_bytes(), 13) {
         return 0;
     }
     let mut bytes = std::mem::take(text).into_bytes();
@@ -141,6 +141,25 @@ pub fn mask_cards(text: &mut String) -> usize {
     // Only ASCII digits were replaced by ASCII `*`: still valid UTF-8.
     *text = String::from_utf8(bytes).expect("masking keeps UTF-8 intact");
     masked
+}
+
+/// Whether `bytes` holds at least `n` ASCII digits. Counted 64 bytes at a
+/// time into a `u8`, which the compiler turns into vector instructions (a
+/// byte-by-byte count was 4% of a form post's CPU time), and stops as soon
+/// as there are enough.
+fn has_digits(bytes: &[u8], n: usize) -> bool {
+    let mut count = 0;
+    for chunk in bytes.chunks(64) {
+        let digits: u8 = chunk
+            .iter()
+            .map(|b| u8::from(b.wrapping_sub(b'0') < 10))
+            .sum();
+        count += usize::from(digits);
+        if count >= n {
+            return true;
+        }
+    }
+    count >= n
 }
 
 /// The digit groups (start, end) of the run beginning at `start`: groups of
@@ -320,6 +339,25 @@ mod tests {
         // Runs of one repeated digit are fillers, never cards.
         assert_eq!(n, 0);
         assert_eq!(text, before);
+    }
+
+    #[test]
+    fn digits_are_counted_across_chunks_and_stop_at_enough() {
+        assert!(!has_digits(b"", 1));
+        assert!(has_digits(b"", 0));
+        // 12 digits spread over three 64-byte chunks: not enough.
+        let mut text = vec![b'x'; 200];
+        for i in 0..12 {
+            text[i * 16 + 3] = b'7';
+        }
+        assert!(!has_digits(&text, 13));
+        assert!(has_digits(&text, 12));
+        // One more, in the last chunk.
+        text[199] = b'0';
+        assert!(has_digits(&text, 13));
+        // Only 0-9 count: the bytes beside them do not.
+        assert!(!has_digits(b"/:`~\xff", 1));
+        assert!(has_digits(&[b'9'; 300], 300));
     }
 
     #[test]

@@ -92,26 +92,32 @@ fn form_unescape(input: &[u8]) -> Cow<'_, [u8]> {
     if !input.iter().any(|&b| b == b'%' || b == b'+') {
         return Cow::Borrowed(input);
     }
-    let hex = |b: u8| char::from(b).to_digit(16).map(|d| d as u8);
+    let hex = |b: &u8| char::from(*b).to_digit(16).map(|d| d as u8);
     let mut out = Vec::with_capacity(input.len());
-    let mut i = 0;
-    while i < input.len() {
-        match input[i] {
-            b'+' => out.push(b' '),
-            b'%' => match (
-                input.get(i + 1).and_then(|&b| hex(b)),
-                input.get(i + 2).and_then(|&b| hex(b)),
-            ) {
-                (Some(high), Some(low)) => {
-                    out.push(high << 4 | low);
-                    i += 2;
-                }
-                _ => out.push(b'%'),
-            },
-            b => out.push(b),
+    // Plain runs are copied whole, not byte by byte.
+    let mut rest = input;
+    while let Some(at) = rest.iter().position(|&b| b == b'%' || b == b'+') {
+        out.extend_from_slice(&rest[..at]);
+        if rest[at] == b'+' {
+            out.push(b' ');
+            rest = &rest[at + 1..];
+            continue;
         }
-        i += 1;
+        match (
+            rest.get(at + 1).and_then(hex),
+            rest.get(at + 2).and_then(hex),
+        ) {
+            (Some(high), Some(low)) => {
+                out.push(high << 4 | low);
+                rest = &rest[at + 3..];
+            }
+            _ => {
+                out.push(b'%');
+                rest = &rest[at + 1..];
+            }
+        }
     }
+    out.extend_from_slice(rest);
     Cow::Owned(out)
 }
 
@@ -433,6 +439,32 @@ Content-Type: application/pdf\r\n\r\n%PDF-1.4 data\r\n\
             .await
             .unwrap();
         assert_eq!(post.files[0].filename.as_deref(), Some("€.txt"), "RFC 5987");
+    }
+
+    #[test]
+    fn unescaping_copies_plain_runs_and_decodes_at_every_position() {
+        for (input, expected) in [
+            (&b""[..], &b""[..]),
+            (b"plain", b"plain"),
+            (b"+", b" "),
+            (b"a+b++c", b"a b  c"),
+            (b"%41", b"A"),
+            (b"x%41", b"xA"),
+            (b"%41x", b"Ax"),
+            (b"%4", b"%4"),
+            (b"%", b"%"),
+            (b"x%", b"x%"),
+            (b"%%41", b"%A"),
+            (b"%g1%41+", b"%g1A "),
+            (b"%2B%25", b"+%"),
+        ] {
+            assert_eq!(
+                &*form_unescape(input),
+                expected,
+                "{:?}",
+                String::from_utf8_lossy(input)
+            );
+        }
     }
 
     #[test]

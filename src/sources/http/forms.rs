@@ -73,10 +73,11 @@ where
         }
     }
     let kind = BodyKind::from_content_type(header_str(request.headers(), header::CONTENT_TYPE))?;
-    let headers = request.headers().clone();
+    // The headers are kept for the source's fields; taken, not cloned.
+    let (http::request::Parts { headers, .. }, body) = request.into_parts();
     let key = super::idempotency::from_header(&headers, &format!("form:{}", form.id))?;
     let body = read_body(
-        request.into_body(),
+        body,
         form.max_size.bytes(),
         state.config.http.request_timeout.into(),
         &headers,

@@ -53,11 +53,11 @@ where
             expected: "message/rfc822",
         });
     }
-    let headers = request.headers().clone();
+    let (http::request::Parts { headers, .. }, body) = request.into_parts();
     let client_key = super::idempotency::from_header(&headers, "messages")?;
     let limit = state.config.messages.max_size.bytes();
     let raw = read_body(
-        request.into_body(),
+        body,
         limit,
         state.config.http.request_timeout.into(),
         &headers,

@@ -341,7 +341,10 @@ mod tests {
         assert_eq!(c.port(), 993);
         assert_eq!(c.mailboxes, ["INBOX"]);
         assert_eq!(c.processed, Processed::Move);
-        assert!(c.second_connection, "a backlog is acknowledged on a second connection");
+        assert!(
+            c.second_connection,
+            "a backlog is acknowledged on a second connection"
+        );
         let mut problems = vec![];
         c.validate("imap[0]", &mut problems);
         assert!(problems.is_empty(), "{problems:?}");
