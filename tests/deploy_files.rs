@@ -194,3 +194,39 @@ fn dashboard_queries_only_metrics_the_gateway_exports() {
         .collect();
     assert!(missing.is_empty(), "not exported by src/: {missing:?}");
 }
+
+/// Every `](#anchor)` link in the README names one of its headings (as
+/// GitHub makes the anchor: lower case, spaces to dashes, punctuation
+/// dropped). A rewrite that loses a section breaks this test, not the
+/// reader's link.
+#[test]
+fn readme_links_lead_to_its_headings() {
+    let readme = read("README.md");
+    let mut in_code = false;
+    let mut anchors = BTreeSet::new();
+    for line in readme.lines() {
+        if line.starts_with("```") {
+            in_code = !in_code;
+            continue;
+        }
+        if in_code || !line.starts_with('#') {
+            continue;
+        }
+        let title = line.trim_start_matches('#').trim();
+        let anchor: String = title
+            .to_lowercase()
+            .chars()
+            .filter(|c| c.is_alphanumeric() || *c == ' ' || *c == '-' || *c == '_')
+            .map(|c| if c == ' ' { '-' } else { c })
+            .collect();
+        anchors.insert(anchor);
+    }
+    let links: BTreeSet<&str> = readme
+        .split("](#")
+        .skip(1)
+        .filter_map(|rest| rest.split(')').next())
+        .collect();
+    assert!(!links.is_empty(), "the README links to its sections");
+    let missing: Vec<_> = links.iter().filter(|l| !anchors.contains(**l)).collect();
+    assert!(missing.is_empty(), "README links to missing sections: {missing:?}");
+}
