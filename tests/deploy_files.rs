@@ -228,5 +228,8 @@ fn readme_links_lead_to_its_headings() {
         .collect();
     assert!(!links.is_empty(), "the README links to its sections");
     let missing: Vec<_> = links.iter().filter(|l| !anchors.contains(**l)).collect();
-    assert!(missing.is_empty(), "README links to missing sections: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "README links to missing sections: {missing:?}"
+    );
 }

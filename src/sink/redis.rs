@@ -4,6 +4,7 @@
 //! The connection is made lazily, so the gateway starts (and answers 503)
 //! while Redis is down, and recovers without a restart when it is back.
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use redis::{Client, RedisError};
@@ -24,14 +25,6 @@ local entry = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 3))
 redis.call('SET', KEYS[2], ARGV[1] .. ' ' .. entry, 'EX', tonumber(ARGV[2]))
 return {1, entry}
 "#;
-
-/// [`XADD_ONCE`], hashed once: `Script::new` takes the SHA-1 of its text,
-/// which every keyed write paid again before.
-fn xadd_once() -> &'static redis::Script {
-    static SCRIPT: std::sync::LazyLock<redis::Script> =
-        std::sync::LazyLock::new(|| redis::Script::new(XADD_ONCE));
-    &SCRIPT
-}
 
 /// Entries larger than this are written once through WATCH and MULTI on a
 /// connection of their own instead of [`XADD_ONCE`]: Redis copies a
@@ -269,7 +262,10 @@ impl Sink for RedisSink {
                     .await
                 }
                 Some(key) => {
-                    let mut invocation = xadd_once().prepare_invoke();
+                    // Hashed once: `Script::new` takes the SHA-1 of its text.
+                    static SCRIPT: LazyLock<redis::Script> =
+                        LazyLock::new(|| redis::Script::new(XADD_ONCE));
+                    let mut invocation = SCRIPT.prepare_invoke();
                     invocation
                         .key(&stream)
                         .key(self.idempotency_key(entry.stream, key))

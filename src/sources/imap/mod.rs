@@ -295,16 +295,7 @@ impl Worker {
         loop {
             // SELECT at every round: it also tells whether UIDVALIDITY
             // changed under us (mailbox deleted and re-created).
-            let selected = bounded("SELECT", timeout, async {
-                session
-                    .select(&self.mailbox)
-                    .await
-                    .map_err(ImapError::protocol("SELECT"))
-            })
-            .await?;
-            let uidvalidity = selected
-                .uid_validity
-                .ok_or_else(|| ImapError::NoUidValidity(self.mailbox.clone()))?;
+            let uidvalidity = self.select(&mut session).await?;
             let after = self.resume_point(uidvalidity).await?;
             match self
                 .drain(&mut session, features, uidvalidity, after, lost)
@@ -360,6 +351,20 @@ impl Worker {
                 metrics::counter!("intake_imap_wakeups_total", "via" => "poll").increment(1);
             }
         }
+    }
+
+    /// SELECTs the mailbox on `session`; returns its UIDVALIDITY.
+    async fn select(&self, session: &mut Session) -> Result<u32, ImapError> {
+        let selected = bounded("SELECT", self.config.command_timeout.0, async {
+            session
+                .select(&self.mailbox)
+                .await
+                .map_err(ImapError::protocol("SELECT"))
+        })
+        .await?;
+        selected
+            .uid_validity
+            .ok_or_else(|| ImapError::NoUidValidity(self.mailbox.clone()))
     }
 
     /// The UID after which mail is still to be read. A changed UIDVALIDITY
@@ -467,18 +472,11 @@ impl Worker {
     /// limit connections per account): the first then does both, as fast
     /// as before, so this is not an error.
     async fn open_second(&self, uidvalidity: u32, backlog: usize) -> Option<Session> {
-        let timeout = self.config.command_timeout.0;
         let opened = async {
             let (mut session, _) = connect::connect(&self.config, &self.tls).await?;
-            let selected = bounded("SELECT", timeout, async {
-                session
-                    .select(&self.mailbox)
-                    .await
-                    .map_err(ImapError::protocol("SELECT"))
-            })
-            .await?;
             // UIDs mean the same on both only under the same UIDVALIDITY.
-            Ok::<_, ImapError>((selected.uid_validity == Some(uidvalidity)).then_some(session))
+            let same = self.select(&mut session).await? == uidvalidity;
+            Ok::<_, ImapError>(same.then_some(session))
         }
         .await;
         match opened {
