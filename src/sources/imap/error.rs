@@ -41,6 +41,8 @@ pub enum ImapError {
     },
     #[error("the server sent no UIDVALIDITY for mailbox `{0}`")]
     NoUidValidity(String),
+    #[error("mailbox `{0}` changed its UIDVALIDITY during the session (re-created or restored); it is read again from the start")]
+    UidValidityChanged(String),
     #[error("a mail could not be stored; it stays on the server")]
     Store(#[source] crate::pipeline::PipelineError),
     #[error("a mail's pipeline task failed: {0}")]
@@ -61,7 +63,8 @@ impl ImapError {
             ImapError::Auth { .. } | ImapError::Secret(_) => "auth",
             ImapError::Protocol { .. }
             | ImapError::Refused { .. }
-            | ImapError::NoUidValidity(_) => "protocol",
+            | ImapError::NoUidValidity(_)
+            | ImapError::UidValidityChanged(_) => "protocol",
             ImapError::Store(_) | ImapError::Task(_) => "store",
             ImapError::Redis(_) | ImapError::RedisTimeout(_) => "redis",
         }

@@ -130,34 +130,49 @@ pub async fn acknowledge(
             .map_err(ImapError::protocol("UID MOVE")),
         Ack::MoveTo(folder) => {
             // RFC 3501 without MOVE: copy, mark deleted, expunge. A crash
-            // in between leaves a copy in both places, never none.
+            // in between leaves a copy in both places, never none (see
+            // `recover` for how the second is avoided).
             session
                 .uid_copy(&set, folder)
                 .await
                 .map_err(ImapError::protocol("UID COPY"))?;
-            store(session, &set, "+FLAGS.SILENT (\\Deleted)").await?;
-            if features.uidplus {
-                let expunged = session
-                    .uid_expunge(&set)
-                    .await
-                    .map_err(ImapError::protocol("UID EXPUNGE"))?;
-                let _: Vec<_> = expunged
-                    .try_collect()
-                    .await
-                    .map_err(ImapError::protocol("UID EXPUNGE"))?;
-            } else {
-                let expunged = session
-                    .expunge()
-                    .await
-                    .map_err(ImapError::protocol("EXPUNGE"))?;
-                let _: Vec<_> = expunged
-                    .try_collect()
-                    .await
-                    .map_err(ImapError::protocol("EXPUNGE"))?;
-            }
-            Ok(())
+            expunge(session, features, uids).await
         }
     }
+}
+
+/// Removes `uids` from the selected mailbox: flagged \Deleted, then UID
+/// EXPUNGE (only these) or, without UIDPLUS, EXPUNGE.
+pub async fn expunge(
+    session: &mut Session,
+    features: Features,
+    uids: &[u32],
+) -> Result<(), ImapError> {
+    if uids.is_empty() {
+        return Ok(());
+    }
+    let set = uid_set(uids);
+    store(session, &set, "+FLAGS.SILENT (\\Deleted)").await?;
+    if features.uidplus {
+        let expunged = session
+            .uid_expunge(&set)
+            .await
+            .map_err(ImapError::protocol("UID EXPUNGE"))?;
+        let _: Vec<_> = expunged
+            .try_collect()
+            .await
+            .map_err(ImapError::protocol("UID EXPUNGE"))?;
+    } else {
+        let expunged = session
+            .expunge()
+            .await
+            .map_err(ImapError::protocol("EXPUNGE"))?;
+        let _: Vec<_> = expunged
+            .try_collect()
+            .await
+            .map_err(ImapError::protocol("EXPUNGE"))?;
+    }
+    Ok(())
 }
 
 async fn store(session: &mut Session, set: &str, what: &str) -> Result<(), ImapError> {

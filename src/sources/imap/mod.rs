@@ -14,6 +14,7 @@ pub mod config;
 mod connect;
 mod error;
 mod fetch;
+mod recover;
 mod store;
 
 use std::collections::HashSet;
@@ -39,6 +40,7 @@ use connect::{Features, Session};
 use error::bounded;
 pub use error::ImapError;
 use fetch::Ack;
+use recover::{Candidate, Fingerprint};
 use store::{Checkpoint, MailboxStore};
 
 /// How long an IDLE may stay silent before the link is tested with DONE;
@@ -126,6 +128,10 @@ struct Settled {
     processed: Vec<u32>,
     /// Set aside: move to the quarantine folder.
     quarantined: Vec<u32>,
+    /// Stored before and read again (after a crash or a failed
+    /// acknowledgement): a move the server had half done may have copied
+    /// them already, so they are looked for in their folder first.
+    again: Vec<(Dest, Candidate)>,
     /// The last UID of the batch's done prefix: the checkpoint once the
     /// acknowledgements are through.
     through: Option<u32>,
@@ -138,6 +144,15 @@ impl Settled {
             Dest::Processed => self.processed.push(uid),
             Dest::Quarantine => self.quarantined.push(uid),
         }
+    }
+
+    /// Every UID of the batch that is stored.
+    fn uids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.processed
+            .iter()
+            .chain(&self.quarantined)
+            .copied()
+            .chain(self.again.iter().map(|(_, c)| c.uid))
     }
 }
 
@@ -652,7 +667,15 @@ impl Worker {
                         Some(stored) => {
                             metrics::counter!("intake_imap_mails_total", "outcome" => "already_stored")
                                 .increment(1);
-                            done.add(uid, destination(&stored));
+                            let dest = destination(&stored);
+                            let moved = dest == Dest::Quarantine
+                                || self.config.processed == Processed::Move;
+                            match Fingerprint::of(&raw, sizes[&uid]) {
+                                Some(fingerprint) if moved => {
+                                    done.again.push((dest, Candidate { uid, fingerprint }))
+                                }
+                                _ => done.add(uid, dest),
+                            }
                         }
                         None => fresh.push((uid, raw, key)),
                     }
@@ -705,13 +728,7 @@ impl Worker {
             // or gone): nothing to overlap with.
             self.settle(session, features, uidvalidity, settled).await?;
         }
-        let finished: HashSet<u32> = done
-            .processed
-            .iter()
-            .chain(&done.quarantined)
-            .copied()
-            .chain(vanished)
-            .collect();
+        let finished: HashSet<u32> = done.uids().chain(vanished).collect();
         done.through = chunk
             .iter()
             .take_while(|uid| finished.contains(uid))
@@ -730,6 +747,25 @@ impl Worker {
         settled: Settled,
     ) -> Result<(), ImapError> {
         let timeout = self.config.command_timeout.0;
+        let Settled {
+            mut processed,
+            mut quarantined,
+            again,
+            through,
+        } = settled;
+        if !again.is_empty() {
+            let copied = self
+                .finish_moves(session, features, uidvalidity, &again)
+                .await?;
+            for (dest, candidate) in again {
+                if !copied.contains(&candidate.uid) {
+                    match dest {
+                        Dest::Processed => processed.push(candidate.uid),
+                        Dest::Quarantine => quarantined.push(candidate.uid),
+                    }
+                }
+            }
+        }
         let ack = match self.config.processed {
             Processed::Move => Ack::MoveTo(&self.config.processed_folder),
             Processed::Seen => Ack::FlagSeen,
@@ -737,7 +773,7 @@ impl Worker {
         bounded(
             "acknowledge",
             timeout,
-            fetch::acknowledge(session, features, &settled.processed, ack),
+            fetch::acknowledge(session, features, &processed, ack),
         )
         .await?;
         bounded(
@@ -746,12 +782,12 @@ impl Worker {
             fetch::acknowledge(
                 session,
                 features,
-                &settled.quarantined,
+                &quarantined,
                 Ack::MoveTo(&self.config.quarantine_folder),
             ),
         )
         .await?;
-        if let Some(last_uid) = settled.through {
+        if let Some(last_uid) = through {
             let saved = self
                 .store
                 .save(Checkpoint {
@@ -764,6 +800,59 @@ impl Worker {
             }
         }
         Ok(())
+    }
+
+    /// Mail stored before and read again: expunges what a move the server
+    /// did not finish has already copied to its folder (see [`recover`]).
+    /// Returns those UIDs; the rest is still to be moved.
+    async fn finish_moves(
+        &self,
+        session: &mut Session,
+        features: Features,
+        uidvalidity: u32,
+        again: &[(Dest, Candidate)],
+    ) -> Result<HashSet<u32>, ImapError> {
+        let timeout = self.config.command_timeout.0;
+        // The half-done moves were the last ones into the folder, at most
+        // the two batches being acknowledged at the crash; the rest of the
+        // window leaves room for other mailboxes moving there meanwhile.
+        let window = again.len() + 2 * self.config.batch_size;
+        let mut copied = HashSet::new();
+        for (dest, folder) in [
+            (Dest::Processed, &self.config.processed_folder),
+            (Dest::Quarantine, &self.config.quarantine_folder),
+        ] {
+            let candidates: Vec<Candidate> = again
+                .iter()
+                .filter(|(d, _)| *d == dest)
+                .map(|(_, c)| c.clone())
+                .collect();
+            if candidates.is_empty() {
+                continue;
+            }
+            copied.extend(
+                bounded(
+                    "look for half-moved mail",
+                    timeout,
+                    recover::already_copied(session, folder, &candidates, window),
+                )
+                .await?,
+            );
+        }
+        // Back to the mailbox; its UIDs mean the same only under the same
+        // UIDVALIDITY.
+        let now = self.select(session).await?;
+        if now != uidvalidity {
+            return Err(ImapError::UidValidityChanged(self.mailbox.clone()));
+        }
+        if !copied.is_empty() {
+            let uids: Vec<u32> = copied.iter().copied().collect();
+            bounded("EXPUNGE", timeout, fetch::expunge(session, features, &uids)).await?;
+            metrics::counter!("intake_imap_mails_total", "outcome" => "half_moved")
+                .increment(uids.len() as u64);
+            tracing::warn!(mailbox = %self.label, mails = uids.len(), "mail already copied to its folder by a move the server did not finish (it stopped mid-command) was expunged here, not moved a second time");
+        }
+        Ok(copied)
     }
 
     /// One mail through the pipeline. `Ok` means stored (or stored before)
