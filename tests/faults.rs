@@ -559,7 +559,11 @@ async fn dovecot_killed_mid_fetch_and_restarted_stores_each_mail_once() {
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
     dovecot.restart();
-    eventually(120, "every mail on the desk", || async {
+    // A Dovecot process killed while it held a maildir's uidlist lock leaves
+    // the lock file behind, and the restarted server waits for it to go
+    // stale (two minutes, MAILDIR_UIDLIST_LOCK_STALE_TIMEOUT) before it
+    // answers a SELECT of that mailbox: the gateway retries meanwhile.
+    eventually(240, "every mail on the desk", || async {
         (xlen(&gw.redis_url, &gw.prefix, "desk").await >= MAILS).then_some(())
     })
     .await;

@@ -486,6 +486,10 @@ service imap-login {{
 
 impl Drop for PrivateDovecot {
     fn drop(&mut self) {
+        // A failed test's server side, or it is gone with the temp dir.
+        if std::thread::panicking() {
+            eprintln!("--- private Dovecot's log ---\n{}", self.log());
+        }
         self.stop();
     }
 }
