@@ -473,46 +473,58 @@ async fn gateway_killed_mid_backlog_and_restarted_stores_each_mail_once() {
 
 /// What a server killed between the copy and the expunge of a MOVE leaves:
 /// the mail in both folders, and above the checkpoint. Read again, it is
-/// known as stored; it must be expunged, not moved into the processed
-/// folder a second time.
+/// known as stored; it must be expunged, not moved into the processed (or
+/// quarantine) folder a second time.
 #[tokio::test]
 async fn a_move_the_server_did_not_finish_is_finished_without_a_second_copy() {
     let boxes = Boxes::new("halfmove");
     let mut imap = dev_login().await;
     create(&mut imap, &boxes.inbox).await;
     create(&mut imap, &boxes.done).await;
-    let mails: Vec<Vec<u8>> = (1..=5).map(|n| small_mail(n, "halfmove")).collect();
+    let mut mails: Vec<Vec<u8>> = (1..=5).map(|n| small_mail(n, "halfmove")).collect();
+    // Mail 6 is over max_size: recorded in quarantine by its headers.
+    let mut big = small_mail(6, "halfmove");
+    big.extend(std::iter::repeat_n(b'x', 8000));
+    mails.push(big);
     append_all(&mut imap, &boxes.inbox, &mails, None).await;
     let dir = tempfile::tempdir().unwrap();
     let pw = secret_file(dir.path(), "pw", &dev_password());
     let prefix = unique_prefix("imap_halfmove");
 
-    // Stored and only flagged: every mail stays in the inbox.
-    let flagging = imap_toml(dev_port(), &boxes, &pw, "processed = \"seen\"");
+    // Every mail stored and none moved: the small ones are only flagged,
+    // and the quarantine folder is missing, so mail 6 cannot go there (and
+    // no checkpoint is written past it).
+    let first_run = "processed = \"seen\"\nmax_size = \"4KB\"\ncreate_folders = false";
+    let flagging = imap_toml(dev_port(), &boxes, &pw, first_run);
     let config = process_config(dir.path(), &prefix, &flagging);
     let mut first = GatewayProcess::start(&config, &dir.path().join("first.log"));
     wait_xlen(&prefix, "desk", 5, 30).await;
-    eventually(20, "every mail flagged seen", || async {
+    wait_xlen(&prefix, "quarantine", 1, 30).await;
+    eventually(20, "the small mails flagged seen", || async {
         let mut s = dev_login().await;
         let status = s.status(&boxes.inbox, "(UNSEEN)").await.ok()?;
-        (status.unseen == Some(0)).then_some(())
+        (status.unseen == Some(1)).then_some(())
     })
     .await;
     first.terminate();
 
-    // The first half of a MOVE of mails 1 to 3, and no checkpoint past them.
+    // The first half of a MOVE of mails 1 to 3 and of mail 6, and no
+    // checkpoint past them.
+    create(&mut imap, &boxes.quarantine).await;
     imap.select(&boxes.inbox).await.expect("SELECT");
     imap.uid_copy("1:3", &boxes.done).await.expect("UID COPY");
+    imap.uid_copy("6", &boxes.quarantine)
+        .await
+        .expect("UID COPY");
     let checkpoint = format!("{prefix}:imap:{{test/{}}}:checkpoint", boxes.inbox);
     let mut redis = support::test_connection(&redis_url()).await;
-    let deleted: i64 = redis::cmd("DEL")
+    let _: i64 = redis::cmd("DEL")
         .arg(&checkpoint)
         .query_async(&mut redis)
         .await
         .expect("DEL");
-    assert_eq!(deleted, 1, "the first run wrote {checkpoint}");
 
-    let moving = imap_toml(dev_port(), &boxes, &pw, "");
+    let moving = imap_toml(dev_port(), &boxes, &pw, "max_size = \"4KB\"");
     let config = process_config(dir.path(), &prefix, &moving);
     let mut second = GatewayProcess::start(&config, &dir.path().join("second.log"));
     wait_count(dev_port(), &boxes.inbox, 0, 30).await;
@@ -520,7 +532,7 @@ async fn a_move_the_server_did_not_finish_is_finished_without_a_second_copy() {
     let log = second.log_text();
     assert!(
         log.contains("not moved a second time"),
-        "the three copied mails are recognised in the processed folder:\n{log}"
+        "the copied mails are recognised in their folders:\n{log}"
     );
     imap.select(&boxes.done).await.expect("SELECT");
     let headers = collect(imap.fetch("1:*", "BODY.PEEK[HEADER]").await.expect("FETCH")).await;
@@ -542,8 +554,14 @@ async fn a_move_the_server_did_not_finish_is_finished_without_a_second_copy() {
         (5, 5),
         "each mail once in the processed folder: {ids:?}"
     );
+    assert_eq!(
+        count(&mut imap, &boxes.quarantine).await,
+        1,
+        "the oversized mail once in the quarantine folder: {log}"
+    );
     let desk = support::read_stream(&redis_url(), &format!("{prefix}:desk")).await;
     assert_each_once(&uids(&desk), 5);
+    assert_eq!(xlen(&redis_url(), &prefix, "quarantine").await, 1);
     drop(imap);
     cleanup(&boxes).await;
 }

@@ -610,7 +610,17 @@ impl Worker {
                             .set_aside_oversized(uidvalidity, *uid, sizes[uid], header.clone())
                             .await
                         {
-                            Ok(()) => done.add(*uid, Dest::Quarantine),
+                            Ok(true) => match Fingerprint::of(header, sizes[uid]) {
+                                Some(fingerprint) => done.again.push((
+                                    Dest::Quarantine,
+                                    Candidate {
+                                        uid: *uid,
+                                        fingerprint,
+                                    },
+                                )),
+                                None => done.add(*uid, Dest::Quarantine),
+                            },
+                            Ok(false) => done.add(*uid, Dest::Quarantine),
                             Err(e) => {
                                 failure = Some(e);
                                 break;
@@ -896,13 +906,14 @@ impl Worker {
 
     /// Records a mail over `max_size` by its headers in `quarantine` and
     /// sends it to the quarantine folder; its body is never downloaded.
+    /// `true` when it was recorded before (read again after a failure).
     async fn set_aside_oversized(
         &self,
         uidvalidity: u32,
         uid: u32,
         size: u32,
         header: Bytes,
-    ) -> Result<(), ImapError> {
+    ) -> Result<bool, ImapError> {
         let key = self.idempotency_key(uidvalidity, uid, &header);
         let mut submission = Submission::new(self.source(uidvalidity, uid), Payload::Mail(header));
         submission.idempotency_key = Some(key);
@@ -919,14 +930,14 @@ impl Worker {
             .set_aside(submission, options, Stream::Quarantine, "oversize", reason)
             .await
         {
-            Ok(_) => {
+            Ok(stored) => {
                 metrics::counter!("intake_imap_mails_total", "outcome" => "oversize").increment(1);
                 tracing::warn!(mailbox = %self.label, uid, size, limit = %self.config.max_size, "mail over the size limit recorded in quarantine by its headers");
-                Ok(())
+                Ok(stored.already_stored)
             }
             Err(PipelineError::Parse(e)) => {
                 tracing::warn!(mailbox = %self.label, uid, error = %e, "oversized mail without readable headers moved to the quarantine folder");
-                Ok(())
+                Ok(false)
             }
             Err(e) => Err(ImapError::Store(e)),
         }
