@@ -154,37 +154,38 @@ pub async fn expunge(
     let set = uid_set(uids);
     store(session, &set, "+FLAGS.SILENT (\\Deleted)").await?;
     if features.uidplus {
-        let expunged = session
+        let step = "UID EXPUNGE";
+        let answers = session
             .uid_expunge(&set)
             .await
-            .map_err(ImapError::protocol("UID EXPUNGE"))?;
-        let _: Vec<_> = expunged
-            .try_collect()
-            .await
-            .map_err(ImapError::protocol("UID EXPUNGE"))?;
+            .map_err(ImapError::protocol(step))?;
+        read_to_end(answers, step).await
     } else {
-        let expunged = session
-            .expunge()
-            .await
-            .map_err(ImapError::protocol("EXPUNGE"))?;
-        let _: Vec<_> = expunged
-            .try_collect()
-            .await
-            .map_err(ImapError::protocol("EXPUNGE"))?;
+        let step = "EXPUNGE";
+        let answers = session.expunge().await.map_err(ImapError::protocol(step))?;
+        read_to_end(answers, step).await
     }
-    Ok(())
 }
 
 async fn store(session: &mut Session, set: &str, what: &str) -> Result<(), ImapError> {
+    let step = "UID STORE";
     let answers = session
         .uid_store(set, what)
         .await
-        .map_err(ImapError::protocol("UID STORE"))?;
-    let _: Vec<_> = answers
-        .try_collect()
+        .map_err(ImapError::protocol(step))?;
+    read_to_end(answers, step).await
+}
+
+/// Reads a command's answers to its end, dropping them: the command is
+/// done (or refused) only with its tagged reply, after them.
+async fn read_to_end<T>(
+    answers: impl futures_util::Stream<Item = async_imap::error::Result<T>>,
+    step: &'static str,
+) -> Result<(), ImapError> {
+    answers
+        .try_for_each(|_| std::future::ready(Ok(())))
         .await
-        .map_err(ImapError::protocol("UID STORE"))?;
-    Ok(())
+        .map_err(ImapError::protocol(step))
 }
 
 /// A compact UID set: sorted UIDs as ranges, `1:200,305,400:410`.

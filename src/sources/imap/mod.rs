@@ -610,16 +610,12 @@ impl Worker {
                             .set_aside_oversized(uidvalidity, *uid, sizes[uid], header.clone())
                             .await
                         {
-                            Ok(true) => match Fingerprint::of(header, sizes[uid]) {
-                                Some(fingerprint) => done.again.push((
-                                    Dest::Quarantine,
-                                    Candidate {
-                                        uid: *uid,
-                                        fingerprint,
-                                    },
-                                )),
-                                None => done.add(*uid, Dest::Quarantine),
-                            },
+                            Ok(true) => self.stored_before(
+                                &mut done,
+                                *uid,
+                                Dest::Quarantine,
+                                Fingerprint::of(header, sizes[uid]),
+                            ),
                             Ok(false) => done.add(*uid, Dest::Quarantine),
                             Err(e) => {
                                 failure = Some(e);
@@ -677,15 +673,12 @@ impl Worker {
                         Some(stored) => {
                             metrics::counter!("intake_imap_mails_total", "outcome" => "already_stored")
                                 .increment(1);
-                            let dest = destination(&stored);
-                            let moved = dest == Dest::Quarantine
-                                || self.config.processed == Processed::Move;
-                            match Fingerprint::of(&raw, sizes[&uid]) {
-                                Some(fingerprint) if moved => {
-                                    done.again.push((dest, Candidate { uid, fingerprint }))
-                                }
-                                _ => done.add(uid, dest),
-                            }
+                            self.stored_before(
+                                &mut done,
+                                uid,
+                                destination(&stored),
+                                Fingerprint::of(&raw, sizes[&uid]),
+                            );
                         }
                         None => fresh.push((uid, raw, key)),
                     }
@@ -754,27 +747,12 @@ impl Worker {
         session: &mut Session,
         features: Features,
         uidvalidity: u32,
-        settled: Settled,
+        mut settled: Settled,
     ) -> Result<(), ImapError> {
         let timeout = self.config.command_timeout.0;
-        let Settled {
-            mut processed,
-            mut quarantined,
-            again,
-            through,
-        } = settled;
-        if !again.is_empty() {
-            let copied = self
-                .finish_moves(session, features, uidvalidity, &again)
+        if !settled.again.is_empty() {
+            self.finish_moves(session, features, uidvalidity, &mut settled)
                 .await?;
-            for (dest, candidate) in again {
-                if !copied.contains(&candidate.uid) {
-                    match dest {
-                        Dest::Processed => processed.push(candidate.uid),
-                        Dest::Quarantine => quarantined.push(candidate.uid),
-                    }
-                }
-            }
         }
         let ack = match self.config.processed {
             Processed::Move => Ack::MoveTo(&self.config.processed_folder),
@@ -783,7 +761,7 @@ impl Worker {
         bounded(
             "acknowledge",
             timeout,
-            fetch::acknowledge(session, features, &processed, ack),
+            fetch::acknowledge(session, features, &settled.processed, ack),
         )
         .await?;
         bounded(
@@ -792,12 +770,12 @@ impl Worker {
             fetch::acknowledge(
                 session,
                 features,
-                &quarantined,
+                &settled.quarantined,
                 Ack::MoveTo(&self.config.quarantine_folder),
             ),
         )
         .await?;
-        if let Some(last_uid) = through {
+        if let Some(last_uid) = settled.through {
             let saved = self
                 .store
                 .save(Checkpoint {
@@ -812,17 +790,35 @@ impl Worker {
         Ok(())
     }
 
-    /// Mail stored before and read again: expunges what a move the server
-    /// did not finish has already copied to its folder (see [`recover`]).
-    /// Returns those UIDs; the rest is still to be moved.
+    /// Records a mail stored before and read again: one that goes to a
+    /// folder and can be recognised there is looked for there first (see
+    /// [`Self::finish_moves`]); the rest is acknowledged as usual.
+    fn stored_before(
+        &self,
+        done: &mut Settled,
+        uid: u32,
+        dest: Dest,
+        fingerprint: Option<Fingerprint>,
+    ) {
+        let moved = dest == Dest::Quarantine || self.config.processed == Processed::Move;
+        match fingerprint {
+            Some(fingerprint) if moved => done.again.push((dest, Candidate { uid, fingerprint })),
+            _ => done.add(uid, dest),
+        }
+    }
+
+    /// The batch's mail stored before and read again: expunges what a move
+    /// the server did not finish has already copied to its folder (see
+    /// [`recover`]) and hands the rest to the usual acknowledgement.
     async fn finish_moves(
         &self,
         session: &mut Session,
         features: Features,
         uidvalidity: u32,
-        again: &[(Dest, Candidate)],
-    ) -> Result<HashSet<u32>, ImapError> {
+        settled: &mut Settled,
+    ) -> Result<(), ImapError> {
         let timeout = self.config.command_timeout.0;
+        let again = std::mem::take(&mut settled.again);
         // The half-done moves were the last ones into the folder, at most
         // the two batches being acknowledged at the crash; the rest of the
         // window leaves room for other mailboxes moving there meanwhile.
@@ -832,10 +828,10 @@ impl Worker {
             (Dest::Processed, &self.config.processed_folder),
             (Dest::Quarantine, &self.config.quarantine_folder),
         ] {
-            let candidates: Vec<Candidate> = again
+            let candidates: Vec<&Candidate> = again
                 .iter()
                 .filter(|(d, _)| *d == dest)
-                .map(|(_, c)| c.clone())
+                .map(|(_, c)| c)
                 .collect();
             if candidates.is_empty() {
                 continue;
@@ -862,7 +858,12 @@ impl Worker {
                 .increment(uids.len() as u64);
             tracing::warn!(mailbox = %self.label, mails = uids.len(), "mail already copied to its folder by a move the server did not finish (it stopped mid-command) was expunged here, not moved a second time");
         }
-        Ok(copied)
+        for (dest, candidate) in again {
+            if !copied.contains(&candidate.uid) {
+                settled.add(candidate.uid, dest);
+            }
+        }
+        Ok(())
     }
 
     /// One mail through the pipeline. `Ok` means stored (or stored before)

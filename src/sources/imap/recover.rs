@@ -48,7 +48,7 @@ pub struct Candidate {
 pub async fn already_copied(
     session: &mut Session,
     folder: &str,
-    candidates: &[Candidate],
+    candidates: &[&Candidate],
     window: usize,
 ) -> Result<Vec<u32>, ImapError> {
     let examined = match session.examine(folder).await {
@@ -85,7 +85,7 @@ pub async fn already_copied(
 /// Matches candidates to copies; each copy answers for one mail only, so
 /// two identical mails with one copy between them get one expunge and one
 /// move.
-fn copied(candidates: &[Candidate], mut copies: HashMap<Fingerprint, usize>) -> Vec<u32> {
+fn copied(candidates: &[&Candidate], mut copies: HashMap<Fingerprint, usize>) -> Vec<u32> {
     let mut found = Vec::new();
     for candidate in candidates {
         match copies.get_mut(&candidate.fingerprint) {
@@ -139,7 +139,7 @@ mod tests {
             candidate(3, "c@shop", 100),
         ];
         assert_eq!(
-            copied(&candidates, copies),
+            copied(&candidates.iter().collect::<Vec<_>>(), copies),
             vec![1],
             "b differs in size, c has no copy"
         );
@@ -157,7 +157,7 @@ mod tests {
         .into_iter()
         .collect();
         let twins = [candidate(7, "a@shop", 100), candidate(8, "a@shop", 100)];
-        assert_eq!(copied(&twins, copies), vec![7]);
+        assert_eq!(copied(&twins.iter().collect::<Vec<_>>(), copies), vec![7]);
     }
 
     #[test]
