@@ -62,6 +62,9 @@ pub struct Config {
     /// The LMTP listener a mail server delivers into; off without it.
     #[serde(default)]
     pub lmtp: Option<crate::sources::lmtp::LmtpConfig>,
+    /// What is kept of items that do not reach the desk.
+    #[serde(default)]
+    pub audit: crate::audit::AuditConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -267,6 +270,12 @@ pub struct FormConfig {
     /// hold; more is trapped. None: no limit.
     #[serde(default)]
     pub max_links: Option<usize>,
+    /// A post sent without an `Idempotency-Key` that repeats an earlier one
+    /// (the same fields and files from the same client network) within
+    /// this window gets the earlier receipt: a double click or a browser's
+    /// resend after a lost answer makes one item, not two.
+    #[serde(default = "default_retry_window")]
+    pub retry_window: HumanDuration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -531,6 +540,7 @@ impl Config {
         }
         self.rules.validate(&mut problems);
         self.mime.validate(&mut problems);
+        self.audit.validate(&mut problems);
         let mut seen = HashSet::new();
         for (i, form) in self.forms.iter().enumerate() {
             let at = format!("form[{i}] ({})", form.id);
@@ -561,6 +571,9 @@ impl Config {
             }
             if form.max_size.bytes() == 0 {
                 problems.push(format!("{at}.max_size: must be above 0"));
+            }
+            if form.retry_window.0 < Duration::from_secs(1) {
+                problems.push(format!("{at}.retry_window: must be at least 1s"));
             }
         }
         let mut watched = HashSet::new();
@@ -642,6 +655,9 @@ fn default_token_min_age() -> HumanDuration {
 }
 fn default_token_max_age() -> HumanDuration {
     HumanDuration(Duration::from_secs(2 * 3600))
+}
+fn default_retry_window() -> HumanDuration {
+    HumanDuration(Duration::from_secs(3600))
 }
 fn default_max_fields() -> usize {
     100

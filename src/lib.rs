@@ -7,6 +7,7 @@
 //! their fixed order.
 
 pub mod admin;
+pub mod audit;
 pub mod backpressure;
 pub mod cli;
 pub mod config;

@@ -1,15 +1,17 @@
 //! The flow of one item, in its fixed order: parse, guard, scan, route,
-//! sink. Every source calls [`Pipeline::process`] and acknowledges only
-//! when it returned `Ok`: the item is then stored in exactly one stream.
+//! reserve, audit copy, sink. Every source calls [`Pipeline::process`] and
+//! acknowledges only when it returned `Ok`: the item is then stored in
+//! exactly one stream.
 
 use std::sync::Arc;
 
-use crate::guard::{Guard, GuardError};
+use crate::audit::{Audit, Kept};
+use crate::guard::{Guard, GuardError, Ticket};
 use crate::parse::{self, ParseError, ParseOptions};
 use crate::route::{self, Answer, Route, Stream};
 use crate::scan::Scanner;
-use crate::sink::{Appended, Entry, Sink, SinkError};
-use crate::submission::{ReceiptId, Submission};
+use crate::sink::{Appended, Entry, Seen, Sink, SinkError};
+use crate::submission::{IdempotencyKey, ReceiptId, Submission};
 use crate::verdict::{GuardVerdict, ScanVerdict};
 
 /// The stages, shared by every source and request.
@@ -19,6 +21,8 @@ pub struct Pipeline {
     sink: Arc<dyn Sink>,
     privacy: crate::parse::redact::PrivacyConfig,
     mime: crate::parse::limits::MimeConfig,
+    /// What is kept of items that do not reach the desk.
+    audit: Audit,
     /// When set and active, new items are refused before anything is done.
     backpressure: Option<Arc<crate::backpressure::Backpressure>>,
 }
@@ -28,13 +32,18 @@ pub struct Pipeline {
 pub struct Stored {
     pub id: ReceiptId,
     pub stream: Stream,
-    /// The Redis stream entry id.
+    /// The Redis stream entry id (empty when nothing was written, see
+    /// [`Kept::Counted`]).
     pub entry_id: String,
     /// True when the idempotency key had been seen: this is the earlier
     /// item's receipt, and nothing new was written.
     pub already_stored: bool,
     /// What the source tells its client.
     pub answer: Answer,
+    /// How much of the item the stream holds. Only a refused item (its
+    /// client was told no, and keeps its post) can be [`Kept::Counted`]:
+    /// past its sender's audit allowance it is counted, not written.
+    pub kept: Kept,
 }
 
 /// Why an item was not stored. The source must not acknowledge it.
@@ -46,14 +55,37 @@ pub enum PipelineError {
     /// The guard could not decide; retry later.
     #[error("the abuse checks could not run")]
     Guard(#[from] GuardError),
-    /// The write failed; retry later.
+    /// The write failed; retry later. After a timeout the write may still
+    /// land: see [`PipelineError::maybe_stored`].
     #[error("the item could not be stored")]
     Sink(#[from] SinkError),
     #[error("the envelope could not be encoded")]
     Encode(#[from] serde_json::Error),
+    /// The idempotency key could not be looked up; retry later (nothing
+    /// was written).
+    #[error("the idempotency key could not be looked up")]
+    Lookup(#[source] SinkError),
     /// The desk or Redis is over its limit; retry later (nothing taken).
     #[error("the gateway is under backpressure: {0}")]
     Busy(String),
+    /// The client's idempotency key was first used for another payload:
+    /// answering with that item's receipt would acknowledge an item stored
+    /// nowhere. Nothing was written; the client must use a new key.
+    #[error("the idempotency key was used before for a different request")]
+    KeyReused,
+}
+
+impl PipelineError {
+    /// Whether the item may have been stored all the same: a write whose
+    /// answer did not come (a timeout, a connection lost mid-command) and
+    /// whose key could not be looked up either. The client is told to
+    /// retry with the same key (or the same post), which then finds it.
+    pub fn maybe_stored(&self) -> bool {
+        matches!(
+            self,
+            PipelineError::Sink(SinkError::Timeout(_) | SinkError::Unavailable(_))
+        )
+    }
 }
 
 impl Pipeline {
@@ -64,6 +96,7 @@ impl Pipeline {
             sink,
             privacy: Default::default(),
             mime: Default::default(),
+            audit: Audit::new(Default::default(), None),
             backpressure: None,
         }
     }
@@ -86,6 +119,13 @@ impl Pipeline {
     /// Sets the `[mime]` limits (safe defaults otherwise).
     pub fn with_mime_limits(mut self, mime: crate::parse::limits::MimeConfig) -> Self {
         self.mime = mime;
+        self
+    }
+
+    /// Sets what is kept of items that do not reach the desk (`[audit]`),
+    /// counting the allowances in `store`'s Redis.
+    pub fn with_audit(mut self, audit: Audit) -> Self {
+        self.audit = audit;
         self
     }
 
@@ -113,47 +153,54 @@ impl Pipeline {
             metrics::counter!("intake_backpressure_refusals_total").increment(1);
             return Err(PipelineError::Busy(reason));
         }
-        let idempotency_key = submission.idempotency_key.clone();
+        let key = submission.idempotency_key.clone();
         let refusal_judged_again = submission.refusal_judged_again;
-        // 0. A source re-reading an item it may have stored (IMAP after a
-        //    crash) learns so before the item is counted again.
-        if let Some(key) = idempotency_key
-            .as_ref()
-            .filter(|_| !submission.idempotency_checked)
-        {
+        // 0. A source handing in an item it may have stored (IMAP after a
+        //    crash, a client's retry) learns so before the item is counted
+        //    again; the same key with another payload is refused.
+        if let Some(key) = key.as_ref().filter(|_| !submission.idempotency_checked) {
             if let Some(seen) = self
                 .sink
-                .seen(key)
+                .seen(&key.key)
                 .await
-                .map_err(|e| self.store_failed(e))?
+                .map_err(|e| self.lookup_failed(e))?
             {
-                return Ok(self.recognised(seen));
+                return self.recognised(seen, key.digest.as_deref());
             }
         }
 
         // 1. Parse: bytes or form fields become an envelope.
         let mut message = parse::parse(submission, options)?;
         parse::redact::redact_envelope(&mut message.envelope, &self.privacy);
-        if let Some(reason) = self.mime.exceeded(&message.mime) {
-            return self
-                .beyond_mime_limits(message, reason, idempotency_key)
-                .await;
-        }
+        let beyond_mime_limits = self.mime.exceeded(&message.mime);
 
-        // 2. Guard: cheap checks first, so a flood never costs a scan.
+        // 2. Guard: cheap checks first, so a flood never costs a scan. Mail
+        //    beyond a MIME limit is judged too: a flood of it is a flood.
         let checked = self.guard.check(&mut message).await?;
-        let guard = checked.verdict.clone();
+        let verdict = checked.verdict;
+        let mut ticket = checked.ticket;
 
         // 3. Scan what is headed for the desk. A scanner that cannot answer
         //    holds the item; it is never passed on unscanned by accident.
-        let route = if heads_for_desk(&guard) {
+        //    Mail beyond a MIME limit goes to an operator unscanned.
+        let mut route = if !heads_for_desk(&verdict) {
+            let scan = ScanVerdict::Unscanned {
+                reason: "not scanned: stopped by the abuse checks".into(),
+            };
+            // 4. Route: which stream, and what the client hears.
+            route::route(&mut message, verdict, scan)
+        } else if let Some(reason) = beyond_mime_limits {
+            metrics::counter!("intake_mime_limit_total").increment(1);
+            tracing::warn!(id = %message.envelope.id, %reason, "item quarantined: beyond a MIME limit");
+            route::beyond_mime_limits(reason)
+        } else {
             match self.scanner.scan(&message).await {
-                Ok(scan) => route::route(&mut message, guard, scan),
+                Ok(scan) => route::route(&mut message, verdict, scan),
                 Err(err) => {
                     // The re-drive routes it later with only the scan's
                     // verdict: keep the guard's tags and what it must
                     // re-scan in the envelope now.
-                    if let GuardVerdict::Tag { tags } = guard {
+                    if let GuardVerdict::Tag { tags } = verdict {
                         message.envelope.abuse.tags.extend(tags);
                     }
                     crate::scan::prepare_for_hold(&mut message);
@@ -165,12 +212,6 @@ impl Pipeline {
                     route::held(&err)
                 }
             }
-        } else {
-            let scan = ScanVerdict::Unscanned {
-                reason: "not scanned: stopped by the abuse checks".into(),
-            };
-            // 4. Route: which stream, and what the client hears.
-            route::route(&mut message, guard, scan)
         };
 
         // The scanner's buffers (the raw message, decoded parts) are done
@@ -178,42 +219,56 @@ impl Pipeline {
         // mail is not held twice while it is written.
         message.scan_targets = Vec::new();
 
-        // 5. Sink: the write that makes the item accepted. A refusal the
+        // 5. Reserve a desk-bound item just before its write: a duplicate
+        //    stored since the guard looked (another request, another
+        //    replica) folds it now; nothing is folded into it until its
+        //    write returned.
+        if matches!(route.stream, Stream::Desk | Stream::Held) {
+            if let Some((into, rule)) = self.guard.reserve(&mut ticket, message.envelope.id).await?
+            {
+                message.envelope.abuse.matched_rules.push(rule.clone());
+                route = route::collapsed(into, &rule);
+            }
+        }
+
+        // 6. An item that does not reach the desk is an audit copy: whole
+        //    when small and its sender within its allowance, else metadata;
+        //    a refusal past the allowance is counted, not written.
+        let refused = refusal_judged_again && matches!(route.answer, Answer::Refused(_));
+        let kept = self
+            .audit
+            .keep(
+                &mut message.envelope,
+                &mut route,
+                ticket.customer(),
+                refused,
+            )
+            .await;
+        if kept == Kept::Counted {
+            return Ok(Stored {
+                id: message.envelope.id,
+                stream: route.stream,
+                entry_id: String::new(),
+                already_stored: false,
+                answer: route.answer,
+                kept,
+            });
+        }
+
+        // 7. Sink: the write that makes the item accepted. A refusal the
         //    client hears is not an acknowledgement: its retry must be
         //    judged again, not answered "accepted" from the key. It is
         //    written under a key of its own, which step 0 never looks up,
         //    so a client that retries after a lost 429 (its replica died
         //    after the write) leaves one audit entry, not two.
-        let idempotency_key = match route.answer {
-            Answer::Refused(_) if refusal_judged_again => idempotency_key
-                .as_deref()
-                .map(crate::submission::refused_key),
-            _ => idempotency_key,
+        let key = match route.answer {
+            Answer::Refused(_) if refusal_judged_again => key.map(|k| IdempotencyKey {
+                key: crate::submission::refused_key(&k.key),
+                ..k
+            }),
+            _ => key,
         };
-        self.store(message, route, idempotency_key, Some(&checked.ticket))
-            .await
-    }
-
-    /// A mail beyond a `[mime]` limit: quarantined (kind `mime-limit`)
-    /// without guard or scan, and answered as accepted, so a mail server
-    /// does not retry it and an operator finds it with its reason.
-    async fn beyond_mime_limits(
-        &self,
-        mut message: parse::Message,
-        reason: String,
-        idempotency_key: Option<String>,
-    ) -> Result<Stored, PipelineError> {
-        metrics::counter!("intake_mime_limit_total").increment(1);
-        tracing::warn!(id = %message.envelope.id, %reason, "item quarantined: beyond a MIME limit");
-        message.scan_targets = Vec::new();
-        let route = Route {
-            stream: Stream::Quarantine,
-            kind: "mime-limit",
-            reason: Some(reason),
-            duplicate_of: None,
-            answer: Answer::Accepted,
-        };
-        self.store(message, route, idempotency_key, None).await
+        self.store(message, route, key, ticket, kept).await
     }
 
     /// Stores an item its source has already set aside (an IMAP mail over
@@ -228,7 +283,7 @@ impl Pipeline {
         kind: &'static str,
         reason: String,
     ) -> Result<Stored, PipelineError> {
-        let idempotency_key = submission.idempotency_key.clone();
+        let key = submission.idempotency_key.clone();
         let mut message = parse::parse(submission, options)?;
         parse::redact::redact_envelope(&mut message.envelope, &self.privacy);
         let route = Route {
@@ -238,17 +293,22 @@ impl Pipeline {
             duplicate_of: None,
             answer: Answer::Accepted,
         };
-        self.store(message, route, idempotency_key, None).await
+        self.store(message, route, key, Ticket::default(), Kept::Whole)
+            .await
     }
 
-    /// Writes the entry; `ticket` is the guard's reservation, released when
-    /// the write fails and announced (duplicate counts) when it succeeds.
+    /// Writes the entry. Around the write, the guard's `ticket`: its
+    /// reservation is confirmed when the entry is written, released when it
+    /// certainly was not, and a fold is announced in `events`. A write
+    /// whose outcome is unknown (a timeout) is looked up by its key before
+    /// the answer: it may have landed.
     async fn store(
         &self,
         message: parse::Message,
         route: Route,
-        idempotency_key: Option<String>,
-        ticket: Option<&crate::guard::Ticket>,
+        key: Option<IdempotencyKey>,
+        ticket: Ticket,
+        kept: Kept,
     ) -> Result<Stored, PipelineError> {
         let Route {
             stream,
@@ -257,66 +317,130 @@ impl Pipeline {
             duplicate_of,
             answer,
         } = route;
+        let id = message.envelope.id;
+        let channel = message.envelope.channel;
         let entry = Entry {
             stream,
-            id: message.envelope.id,
+            id,
             kind,
             envelope: serde_json::to_string(&message.envelope)?,
             reason,
             duplicate_of,
             count: None,
-            idempotency_key,
+            idempotency_key: key.as_ref().map(|k| k.key.clone()),
+            key_digest: key.as_ref().and_then(|k| k.digest.clone()),
+            key_ttl: key.as_ref().and_then(|k| k.ttl),
         };
+        // Encoded: the envelope's buffers are not needed for the write.
+        drop(message);
         let appended = match self.sink.append(&entry).await {
             Ok(appended) => appended,
-            Err(e) => {
-                if let Some(ticket) = ticket {
-                    self.guard.not_stored(ticket).await;
+            Err(e) => match self.look_up_unknown_write(&entry, &e).await {
+                Some(seen) if seen.receipt == id.to_string() => Appended::Written {
+                    entry_id: seen.entry_id,
+                },
+                Some(seen) => Appended::AlreadyStored {
+                    receipt: seen.receipt,
+                    entry_id: seen.entry_id,
+                    digest: seen.digest,
+                },
+                None => {
+                    if matches!(e, SinkError::Refused(_)) {
+                        self.guard.not_stored(&ticket).await;
+                    }
+                    return Err(self.store_failed(e));
                 }
-                return Err(self.store_failed(e));
-            }
+            },
         };
-        if let (Appended::Written { .. }, Some(ticket)) = (&appended, ticket) {
-            // 6. A folded item updates its desk item through `events`.
-            self.announce_fold(ticket, entry.id).await;
-        }
         match appended {
             Appended::Written { entry_id } => {
+                // 8. The stored item is remembered for dedupe; a folded
+                //    one updates its desk item through `events`.
+                self.guard.confirm(&ticket, id).await;
+                self.announce_fold(&ticket, id).await;
                 metrics::counter!(
                     "intake_items_total",
                     "stream" => stream.name(),
                     "kind" => kind,
-                    "channel" => channel_label(message.envelope.channel)
+                    "channel" => channel_label(channel)
                 )
                 .increment(1);
                 tracing::info!(
-                    id = %entry.id,
+                    id = %id,
                     stream = %stream,
                     kind,
-                    channel = ?message.envelope.channel,
+                    channel = ?channel,
                     "item stored"
                 );
                 Ok(Stored {
-                    id: entry.id,
+                    id,
                     stream,
                     entry_id,
                     answer,
                     already_stored: false,
+                    kept,
                 })
             }
-            Appended::AlreadyStored { receipt, entry_id } => {
+            Appended::AlreadyStored {
+                receipt,
+                entry_id,
+                digest,
+            } => {
+                // The key's first item is the one stored; this one's
+                // reservation is not needed.
+                self.guard.not_stored(&ticket).await;
+                reused(entry.key_digest.as_deref(), digest.as_deref())?;
                 metrics::counter!("intake_items_already_stored_total", "stream" => stream.name())
                     .increment(1);
                 tracing::info!(id = %receipt, stream = %stream, "item was stored before; not written again");
                 Ok(Stored {
-                    id: receipt.parse().unwrap_or(entry.id),
+                    id: receipt.parse().unwrap_or(id),
                     stream,
                     entry_id,
                     answer,
                     already_stored: true,
+                    kept,
                 })
             }
         }
+    }
+
+    /// After a write that failed without a clear answer (a timeout, a
+    /// connection lost mid-command), whether the entry's key is stored
+    /// after all. `None`: not found, no key, or the look-up failed too.
+    async fn look_up_unknown_write(&self, entry: &Entry, error: &SinkError) -> Option<Seen> {
+        if matches!(error, SinkError::Refused(_)) {
+            return None;
+        }
+        let key = entry.idempotency_key.as_deref()?;
+        match self.sink.seen(key).await {
+            Ok(Some(seen)) => {
+                metrics::counter!("intake_unknown_writes_total", "result" => "stored").increment(1);
+                Some(seen)
+            }
+            Ok(None) => {
+                metrics::counter!("intake_unknown_writes_total", "result" => "not_found")
+                    .increment(1);
+                None
+            }
+            Err(_) => {
+                metrics::counter!("intake_unknown_writes_total", "result" => "unknown")
+                    .increment(1);
+                None
+            }
+        }
+    }
+}
+
+/// Refuses an idempotency key whose stored digest differs from the
+/// request's: the same key with another payload.
+fn reused(wanted: Option<&str>, stored: Option<&str>) -> Result<(), PipelineError> {
+    match (wanted, stored) {
+        (Some(wanted), Some(stored)) if wanted != stored => {
+            metrics::counter!("intake_idempotency_key_reused_total").increment(1);
+            Err(PipelineError::KeyReused)
+        }
+        _ => Ok(()),
     }
 }
 
@@ -329,26 +453,50 @@ impl Pipeline {
             .sink
             .seen_many(keys)
             .await
-            .map_err(|e| self.store_failed(e))?;
-        Ok(seen
-            .into_iter()
-            .map(|seen| seen.map(|seen| self.recognised(seen)))
-            .collect())
+            .map_err(|e| self.lookup_failed(e))?;
+        seen.into_iter()
+            .map(|seen| seen.map(|seen| self.recognised(seen, None)).transpose())
+            .collect()
+    }
+
+    /// Whether an item with `key` was stored before: its first receipt, or
+    /// a refusal when the key came with another payload. A source that
+    /// must know before its own checks (a form's token replay check would
+    /// take a browser's resend for a bot) asks here and hands the item in
+    /// with [`Submission::idempotency_checked`].
+    pub async fn recognise_key(
+        &self,
+        key: &IdempotencyKey,
+    ) -> Result<Option<Stored>, PipelineError> {
+        let seen = self
+            .sink
+            .seen(&key.key)
+            .await
+            .map_err(|e| self.lookup_failed(e))?;
+        seen.map(|seen| self.recognised(seen, key.digest.as_deref()))
+            .transpose()
     }
 
     /// The answer for an item stored before: its first receipt, nothing
-    /// written again.
-    fn recognised(&self, seen: crate::sink::Seen) -> Stored {
+    /// written again; or, when the key came with another payload, a refusal.
+    fn recognised(&self, seen: Seen, digest: Option<&str>) -> Result<Stored, PipelineError> {
+        reused(digest, seen.digest.as_deref())?;
         metrics::counter!("intake_items_already_stored_total", "stream" => seen.stream.name())
             .increment(1);
         tracing::info!(id = %seen.receipt, stream = %seen.stream, "item was stored before; not written again");
-        Stored {
+        Ok(Stored {
             id: seen.receipt.parse().unwrap_or_default(),
             stream: seen.stream,
             entry_id: seen.entry_id,
             answer: Answer::Accepted,
             already_stored: true,
-        }
+            kept: Kept::Whole,
+        })
+    }
+
+    fn lookup_failed(&self, e: SinkError) -> PipelineError {
+        metrics::counter!("intake_store_failures_total", "cause" => "lookup").increment(1);
+        PipelineError::Lookup(e)
     }
 
     fn store_failed(&self, e: SinkError) -> PipelineError {
@@ -364,7 +512,7 @@ impl Pipeline {
     /// Writes "N more like this" to `events` for a folded item. The item
     /// itself is stored already, so a failure here is logged and counted,
     /// not reported to the client (a retry would store it twice).
-    async fn announce_fold(&self, ticket: &crate::guard::Ticket, id: ReceiptId) {
+    async fn announce_fold(&self, ticket: &Ticket, id: ReceiptId) {
         let event = match self.guard.stored(ticket, id).await {
             Ok(Some(event)) => event,
             Ok(None) => return,
@@ -390,6 +538,8 @@ impl Pipeline {
             duplicate_of: None,
             count: Some(event.count),
             idempotency_key: None,
+            key_digest: None,
+            key_ttl: None,
         };
         if let Err(e) = self.sink.append(&entry).await {
             metrics::counter!("intake_events_failures_total").increment(1);
@@ -466,9 +616,9 @@ mod tests {
         let sink = Arc::new(MemorySink::default());
         let pipeline = pipeline(sink.clone());
         let mut first = mail();
-        first.idempotency_key = Some("acct:1:42".into());
+        first.idempotency_key = Some(IdempotencyKey::named("acct:1:42"));
         let mut again = mail();
-        again.idempotency_key = Some("acct:1:42".into());
+        again.idempotency_key = Some(IdempotencyKey::named("acct:1:42"));
         let a = pipeline.process(first, OPTS).await.unwrap();
         let b = pipeline.process(again, OPTS).await.unwrap();
         assert!(
@@ -484,7 +634,7 @@ mod tests {
         let sink = Arc::new(MemorySink::default());
         let pipeline = pipeline(sink.clone());
         let mut first = mail();
-        first.idempotency_key = Some("acct:1:1".into());
+        first.idempotency_key = Some(IdempotencyKey::named("acct:1:1"));
         let stored = pipeline.process(first, OPTS).await.unwrap();
         let keys = ["acct:1:2".to_string(), "acct:1:1".to_string()];
         let known = pipeline.recognise(&keys).await.unwrap();
@@ -497,7 +647,7 @@ mod tests {
         // checked: it is not looked up again, and the sink's write-once
         // still stores it only once.
         let mut checked = mail();
-        checked.idempotency_key = Some("acct:1:1".into());
+        checked.idempotency_key = Some(IdempotencyKey::named("acct:1:1"));
         checked.idempotency_checked = true;
         let written = pipeline.process(checked, OPTS).await.unwrap();
         assert!(written.already_stored, "the write-once key still holds");
@@ -536,7 +686,8 @@ mod tests {
                 referer: None,
             };
             let mut submission = Submission::new(source, Payload::Form(fields));
-            submission.idempotency_key = Some(format!("form:contact:{text}"));
+            submission.idempotency_key =
+                Some(IdempotencyKey::named(format!("form:contact:{text}")));
             submission.refusal_judged_again = true;
             submission
         };

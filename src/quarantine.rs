@@ -254,6 +254,8 @@ impl Quarantine {
                     .cloned()
                     .unwrap_or_else(|| format!("release:{}", envelope.id)),
             ),
+            key_digest: stored.fields.get("idempotency_digest").cloned(),
+            key_ttl: None,
         };
         let (desk_entry_id, already_released) = match self.sink.append(&entry).await? {
             Appended::Written { entry_id } => (entry_id, false),
@@ -425,6 +427,8 @@ mod tests {
                 duplicate_of: None,
                 count: None,
                 idempotency_key: key.map(str::to_string),
+                key_digest: None,
+                key_ttl: None,
             })
             .await
             .unwrap();

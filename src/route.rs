@@ -126,13 +126,7 @@ pub fn route(message: &mut Message, guard: GuardVerdict, scan: ScanVerdict) -> R
             envelope.abuse.tags.extend(tags);
             desk()
         }
-        GuardVerdict::Collapse { into, rule } => Route {
-            stream: Stream::Suppressed,
-            kind: "collapsed",
-            reason: Some(format!("collapsed by rule {rule}")),
-            duplicate_of: Some(into),
-            answer: Answer::Accepted,
-        },
+        GuardVerdict::Collapse { into, rule } => collapsed(into, &rule),
         GuardVerdict::Quarantine { reason } => Route {
             stream: Stream::Quarantine,
             kind: "quarantined",
@@ -180,6 +174,31 @@ pub fn route(message: &mut Message, guard: GuardVerdict, scan: ScanVerdict) -> R
             duplicate_of: None,
             answer: Answer::Accepted,
         },
+    }
+}
+
+/// The route of an item folded into the earlier desk item `into`: kept in
+/// `suppressed`, counted in `events`, accepted.
+pub fn collapsed(into: ReceiptId, rule: &str) -> Route {
+    Route {
+        stream: Stream::Suppressed,
+        kind: "collapsed",
+        reason: Some(format!("collapsed by rule {rule}")),
+        duplicate_of: Some(into),
+        answer: Answer::Accepted,
+    }
+}
+
+/// The route of a mail beyond a `[mime]` limit that the rules let through:
+/// quarantined for an operator (kind `mime-limit`), not scanned, and
+/// answered as accepted so a mail server does not retry it.
+pub fn beyond_mime_limits(reason: String) -> Route {
+    Route {
+        stream: Stream::Quarantine,
+        kind: "mime-limit",
+        reason: Some(reason),
+        duplicate_of: None,
+        answer: Answer::Accepted,
     }
 }
 

@@ -139,10 +139,19 @@ pub async fn run_on(
         scanner: scanner.clone(),
         sink: sink.clone(),
     };
+    let audit = crate::audit::Audit::new(
+        config.audit.clone(),
+        Some(crate::guard::store::RedisStore::new(
+            redis_connection.clone(),
+            &config.redis.prefix,
+            config.redis.timeout.into(),
+        )),
+    );
     let pipeline = Arc::new(
         Pipeline::new(guard.clone(), scanner.clone(), sink.clone())
             .with_privacy(config.privacy.clone())
             .with_mime_limits(config.mime.clone())
+            .with_audit(audit)
             .with_backpressure(backpressure.clone()),
     );
     let imap = ImapSource::new(

@@ -67,8 +67,9 @@ pub struct Submission {
     pub source: Source,
     pub payload: Payload,
     /// Set by sources that may hand in the same item twice (IMAP re-reads
-    /// after a crash): the item is then stored at most once.
-    pub idempotency_key: Option<String>,
+    /// after a crash, a client's retry): the item is then stored at most
+    /// once, and the retry gets the first receipt.
+    pub idempotency_key: Option<IdempotencyKey>,
     /// Set by sources that tell their client about a refusal (HTTP 422,
     /// 429): a refused item is not acknowledged and its client may send it
     /// again, so the retry is judged afresh instead of being answered as
@@ -94,6 +95,62 @@ impl Submission {
             refusal_judged_again: false,
             idempotency_checked: false,
         }
+    }
+}
+
+/// What makes a second hand-in of the same item find its first receipt
+/// instead of becoming a second item: a key the retry repeats, and what
+/// the key stands for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyKey {
+    /// The key, scoped to its source and endpoint (`http:form:contact:...`,
+    /// `imap:...`), so two sources never share one.
+    pub key: String,
+    /// A digest of the payload the key was given with, for keys a client
+    /// chose: the same key with another payload is refused, never answered
+    /// with the first item's receipt. `None` for keys that name their
+    /// payload by themselves (derived from its bytes, or an IMAP message's
+    /// account, UIDVALIDITY, UID and Message-ID).
+    pub digest: Option<String>,
+    /// How long the key is remembered; `None` for the sink's default (long
+    /// enough for any restart or mail-server retry). Keys derived from a
+    /// form post hold only for the form's retry window.
+    pub ttl: Option<std::time::Duration>,
+}
+
+impl IdempotencyKey {
+    /// A key that names its payload by itself.
+    pub fn named(key: impl Into<String>) -> Self {
+        IdempotencyKey {
+            key: key.into(),
+            digest: None,
+            ttl: None,
+        }
+    }
+
+    /// The key of one mail delivery through `source` (`mailgate`, `lmtp`):
+    /// the same message bytes for the same envelope sender and recipients
+    /// are the same delivery, retried by a mail server that lost the
+    /// answer. A copy for another recipient (a separate transaction) stays
+    /// a delivery of its own.
+    pub fn of_delivery(
+        source: &str,
+        sender: Option<&str>,
+        recipients: &[String],
+        raw: &[u8],
+    ) -> Self {
+        use sha2::{Digest, Sha256};
+        let mut hasher = Sha256::new();
+        hasher.update(sender.unwrap_or("").as_bytes());
+        for recipient in recipients {
+            hasher.update(b"\0");
+            hasher.update(recipient.as_bytes());
+        }
+        // The separator cannot occur in an address, so the envelope and the
+        // bytes cannot be shifted into each other.
+        hasher.update(b"\0\0");
+        hasher.update(raw);
+        IdempotencyKey::named(format!("{source}:{:x}", hasher.finalize()))
     }
 }
 

@@ -22,7 +22,9 @@ const DISTINCT: usize = 5;
 
 enum Item {
     Mail(String),
-    Form(String, String),
+    /// Email, message, and a field that makes each post its own request
+    /// (an identical post is a resend, answered with the first receipt).
+    Form(String, String, usize),
 }
 
 #[tokio::test]
@@ -50,7 +52,7 @@ async fn one_flooder_never_buries_the_desk_or_loses_anything() {
             )));
         }
         if i < FLOOD_FORMS {
-            items.push(Item::Form("flooder@example.org".into(), text));
+            items.push(Item::Form("flooder@example.org".into(), text, i));
         }
         // The legitimate customers write in the middle of the flood.
         if i % (FLOOD_MAILS / LEGIT) == 0 && i / (FLOOD_MAILS / LEGIT) < LEGIT {
@@ -75,17 +77,25 @@ async fn one_flooder_never_buries_the_desk_or_loses_anything() {
                     .bearer_auth(TOKEN)
                     .header(header::CONTENT_TYPE, "message/rfc822")
                     .body(raw),
-                Item::Form(email, message) => client()
+                Item::Form(email, message, n) => client()
                     .post(gw.form_url("contact"))
                     .header(header::ORIGIN, "https://shop.test")
-                    .form(&[("email", email), ("message", message)]),
+                    .form(&[("email", email), ("message", message), ("n", n.to_string())]),
             };
-            request.send().await.expect("answered").status().as_u16()
+            let response = request.send().await.expect("answered");
+            let status = response.status().as_u16();
+            let body: serde_json::Value = response.json().await.unwrap_or_default();
+            (status, body["id"].as_str().map(str::to_string))
         });
     }
     let mut statuses = Vec::new();
-    while let Some(status) = tasks.join_next().await {
-        statuses.push(status.unwrap());
+    let mut receipts = Vec::new();
+    while let Some(answer) = tasks.join_next().await {
+        let (status, receipt) = answer.unwrap();
+        statuses.push(status);
+        if status == 202 {
+            receipts.push(receipt.expect("a 202 carries its receipt"));
+        }
     }
     assert!(
         statuses.iter().all(|s| *s == 202 || *s == 429),
@@ -151,4 +161,5 @@ async fn one_flooder_never_buries_the_desk_or_loses_anything() {
         latest, folded,
         "events carry the right count for every desk item"
     );
+    support::audit::assert_receipts_stored_once(&gw.redis_url, &gw.prefix, &receipts).await;
 }

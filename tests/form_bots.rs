@@ -160,7 +160,23 @@ async fn a_person_with_an_aged_token_reaches_the_desk_once_and_a_replay_is_trapp
         "the token is not kept in the envelope's fields"
     );
 
+    // The same post again (a double click, a resend after a lost answer)
+    // is the same request: the first receipt, nothing new stored.
     post(&g.gw, "guarded", &fields).await;
+    assert_eq!(
+        g.gw.entries("desk").await.len(),
+        1,
+        "a resend is no new item"
+    );
+    assert!(trapped(&g.gw).await.is_empty(), "a resend is no bot");
+
+    // The token replayed with another post is a bot's.
+    let replay = [
+        ("email", "ann@example.com"),
+        ("message", "Another text, the same token."),
+        ("_token", token.as_str()),
+    ];
+    post(&g.gw, "guarded", &replay).await;
     assert_eq!(
         g.gw.entries("desk").await.len(),
         1,

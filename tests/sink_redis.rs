@@ -29,6 +29,8 @@ fn entry(key: Option<&str>) -> Entry {
         duplicate_of: None,
         count: None,
         idempotency_key: key.map(str::to_string),
+        key_digest: None,
+        key_ttl: None,
     }
 }
 
@@ -47,7 +49,8 @@ async fn repeated_idempotency_key_returns_the_first_receipt() {
         again,
         Appended::AlreadyStored {
             receipt: first.id.to_string(),
-            entry_id: entry_id.clone()
+            entry_id: entry_id.clone(),
+            digest: None,
         },
         "the re-read is recognised and answered with the first receipt"
     );
@@ -127,7 +130,8 @@ async fn large_entry_with_a_key_is_written_once_too() {
             again,
             Appended::AlreadyStored {
                 receipt: first.id.to_string(),
-                entry_id: entry_id.clone()
+                entry_id: entry_id.clone(),
+                digest: None,
             },
             "the retry is answered with the first receipt and entry"
         );
@@ -157,4 +161,51 @@ async fn large_entries_racing_with_one_key_make_one_entry() {
     assert_eq!(written, 1, "exactly one writer wins: {results:?}");
     let stored = read_stream(&redis_url(), &format!("{prefix}:desk")).await;
     assert_eq!(stored.len(), 1, "one entry for four racing writes");
+}
+
+#[tokio::test]
+async fn a_key_remembers_the_digest_it_was_first_written_with() {
+    // Small entries go through the script, large ones through WATCH/MULTI:
+    // both keep the digest beside the receipt, and a look-up returns it.
+    for (name, size) in [("small", 10), ("large", 2 << 20)] {
+        let prefix = unique_prefix(&format!("sink_digest_{name}"));
+        let sink = sink(&prefix);
+        let envelope = format!("{{\"text\":\"{}\"}}", "z".repeat(size));
+        let mut first = entry(Some("http:form:contact:abc"));
+        first.envelope = envelope.clone();
+        first.key_digest = Some("d1".into());
+        first.key_ttl = Some(std::time::Duration::from_secs(600));
+        let Appended::Written { entry_id } = sink.append(&first).await.unwrap() else {
+            panic!("{name}: the first write is written");
+        };
+        let mut other = entry(Some("http:form:contact:abc"));
+        other.envelope = envelope;
+        other.key_digest = Some("d2".into());
+        assert_eq!(
+            sink.append(&other).await.unwrap(),
+            Appended::AlreadyStored {
+                receipt: first.id.to_string(),
+                entry_id: entry_id.clone(),
+                digest: Some("d1".into()),
+            },
+            "{name}: the second write learns which payload the key stands for"
+        );
+        let seen = sink
+            .seen("http:form:contact:abc")
+            .await
+            .unwrap()
+            .expect("the key is seen");
+        assert_eq!(seen.digest.as_deref(), Some("d1"), "{name}");
+        assert_eq!(seen.entry_id, entry_id, "{name}");
+        let mut conn = support::test_connection(&redis_url()).await;
+        let ttl: i64 = redis::cmd("TTL")
+            .arg(format!("{{{prefix}:desk}}:seen:http:form:contact:abc"))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(
+            (1..=600).contains(&ttl),
+            "{name}: the key lives as long as the entry said, not 30 days: {ttl}"
+        );
+    }
 }

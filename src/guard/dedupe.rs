@@ -53,8 +53,13 @@ fn value(fp: Option<&Fingerprint>, receipt: ReceiptId) -> String {
 }
 
 /// The earlier receipt a stored value names; `None` when it is this very
-/// item's own unfinished earlier attempt (same idempotency key).
+/// item's own earlier attempt (same idempotency key), or a reservation
+/// whose write has not returned (nothing is folded into an item that may
+/// never be stored).
 fn earlier(stored: &str, fp: Option<&Fingerprint>) -> Option<ReceiptId> {
+    if stored.starts_with(PENDING) {
+        return None;
+    }
     let (receipt, attempt) = match stored.split_once('~') {
         Some((receipt, attempt)) => (receipt, Some(attempt)),
         None => (stored, None),
@@ -64,6 +69,26 @@ fn earlier(stored: &str, fp: Option<&Fingerprint>) -> Option<ReceiptId> {
         return None;
     }
     receipt.parse().ok()
+}
+
+/// What a reservation found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reserve {
+    /// The keys are this item's until it is confirmed or released.
+    Reserved,
+    /// An earlier stored item has the same Message-ID or text: fold into it.
+    Folded(ReceiptId),
+    /// Another item with the same Message-ID or text is being written right
+    /// now; ask again once it is confirmed, released or expired.
+    Pending,
+}
+
+/// The suffix that marks values of this item's own attempts (same
+/// idempotency key): `"~DIGEST"`, or `""` without a key.
+fn own_suffix(fp: Option<&Fingerprint>) -> String {
+    fp.and_then(|f| f.attempt.as_deref())
+        .map(|a| format!("~{a}"))
+        .unwrap_or_default()
 }
 
 /// How an item duplicates an earlier one.
@@ -303,50 +328,83 @@ pub struct Memory {
     counts: HashMap<String, u64>,
 }
 
-/// Lookup: GET Message-ID key, GET content key, recent SimHashes.
-/// Reserve (atomic): fails with the earlier receipt if either exact key
-/// is taken; else records this item and makes it the customer's latest.
-/// KEYS mid, content, recent, last; ARGV receipt, window ms, now ms,
-/// member ("" for none), recent cap, use mid, use content, own attempt
-/// suffix ("~DIGEST", or "" for none: a value with it is this item's own
-/// unfinished earlier attempt, taken over rather than returned, and its
-/// recent members are dropped).
+/// What a pending reservation's value starts with: the item's write is in
+/// flight, nothing may be folded into it yet.
+const PENDING: char = '?';
+
+/// The value of a reservation whose write has not returned yet.
+fn pending(fp: Option<&Fingerprint>, receipt: ReceiptId) -> String {
+    format!("{PENDING}{}", value(fp, receipt))
+}
+
+/// Lookup (before the scan): GET Message-ID key, GET content key, recent
+/// SimHashes; pending values are skipped (nothing is folded into an item
+/// that is not stored yet).
+///
+/// Reserve (atomic, just before the write): if either exact key names an
+/// earlier stored item, returns it ({'folded', value}); if it names
+/// another item whose write is in flight, returns {'pending', value} (the
+/// caller waits for it to be confirmed, released or expired); else takes
+/// both keys with a pending value that expires on its own, so a gateway
+/// killed between reservation and write leaves nothing to fold into.
+/// KEYS mid, content; ARGV pending value, pending lifetime ms, use mid,
+/// use content, own attempt suffix ("~DIGEST", or "" for none: a value with
+/// it is this item's own earlier attempt, taken over, never returned).
 const RESERVE: &str = r#"
-local function other(v)
-  if not v then return false end
-  return ARGV[8] == '' or string.sub(v, -string.len(ARGV[8])) ~= ARGV[8]
+local function own(v)
+  return ARGV[5] ~= '' and string.sub(v, -string.len(ARGV[5])) == ARGV[5]
 end
-if ARGV[6] == '1' then local v = redis.call('GET', KEYS[1]); if other(v) then return v end end
-if ARGV[7] == '1' then local v = redis.call('GET', KEYS[2]); if other(v) then return v end end
-local window = tonumber(ARGV[2])
-if ARGV[8] ~= '' then
-  for _, m in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do
-    if not other(m) then redis.call('ZREM', KEYS[3], m) end
+for i = 1, 2 do
+  if ARGV[2 + i] == '1' then
+    local v = redis.call('GET', KEYS[i])
+    if v and not own(v) then
+      if string.sub(v, 1, 1) == '?' then return {'pending', v} end
+      return {'folded', v}
+    end
   end
 end
-if ARGV[6] == '1' then redis.call('SET', KEYS[1], ARGV[1], 'PX', window) end
-if ARGV[7] == '1' then redis.call('SET', KEYS[2], ARGV[1], 'PX', window) end
-if ARGV[4] ~= '' then
-  local now = tonumber(ARGV[3])
-  redis.call('ZADD', KEYS[3], now, ARGV[4])
-  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - window)
-  redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -(tonumber(ARGV[5]) + 1))
-  redis.call('PEXPIRE', KEYS[3], window)
+for i = 1, 2 do
+  if ARGV[2 + i] == '1' then redis.call('SET', KEYS[i], ARGV[1], 'PX', tonumber(ARGV[2])) end
 end
-redis.call('SET', KEYS[4], ARGV[1], 'PX', math.max(window, 86400000))
-return false
+return {'reserved', ''}
 "#;
 
-/// Undoes a reservation whose item was not stored, so a retry is not
-/// folded into an item that does not exist. KEYS mid, content, recent,
-/// last; ARGV receipt, member.
-const RELEASE: &str = r#"
-for i = 1, 4 do
-  if i == 3 then
-    if ARGV[2] ~= '' then redis.call('ZREM', KEYS[3], ARGV[2]) end
-  elseif redis.call('GET', KEYS[i]) == ARGV[1] then
-    redis.call('DEL', KEYS[i])
+/// Confirm (once the write returned): the pending exact keys become the
+/// stored item's (a key another item took meanwhile is left to it), the
+/// item joins the customer's recent near-duplicate candidates (the own
+/// earlier attempt's members dropped) and becomes the customer's latest.
+/// KEYS mid, content, recent, last; ARGV pending value, stored value,
+/// window ms, now ms, member ("" for none), recent cap, use mid, use
+/// content, own attempt suffix.
+const CONFIRM: &str = r#"
+for i = 1, 2 do
+  if ARGV[6 + i] == '1' then
+    local v = redis.call('GET', KEYS[i])
+    if (not v) or v == ARGV[1] then redis.call('SET', KEYS[i], ARGV[2], 'PX', tonumber(ARGV[3])) end
   end
+end
+local window = tonumber(ARGV[3])
+if ARGV[9] ~= '' then
+  for _, m in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do
+    if string.sub(m, -string.len(ARGV[9])) == ARGV[9] then redis.call('ZREM', KEYS[3], m) end
+  end
+end
+if ARGV[5] ~= '' then
+  local now = tonumber(ARGV[4])
+  redis.call('ZADD', KEYS[3], now, ARGV[5])
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - window)
+  redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -(tonumber(ARGV[6]) + 1))
+  redis.call('PEXPIRE', KEYS[3], window)
+end
+redis.call('SET', KEYS[4], ARGV[2], 'PX', math.max(window, 86400000))
+return 1
+"#;
+
+/// Undoes a reservation whose item was not stored, so a retry is not kept
+/// waiting for it. KEYS mid, content; ARGV pending value.
+const RELEASE: &str = r#"
+for i = 1, 2 do
+  if redis.call('GET', KEYS[i]) == ARGV[1] then redis.call('DEL', KEYS[i]) end
 end
 return 1
 "#;
@@ -473,8 +531,10 @@ impl DedupeStore {
         Ok(None)
     }
 
-    /// Records a desk-bound item as the customer's latest. Returns the
-    /// earlier receipt when another replica stored the same item first.
+    /// Reserves an item's exact keys just before its write, so a duplicate
+    /// arriving at the same moment (another request, another replica)
+    /// folds into it instead of becoming a second desk item. See
+    /// [`RESERVE`] for the answers.
     pub async fn reserve(
         &self,
         customer: &str,
@@ -482,18 +542,15 @@ impl DedupeStore {
         settings: &Dedupe,
         receipt: ReceiptId,
         now_ms: u64,
-    ) -> Result<Option<ReceiptId>, GuardError> {
-        let window = settings.window.as_millis() as u64;
+        pending_ms: u64,
+    ) -> Result<Reserve, GuardError> {
         let use_mid = settings.exact && fp.is_some_and(|f| f.message_id.is_some());
         let use_content = settings.exact && fp.is_some();
-        let member = fp
-            .filter(|f| f.comparable && settings.near_duplicates)
-            .map(|f| member(f, receipt));
-        let value = value(fp, receipt);
-        let own = fp
-            .and_then(|f| f.attempt.as_deref())
-            .map(|a| format!("~{a}"))
-            .unwrap_or_default();
+        if !use_mid && !use_content {
+            return Ok(Reserve::Reserved);
+        }
+        let mine = pending(fp, receipt);
+        let own = own_suffix(fp);
         match self {
             DedupeStore::Redis(store) => {
                 let keys = Self::keys(store.prefix(), customer, fp);
@@ -503,9 +560,87 @@ impl DedupeStore {
                 invocation
                     .key(&keys.mid)
                     .key(&keys.content)
+                    .arg(&mine)
+                    .arg(pending_ms.max(1))
+                    .arg(if use_mid { "1" } else { "0" })
+                    .arg(if use_content { "1" } else { "0" })
+                    .arg(&own);
+                let mut connection = store.connection();
+                let (state, value): (String, String) = store
+                    .bounded(invocation.invoke_async(&mut connection))
+                    .await?;
+                Ok(match state.as_str() {
+                    "folded" => match earlier(&value, None) {
+                        Some(into) => Reserve::Folded(into),
+                        None => Reserve::Reserved,
+                    },
+                    "pending" => Reserve::Pending,
+                    _ => Reserve::Reserved,
+                })
+            }
+            DedupeStore::Memory(memory) => {
+                let mut memory = memory.lock().expect("dedupe lock");
+                let keys = Self::keys("", customer, fp);
+                for (used, key) in [(use_mid, &keys.mid), (use_content, &keys.content)] {
+                    let Some((v, exp)) = memory.values.get(key) else {
+                        continue;
+                    };
+                    if !used || *exp <= now_ms || (!own.is_empty() && v.ends_with(&own)) {
+                        continue;
+                    }
+                    if v.starts_with(PENDING) {
+                        return Ok(Reserve::Pending);
+                    }
+                    if let Some(into) = earlier(v, None) {
+                        return Ok(Reserve::Folded(into));
+                    }
+                }
+                for (used, key) in [(use_mid, &keys.mid), (use_content, &keys.content)] {
+                    if used {
+                        memory
+                            .values
+                            .insert(key.clone(), (mine.clone(), now_ms + pending_ms.max(1)));
+                    }
+                }
+                Ok(Reserve::Reserved)
+            }
+        }
+    }
+
+    /// Records a stored item (its write returned): its reservation becomes
+    /// the stored item's, it joins the customer's near-duplicate
+    /// candidates and becomes the customer's latest, the item a
+    /// rate-limited one is folded into. See [`CONFIRM`].
+    pub async fn confirm(
+        &self,
+        customer: &str,
+        fp: Option<&Fingerprint>,
+        settings: &Dedupe,
+        receipt: ReceiptId,
+        now_ms: u64,
+    ) -> Result<(), GuardError> {
+        let window = settings.window.as_millis() as u64;
+        let use_mid = settings.exact && fp.is_some_and(|f| f.message_id.is_some());
+        let use_content = settings.exact && fp.is_some();
+        let member = fp
+            .filter(|f| f.comparable && settings.near_duplicates)
+            .map(|f| member(f, receipt));
+        let mine = pending(fp, receipt);
+        let stored = value(fp, receipt);
+        let own = own_suffix(fp);
+        match self {
+            DedupeStore::Redis(store) => {
+                let keys = Self::keys(store.prefix(), customer, fp);
+                static SCRIPT: LazyLock<redis::Script> =
+                    LazyLock::new(|| redis::Script::new(CONFIRM));
+                let mut invocation = SCRIPT.prepare_invoke();
+                invocation
+                    .key(&keys.mid)
+                    .key(&keys.content)
                     .key(&keys.recent)
                     .key(&keys.last)
-                    .arg(&value)
+                    .arg(&mine)
+                    .arg(&stored)
                     .arg(window)
                     .arg(now_ms)
                     .arg(member.as_deref().unwrap_or(""))
@@ -514,27 +649,23 @@ impl DedupeStore {
                     .arg(if use_content { "1" } else { "0" })
                     .arg(&own);
                 let mut connection = store.connection();
-                let found: Option<String> = store
-                    .bounded(invocation.invoke_async(&mut connection))
-                    .await?;
-                Ok(found.and_then(|r| earlier(&r, None)))
+                store
+                    .bounded(invocation.invoke_async::<i64>(&mut connection))
+                    .await
+                    .map(drop)
             }
             DedupeStore::Memory(memory) => {
                 let mut memory = memory.lock().expect("dedupe lock");
                 let keys = Self::keys("", customer, fp);
                 for (used, key) in [(use_mid, &keys.mid), (use_content, &keys.content)] {
-                    if let Some((v, exp)) = memory.values.get(key) {
-                        if used && *exp > now_ms {
-                            if let Some(r) = earlier(v, fp) {
-                                return Ok(Some(r));
-                            }
-                        }
-                    }
-                }
-                let expiry = now_ms + window;
-                for (used, key) in [(use_mid, &keys.mid), (use_content, &keys.content)] {
-                    if used {
-                        memory.values.insert(key.clone(), (value.clone(), expiry));
+                    let free = memory
+                        .values
+                        .get(key)
+                        .is_none_or(|(v, exp)| *v == mine || *exp <= now_ms);
+                    if used && free {
+                        memory
+                            .values
+                            .insert(key.clone(), (stored.clone(), now_ms + window));
                     }
                 }
                 if !own.is_empty() {
@@ -544,15 +675,15 @@ impl DedupeStore {
                 }
                 if let (Some(fp), Some(_)) = (fp, &member) {
                     let items = memory.recent.entry(customer.to_string()).or_default();
-                    items.push((now_ms, fp.simhash, fp.numbers, value.clone()));
+                    items.push((now_ms, fp.simhash, fp.numbers, stored.clone()));
                     items.retain(|(at, ..)| at + window > now_ms);
                     let excess = items.len().saturating_sub(settings.recent);
                     items.drain(..excess);
                 }
                 memory
                     .values
-                    .insert(keys.last, (value, now_ms + window.max(86_400_000)));
-                Ok(None)
+                    .insert(keys.last, (stored, now_ms + window.max(86_400_000)));
+                Ok(())
             }
         }
     }
@@ -592,21 +723,14 @@ impl DedupeStore {
         fp: Option<&Fingerprint>,
         receipt: ReceiptId,
     ) -> Result<(), GuardError> {
-        let member = fp.map(|f| member(f, receipt)).unwrap_or_default();
-        let value = value(fp, receipt);
+        let mine = pending(fp, receipt);
         match self {
             DedupeStore::Redis(store) => {
                 let keys = Self::keys(store.prefix(), customer, fp);
                 static SCRIPT: LazyLock<redis::Script> =
                     LazyLock::new(|| redis::Script::new(RELEASE));
                 let mut invocation = SCRIPT.prepare_invoke();
-                invocation
-                    .key(&keys.mid)
-                    .key(&keys.content)
-                    .key(&keys.recent)
-                    .key(&keys.last)
-                    .arg(&value)
-                    .arg(member);
+                invocation.key(&keys.mid).key(&keys.content).arg(&mine);
                 let mut connection = store.connection();
                 store
                     .bounded(invocation.invoke_async::<i64>(&mut connection))
@@ -616,13 +740,10 @@ impl DedupeStore {
             DedupeStore::Memory(memory) => {
                 let mut memory = memory.lock().expect("dedupe lock");
                 let keys = Self::keys("", customer, fp);
-                for key in [keys.mid, keys.content, keys.last] {
-                    if memory.values.get(&key).is_some_and(|(v, _)| *v == value) {
+                for key in [keys.mid, keys.content] {
+                    if memory.values.get(&key).is_some_and(|(v, _)| *v == mine) {
                         memory.values.remove(&key);
                     }
-                }
-                if let Some(items) = memory.recent.get_mut(customer) {
-                    items.retain(|(.., r)| *r != value);
                 }
                 Ok(())
             }
@@ -775,29 +896,45 @@ mod tests {
         let store = DedupeStore::memory();
         let settings = Dedupe::default();
         let first = ReceiptId::new();
-        // A replica reserved the mail, then died before storing it.
+        // A replica reserved the mail, then died before its write.
         let dead = fp(Some("imap-key"));
         assert_eq!(
             store
-                .reserve("c", Some(&dead), &settings, first, 1000)
+                .reserve("c", Some(&dead), &settings, first, 1000, 5000)
                 .await
                 .unwrap(),
-            None
+            Reserve::Reserved
         );
-        // The survivor re-reads the same mail (same idempotency key).
+        // Nothing is folded into it: it may never be stored.
+        let other = fp(Some("another-key"));
+        assert_eq!(store.lookup(&other, &settings, 2000).await.unwrap(), None);
+        assert_eq!(store.last("c", 2000).await.unwrap(), None);
+        // Another mail with the same text waits for it rather than fold.
+        assert_eq!(
+            store
+                .reserve("c", Some(&other), &settings, ReceiptId::new(), 2000, 5000)
+                .await
+                .unwrap(),
+            Reserve::Pending
+        );
+        // The survivor re-reads the same mail (same idempotency key): it
+        // takes the reservation over at once and stores it.
         let again = fp(Some("imap-key"));
-        assert_eq!(store.lookup(&again, &settings, 2000).await.unwrap(), None);
         let second = ReceiptId::new();
         assert_eq!(
             store
-                .reserve("c", Some(&again), &settings, second, 2000)
+                .reserve("c", Some(&again), &settings, second, 2000, 5000)
                 .await
                 .unwrap(),
-            None,
-            "it takes the reservation over"
+            Reserve::Reserved,
+            "its own earlier attempt does not hold it up"
         );
-        // A real duplicate (another mail with that Message-ID) still folds.
-        let other = fp(Some("another-key"));
+        store
+            .confirm("c", Some(&again), &settings, second, 2100)
+            .await
+            .unwrap();
+        // Real duplicates (another mail with that Message-ID) now fold into
+        // the stored item.
         assert_eq!(
             store.lookup(&other, &settings, 3000).await.unwrap(),
             Some((second, Kind::Exact))
@@ -806,8 +943,78 @@ mod tests {
             store.lookup(&fp(None), &settings, 3000).await.unwrap(),
             Some((second, Kind::Exact))
         );
+        assert_eq!(
+            store
+                .reserve("c", Some(&other), &settings, ReceiptId::new(), 3000, 5000)
+                .await
+                .unwrap(),
+            Reserve::Folded(second)
+        );
         assert_eq!(store.last("c", 3000).await.unwrap(), Some(second));
-        store.release("c", Some(&again), second).await.unwrap();
-        assert_eq!(store.lookup(&other, &settings, 4000).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn a_reservation_left_by_a_crash_expires_and_is_never_folded_into() {
+        let store = DedupeStore::memory();
+        let settings = Dedupe::default();
+        let dead = ReceiptId::new();
+        store
+            .reserve("c", Some(&fp(Some("a"))), &settings, dead, 1000, 5000)
+            .await
+            .unwrap();
+        let next = fp(Some("b"));
+        assert_eq!(
+            store
+                .reserve("c", Some(&next), &settings, ReceiptId::new(), 3000, 5000)
+                .await
+                .unwrap(),
+            Reserve::Pending,
+            "within its lifetime the reservation holds"
+        );
+        let later = ReceiptId::new();
+        assert_eq!(
+            store
+                .reserve("c", Some(&next), &settings, later, 6001, 5000)
+                .await
+                .unwrap(),
+            Reserve::Reserved,
+            "once expired it is taken over"
+        );
+        store
+            .confirm("c", Some(&next), &settings, later, 6002)
+            .await
+            .unwrap();
+        assert_eq!(
+            store.lookup(&fp(Some("c")), &settings, 7000).await.unwrap(),
+            Some((later, Kind::Exact)),
+            "folds go to the stored item, never the dead one"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_released_reservation_lets_the_next_item_through() {
+        let store = DedupeStore::memory();
+        let settings = Dedupe::default();
+        let failed = ReceiptId::new();
+        let first = fp(Some("a"));
+        store
+            .reserve("c", Some(&first), &settings, failed, 1000, 5000)
+            .await
+            .unwrap();
+        store.release("c", Some(&first), failed).await.unwrap();
+        assert_eq!(
+            store
+                .reserve(
+                    "c",
+                    Some(&fp(Some("b"))),
+                    &settings,
+                    ReceiptId::new(),
+                    1001,
+                    5000
+                )
+                .await
+                .unwrap(),
+            Reserve::Reserved
+        );
     }
 }

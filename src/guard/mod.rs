@@ -50,6 +50,9 @@ struct Inner {
     rules: RwLock<Arc<RuleSet>>,
     limiters: Limiters,
     dedupe: DedupeStore,
+    /// How long a reservation holds before its write returns: a few
+    /// Redis command timeouts, the longest an honest write takes.
+    pending_lifetime: Duration,
     /// Where the rules come from; `None` for a guard without rule files.
     dir: Option<PathBuf>,
     /// The last reload's problems, for the admin endpoint.
@@ -85,15 +88,30 @@ pub struct RuleOutcome {
     pub action: Action,
 }
 
-/// Follow-up work for [`Guard::stored`] and [`Guard::not_stored`].
+/// Follow-up work around the item's write: [`Guard::reserve`] before it,
+/// [`Guard::confirm`] or [`Guard::not_stored`] after, [`Guard::stored`]
+/// for a fold.
 #[derive(Debug, Clone, Default)]
 pub struct Ticket {
     customer: Option<String>,
     fingerprint: Option<Fingerprint>,
-    /// This item was recorded as the customer's latest desk item.
+    /// The item is to be remembered as the customer's once stored.
+    remember: bool,
+    /// When the item arrived (ms since the epoch): the clock of its
+    /// dedupe windows.
+    now_ms: u64,
+    /// The item's exact keys are reserved under this receipt.
     reserved: Option<ReceiptId>,
     /// This item is folded into an earlier one: (into, rule).
     fold: Option<(ReceiptId, String)>,
+}
+
+impl Ticket {
+    /// The digest of the item's customer (sender, else client address),
+    /// when it has one: what per-customer allowances are counted by.
+    pub fn customer(&self) -> Option<&str> {
+        self.customer.as_deref()
+    }
 }
 
 /// An update for `intake:events`: N items folded into a desk item.
@@ -129,12 +147,16 @@ impl Guard {
             Some(store) => DedupeStore::Redis(store.clone()),
             None => DedupeStore::memory(),
         };
+        let pending_lifetime = redis.as_ref().map_or(Duration::from_secs(5), |store| {
+            store.timeout() * 5 + Duration::from_secs(1)
+        });
         export_rule_count(&rules);
         Guard {
             inner: Arc::new(Inner {
                 rules: RwLock::new(Arc::new(rules)),
                 limiters: Limiters::new(clock, redis),
                 dedupe,
+                pending_lifetime,
                 dir,
                 last_error: Mutex::new(None),
             }),
@@ -296,41 +318,14 @@ impl Guard {
                 }
             }
         };
-        // 6. A desk-bound item becomes the customer's latest; if another
-        //    replica stored the same item a moment ago, fold into that.
-        let verdict = match verdict {
-            // (Only when something will look it up: dedupe, or a rule
-            // that collapses into the latest item.)
-            GuardVerdict::Pass if ticket.customer.is_some() && remembers(&set) => {
-                let customer = ticket.customer.clone().expect("checked");
-                let receipt = message.envelope.id;
-                match self
-                    .inner
-                    .dedupe
-                    .reserve(
-                        &customer,
-                        ticket.fingerprint.as_ref(),
-                        &set.dedupe,
-                        receipt,
-                        now_ms,
-                    )
-                    .await?
-                {
-                    Some(into) => {
-                        matched.push(dedupe::Kind::Exact.rule().into());
-                        GuardVerdict::Collapse {
-                            into,
-                            rule: dedupe::Kind::Exact.rule().into(),
-                        }
-                    }
-                    None => {
-                        ticket.reserved = Some(receipt);
-                        GuardVerdict::Pass
-                    }
-                }
-            }
-            other => other,
-        };
+        // 6. A desk-bound item is remembered once it is stored (for dedupe,
+        //    or for a rule that folds into the customer's latest item): the
+        //    pipeline reserves it just before its write (`Guard::reserve`)
+        //    and confirms it after (`Guard::confirm`), so nothing is ever
+        //    folded into an item that did not reach a stream.
+        ticket.remember =
+            matches!(verdict, GuardVerdict::Pass) && ticket.customer.is_some() && remembers(&set);
+        ticket.now_ms = now_ms;
         if let GuardVerdict::Collapse { into, rule } = &verdict {
             ticket.fold = Some((*into, rule.clone()));
             metrics::counter!("intake_collapsed_total", "rule" => rule.clone()).increment(1);
@@ -373,8 +368,102 @@ impl Guard {
         }))
     }
 
-    /// Called when the item could not be stored: forgets it, so the
-    /// source's retry is not folded into an item that does not exist.
+    /// Reserves a desk-bound item just before its write, so a duplicate
+    /// arriving at the same moment folds into it instead of becoming a
+    /// second desk item. Returns the earlier stored item this one is a
+    /// duplicate of, if one turned up since the check (the item is then
+    /// folded: `(into, rule)`). While another duplicate's write is in
+    /// flight it waits for that write (bounded by the reservation's
+    /// lifetime); a reservation that outlives its writer (a gateway killed
+    /// between reservation and write) expires and is taken over, never
+    /// folded into.
+    pub async fn reserve(
+        &self,
+        ticket: &mut Ticket,
+        receipt: ReceiptId,
+    ) -> Result<Option<(ReceiptId, String)>, GuardError> {
+        let Some(customer) = ticket.customer.clone().filter(|_| ticket.remember) else {
+            return Ok(None);
+        };
+        let settings = self.rules().dedupe.clone();
+        let lifetime = self.inner.pending_lifetime;
+        let deadline = std::time::Instant::now() + lifetime + Duration::from_secs(1);
+        let mut pause = Duration::from_millis(5);
+        loop {
+            let found = self
+                .inner
+                .dedupe
+                .reserve(
+                    &customer,
+                    ticket.fingerprint.as_ref(),
+                    &settings,
+                    receipt,
+                    ticket.now_ms,
+                    lifetime.as_millis() as u64,
+                )
+                .await?;
+            match found {
+                dedupe::Reserve::Reserved => {
+                    ticket.reserved = Some(receipt);
+                    return Ok(None);
+                }
+                dedupe::Reserve::Folded(into) => {
+                    let rule = dedupe::Kind::Exact.rule().to_string();
+                    ticket.fold = Some((into, rule.clone()));
+                    metrics::counter!("intake_collapsed_total", "rule" => rule.clone())
+                        .increment(1);
+                    return Ok(Some((into, rule)));
+                }
+                dedupe::Reserve::Pending if std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(100));
+                }
+                dedupe::Reserve::Pending => {
+                    // Its writer is stuck or gone and Redis has not expired
+                    // it yet: store this item unreserved (at worst a second
+                    // desk item, never a fold into nothing).
+                    metrics::counter!("intake_dedupe_reservation_waits_total", "result" => "gave_up")
+                        .increment(1);
+                    tracing::warn!(%receipt, "a duplicate's reservation did not resolve in time; stored without one");
+                    return Ok(None);
+                }
+            }
+        }
+    }
+
+    /// Called once the item is stored: its reservation becomes the stored
+    /// item's, and it becomes the customer's latest. A failure is logged,
+    /// not reported (the item is stored; a retry would store it twice):
+    /// the reservation then expires and duplicates are not folded into it.
+    pub async fn confirm(&self, ticket: &Ticket, receipt: ReceiptId) {
+        let Some(customer) = ticket
+            .customer
+            .as_deref()
+            .filter(|_| ticket.reserved == Some(receipt))
+        else {
+            return;
+        };
+        let settings = self.rules().dedupe.clone();
+        if let Err(e) = self
+            .inner
+            .dedupe
+            .confirm(
+                customer,
+                ticket.fingerprint.as_ref(),
+                &settings,
+                receipt,
+                ticket.now_ms,
+            )
+            .await
+        {
+            metrics::counter!("intake_dedupe_confirm_failures_total").increment(1);
+            tracing::warn!(error = %e, %receipt, "a stored item could not be recorded for dedupe");
+        }
+    }
+
+    /// Called when the item was certainly not stored: its reservation is
+    /// released, so a retry is not kept waiting for it. (An outcome that is
+    /// not known, a timeout, leaves it to expire.)
     pub async fn not_stored(&self, ticket: &Ticket) {
         if let (Some(receipt), Some(customer)) = (ticket.reserved, &ticket.customer) {
             if let Err(e) = self
@@ -522,8 +611,12 @@ pub(crate) mod tests {
     async fn exact_duplicate_collapses_into_the_first_item() {
         let g = guard("");
         let mut first = message("ann@example.com", "Where is my parcel?");
-        let checked = g.check(&mut first).await.unwrap();
+        let mut checked = g.check(&mut first).await.unwrap();
         assert_eq!(checked.verdict, GuardVerdict::Pass);
+        // Stored: reserved before its write, confirmed after.
+        let receipt = first.envelope.id;
+        assert_eq!(g.reserve(&mut checked.ticket, receipt).await.unwrap(), None);
+        g.confirm(&checked.ticket, receipt).await;
         let mut again = message("ann@example.com", "Where is my parcel?");
         let checked = g.check(&mut again).await.unwrap();
         assert_eq!(
@@ -553,7 +646,7 @@ pub(crate) mod tests {
                 "the same text twice passes"
             );
             assert!(
-                checked.ticket.fingerprint.is_none() && checked.ticket.reserved.is_none(),
+                checked.ticket.fingerprint.is_none() && !checked.ticket.remember,
                 "nothing would read a fingerprint or reservation: {:?}",
                 checked.ticket
             );
@@ -566,7 +659,25 @@ pub(crate) mod tests {
         ));
         let mut m = message("ann@example.com", "Where is my parcel?");
         let checked = g.check(&mut m).await.unwrap();
-        assert!(checked.ticket.fingerprint.is_some() && checked.ticket.reserved.is_some());
+        assert!(checked.ticket.fingerprint.is_some() && checked.ticket.remember);
+    }
+
+    #[tokio::test]
+    async fn nothing_is_folded_into_an_item_that_was_reserved_but_never_stored() {
+        let g = guard("");
+        let mut first = message("ann@example.com", "Where is my parcel?");
+        let mut checked = g.check(&mut first).await.unwrap();
+        // Reserved, then the gateway died before the write: no confirm.
+        g.reserve(&mut checked.ticket, first.envelope.id)
+            .await
+            .unwrap();
+        let mut again = message("ann@example.com", "Where is my parcel?");
+        let checked = g.check(&mut again).await.unwrap();
+        assert_eq!(
+            checked.verdict,
+            GuardVerdict::Pass,
+            "an unstored item is no fold target"
+        );
     }
 
     #[tokio::test]

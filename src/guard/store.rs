@@ -29,6 +29,11 @@ impl RedisStore {
         &self.prefix
     }
 
+    /// The bound on each command.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     pub fn connection(&self) -> RedisConnection {
         self.connection.clone()
     }

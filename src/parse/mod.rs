@@ -102,6 +102,7 @@ pub fn parse(submission: Submission, options: ParseOptions<'_>) -> Result<Messag
         abuse: AbuseReport::default(),
         raw: None,
     };
+    let idempotency_key = idempotency_key.map(|k| k.key);
     let mut trap = None;
     let mut mime = limits::MimeStats::default();
     let scan_targets = match payload {

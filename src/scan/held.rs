@@ -182,6 +182,10 @@ impl Redrive {
                     .cloned()
                     .unwrap_or_else(|| format!("held:{}", envelope.id)),
             ),
+            // What the key stood for, so a client's retry with another
+            // payload is still told apart after the re-drive.
+            key_digest: held.fields.get("idempotency_digest").cloned(),
+            key_ttl: None,
         };
         self.sink.append(&entry).await?;
         self.sink.remove(Stream::Held, &held.entry_id).await?;
@@ -267,6 +271,8 @@ mod tests {
             duplicate_of: None,
             count: None,
             idempotency_key: key.map(str::to_string),
+            key_digest: None,
+            key_ttl: None,
         };
         sink.append(&entry).await.unwrap();
         message.envelope.id
@@ -289,6 +295,8 @@ mod tests {
             duplicate_of: None,
             count: None,
             idempotency_key: Some("imap:acct:7:42:<m@x>".into()),
+            key_digest: None,
+            key_ttl: None,
         })
         .await
         .unwrap();
@@ -348,6 +356,8 @@ mod tests {
             duplicate_of: None,
             count: None,
             idempotency_key: Some(format!("held:{id}")),
+            key_digest: None,
+            key_ttl: None,
         })
         .await
         .unwrap();

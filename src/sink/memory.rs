@@ -59,6 +59,7 @@ impl Sink for MemorySink {
                     return Ok(Appended::AlreadyStored {
                         receipt: entries[index].id.to_string(),
                         entry_id: format!("{}-0", index + 1),
+                        digest: entries[index].key_digest.clone(),
                     });
                 }
             }
@@ -110,6 +111,9 @@ impl Sink for MemorySink {
                     if let Some(key) = &e.idempotency_key {
                         fields.insert("idempotency_key".to_string(), key.clone());
                     }
+                    if let Some(digest) = &e.key_digest {
+                        fields.insert("idempotency_digest".to_string(), digest.clone());
+                    }
                     StoredEntry { entry_id, fields }
                 })
                 .collect())
@@ -152,6 +156,7 @@ impl Sink for MemorySink {
                     stream: e.stream,
                     receipt: e.id.to_string(),
                     entry_id: format!("{}-0", i + 1),
+                    digest: e.key_digest.clone(),
                 })
             }))
         })

@@ -32,6 +32,13 @@ pub struct Entry {
     /// the same item twice (IMAP after a crash) sets it, and the second
     /// write returns the first one's receipt instead of a new entry.
     pub idempotency_key: Option<String>,
+    /// What the key stands for (a digest of the payload a client first
+    /// sent with it), remembered beside it so the same key with another
+    /// payload is told apart from a retry. `None`: the key names its
+    /// payload by itself (derived from it, or an IMAP message's identity).
+    pub key_digest: Option<String>,
+    /// How long the key is remembered; the sink's default when `None`.
+    pub key_ttl: Option<std::time::Duration>,
 }
 
 /// An entry as read back from a stream (the re-drive of held items).
@@ -48,8 +55,13 @@ pub enum Appended {
     /// A new entry was written.
     Written { entry_id: String },
     /// The idempotency key was seen before: nothing was written, and this
-    /// is the earlier entry.
-    AlreadyStored { receipt: String, entry_id: String },
+    /// is the earlier entry, with the payload digest the key was first
+    /// written with (if any).
+    AlreadyStored {
+        receipt: String,
+        entry_id: String,
+        digest: Option<String>,
+    },
 }
 
 /// Why an entry was not written. Every variant means "not stored": the
@@ -111,6 +123,44 @@ pub struct Seen {
     pub stream: Stream,
     pub receipt: String,
     pub entry_id: String,
+    /// The payload digest the key was written with, if any.
+    pub digest: Option<String>,
+}
+
+/// What an idempotency key's value holds: `"<receipt> <entry id>[ <digest>]"`
+/// (the entry id is `-` while a large write has not learnt it yet). Values
+/// written before digests were kept have two parts and read as no digest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyValue {
+    pub receipt: String,
+    pub entry_id: String,
+    pub digest: Option<String>,
+}
+
+impl KeyValue {
+    pub fn parse(value: &str) -> KeyValue {
+        let mut parts = value.split(' ');
+        let receipt = parts.next().unwrap_or_default().to_string();
+        let entry_id = match parts.next() {
+            None | Some("-") => String::new(),
+            Some(id) => id.to_string(),
+        };
+        let digest = parts.next().filter(|d| !d.is_empty()).map(str::to_string);
+        KeyValue {
+            receipt,
+            entry_id,
+            digest,
+        }
+    }
+
+    /// The value as stored.
+    pub fn encode(receipt: &str, entry_id: Option<&str>, digest: Option<&str>) -> String {
+        let entry_id = entry_id.filter(|e| !e.is_empty()).unwrap_or("-");
+        match digest {
+            Some(digest) => format!("{receipt} {entry_id} {digest}"),
+            None => format!("{receipt} {entry_id}"),
+        }
+    }
 }
 
 /// The streams a source's item can land in directly (events never hold

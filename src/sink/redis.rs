@@ -10,19 +10,25 @@ use std::time::Duration;
 use redis::{Client, RedisError};
 
 use super::connection::{connection_info, RedisConnection};
-use super::{Appended, Entry, Seen, Sink, SinkError, SinkFuture, StoredEntry, ITEM_STREAMS};
+use super::{
+    Appended, Entry, KeyValue, Seen, Sink, SinkError, SinkFuture, StoredEntry, ITEM_STREAMS,
+};
 use crate::config::{RedisConfig, SecretValue};
 
 /// XADD at most once per idempotency key, atomically: a crash can never
 /// leave an entry without its key or a key without its entry.
 /// KEYS[1] stream, KEYS[2] idempotency key; ARGV[1] receipt id, ARGV[2]
-/// key lifetime in seconds, ARGV[3..] the entry's field/value pairs.
-/// Returns {1, entry id} when written, {0, "receipt entry-id"} when seen.
+/// key lifetime in seconds, ARGV[3] the payload digest (`""` for none),
+/// ARGV[4..] the entry's field/value pairs.
+/// Returns {1, entry id} when written, {0, the key's value} when seen (see
+/// [`KeyValue`] for its shape).
 const XADD_ONCE: &str = r#"
 local seen = redis.call('GET', KEYS[2])
 if seen then return {0, seen} end
-local entry = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 3))
-redis.call('SET', KEYS[2], ARGV[1] .. ' ' .. entry, 'EX', tonumber(ARGV[2]))
+local entry = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 4))
+local value = ARGV[1] .. ' ' .. entry
+if ARGV[3] ~= '' then value = value .. ' ' .. ARGV[3] end
+redis.call('SET', KEYS[2], value, 'EX', tonumber(ARGV[2]))
 return {1, entry}
 "#;
 
@@ -32,9 +38,17 @@ return {1, entry}
 /// mail and pushed a 60 MB one past the command timeout.
 const LARGE_ENTRY_BYTES: usize = 1 << 20;
 
-/// How long an idempotency key is remembered: far longer than any retry
-/// or restart, short enough not to grow without bound.
+/// How long an idempotency key is remembered unless the entry says:
+/// far longer than any retry or restart, short enough not to grow without
+/// bound.
 const IDEMPOTENCY_TTL_SECS: u64 = 30 * 24 * 3600;
+
+/// An entry's key lifetime in whole seconds (at least one).
+fn key_ttl_secs(entry: &Entry) -> u64 {
+    entry
+        .key_ttl
+        .map_or(IDEMPOTENCY_TTL_SECS, |ttl| ttl.as_secs().max(1))
+}
 
 pub struct RedisSink {
     connection: RedisConnection,
@@ -108,6 +122,8 @@ impl RedisSink {
         key: &str,
         id: &str,
         fields: &[(&str, &str)],
+        digest: Option<&str>,
+        ttl_secs: u64,
     ) -> Result<Appended, SinkError> {
         let config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.timeout))
@@ -139,16 +155,16 @@ impl RedisSink {
         // script would copy the whole large entry into Lua.
         pipe.cmd("SET")
             .arg(key)
-            .arg(id)
+            .arg(KeyValue::encode(id, None, digest))
             .arg("EX")
-            .arg(IDEMPOTENCY_TTL_SECS)
+            .arg(ttl_secs)
             .ignore();
         let written: Option<(String,)> = self.bounded(pipe.query_async(&mut connection)).await?;
         match written {
             Some((entry_id,)) => {
                 let mut mark = redis::cmd("SET");
                 mark.arg(key)
-                    .arg(format!("{id} {entry_id}"))
+                    .arg(KeyValue::encode(id, Some(&entry_id), digest))
                     .arg("XX")
                     .arg("KEEPTTL");
                 if let Err(e) = self.bounded(mark.exec_async(&mut connection)).await {
@@ -178,29 +194,38 @@ impl RedisSink {
     }
 }
 
-/// The first stream whose value (`"<receipt> <entry id>"`) the MGET of
+/// The first stream whose key value the MGET of
 /// [`RedisSink::seen_query`] found.
 fn first_seen(values: Vec<Option<String>>) -> Option<Seen> {
     ITEM_STREAMS
         .into_iter()
         .zip(values)
         .find_map(|(stream, value)| {
-            let value = value?;
-            let (receipt, entry_id) = value.split_once(' ').unwrap_or((value.as_str(), ""));
+            let KeyValue {
+                receipt,
+                entry_id,
+                digest,
+            } = KeyValue::parse(&value?);
             Some(Seen {
                 stream,
-                receipt: receipt.to_string(),
-                entry_id: entry_id.to_string(),
+                receipt,
+                entry_id,
+                digest,
             })
         })
 }
 
-/// The earlier entry a key's value (`"<receipt> <entry id>"`) names.
+/// The earlier entry a key's value names.
 fn already_stored(value: &str) -> Appended {
-    let (receipt, entry_id) = value.split_once(' ').unwrap_or((value, ""));
+    let KeyValue {
+        receipt,
+        entry_id,
+        digest,
+    } = KeyValue::parse(value);
     Appended::AlreadyStored {
-        receipt: receipt.to_string(),
-        entry_id: entry_id.to_string(),
+        receipt,
+        entry_id,
+        digest,
     }
 }
 
@@ -238,6 +263,9 @@ impl Sink for RedisSink {
             if let Some(key) = &entry.idempotency_key {
                 fields.push(("idempotency_key", key.as_str()));
             }
+            if let Some(digest) = &entry.key_digest {
+                fields.push(("idempotency_digest", digest.as_str()));
+            }
             let stream = self.stream_key(entry.stream);
             let mut connection = self.connection.clone();
             match &entry.idempotency_key {
@@ -258,6 +286,8 @@ impl Sink for RedisSink {
                         &self.idempotency_key(entry.stream, key),
                         &id,
                         &fields,
+                        entry.key_digest.as_deref(),
+                        key_ttl_secs(entry),
                     )
                     .await
                 }
@@ -270,7 +300,8 @@ impl Sink for RedisSink {
                         .key(&stream)
                         .key(self.idempotency_key(entry.stream, key))
                         .arg(&id)
-                        .arg(IDEMPOTENCY_TTL_SECS);
+                        .arg(key_ttl_secs(entry))
+                        .arg(entry.key_digest.as_deref().unwrap_or(""));
                     for (name, value) in &fields {
                         invocation.arg(*name).arg(*value);
                     }

@@ -75,7 +75,7 @@ where
     let kind = BodyKind::from_content_type(header_str(request.headers(), header::CONTENT_TYPE))?;
     // The headers are kept for the source's fields; taken, not cloned.
     let (http::request::Parts { headers, .. }, body) = request.into_parts();
-    let key = super::idempotency::from_header(&headers, &format!("form:{}", form.id))?;
+    let client_key = super::idempotency::from_header(&headers, &format!("form:{}", form.id))?;
     let body = read_body(
         body,
         form.max_size.bytes(),
@@ -85,6 +85,33 @@ where
     .await?;
     let mut post = form_body::decode(kind, body, form).await?;
     check_fields(form, &post)?;
+    // A client's key stands for this post from this address; without one,
+    // the post itself is the key for the form's retry window, so a double
+    // click or a resend gets the first receipt.
+    let post_digest = super::idempotency::digest_of_post(&post);
+    let key = match client_key {
+        Some(key) => super::idempotency::client_key(key, &post_digest, peer.ip()),
+        None => {
+            super::idempotency::of_post(&form.id, peer.ip(), &post_digest, form.retry_window.into())
+        }
+    };
+    let retry_after = state.config.http.retry_after.into();
+    let next = post.field("_next").map(str::to_string);
+    // Before the bot checks: a resend carries the token of the first post,
+    // which the replay check would take for a bot's.
+    if let Some(stored) = state
+        .pipeline
+        .recognise_key(&key)
+        .await
+        .map_err(|cause| ApiError::not_stored(cause, retry_after))?
+    {
+        return Ok(accepted(
+            form,
+            &headers,
+            next.as_deref(),
+            &stored.id.to_string(),
+        ));
+    }
     if let Some(check) = bot_check(state, form, &post).await {
         // Answered like a success; the parse stage traps it (suppressed,
         // kind `trapped`), so the bot learns nothing.
@@ -93,7 +120,6 @@ where
         post.bot_check = Some(check.label().to_string());
     }
 
-    let next = post.field("_next").map(str::to_string);
     let source = Source::Form {
         form: form.id.clone(),
         ip: peer.ip().to_string(),
@@ -102,8 +128,8 @@ where
         referer: header_str(&headers, header::REFERER).map(str::to_string),
     };
     let mut submission = Submission::new(source, Payload::Form(post));
-    // A client that retries with the same key gets the first receipt.
-    submission.idempotency_key = key;
+    submission.idempotency_key = Some(key);
+    submission.idempotency_checked = true;
     submission.refusal_judged_again = true;
     let options = ParseOptions {
         form: Some(form),
@@ -113,10 +139,7 @@ where
         .pipeline
         .process(submission, options)
         .await
-        .map_err(|cause| ApiError::Unavailable {
-            retry_after: state.config.http.retry_after.into(),
-            cause,
-        })?;
+        .map_err(|cause| ApiError::not_stored(cause, retry_after))?;
     match stored.answer {
         Answer::Accepted => Ok(accepted(
             form,

@@ -13,8 +13,7 @@ use super::forms::header_str;
 use super::respond::{json_response, ApiError, Body};
 use super::{read_body, AppState};
 use crate::envelope::Source;
-use crate::parse::{ParseError, ParseOptions};
-use crate::pipeline::PipelineError;
+use crate::parse::ParseOptions;
 use crate::route::{Answer, Refusal};
 use crate::submission::{Payload, Submission};
 
@@ -75,9 +74,13 @@ where
         .collect();
     // A mail server that lost our answer (gateway killed after the write,
     // its own timeout) delivers the same bytes again: the derived key turns
-    // that retry into the first receipt, not a second desk item.
-    let key = client_key
-        .unwrap_or_else(|| super::idempotency::of_mail(sender.as_deref(), &recipients, &raw));
+    // that retry into the first receipt, not a second desk item. A client's
+    // own key stands for this message from this address.
+    let delivery = super::idempotency::of_mail(sender.as_deref(), &recipients, &raw);
+    let key = match client_key {
+        Some(key) => super::idempotency::client_key(key, &delivery, peer.ip()),
+        None => crate::submission::IdempotencyKey::named(delivery),
+    };
     let source = Source::Mailgate {
         sender,
         recipients,
@@ -90,18 +93,11 @@ where
         form: None,
         keep_raw: state.config.messages.keep_raw,
     };
-    let stored = match state.pipeline.process(submission, options).await {
-        Ok(stored) => stored,
-        Err(PipelineError::Parse(ParseError::Empty)) => {
-            return Err(ApiError::BadRequest("the message is empty".into()))
-        }
-        Err(cause) => {
-            return Err(ApiError::Unavailable {
-                retry_after: state.config.http.retry_after.into(),
-                cause,
-            })
-        }
-    };
+    let stored = state
+        .pipeline
+        .process(submission, options)
+        .await
+        .map_err(|cause| ApiError::not_stored(cause, state.config.http.retry_after.into()))?;
     match stored.answer {
         Answer::Accepted => Ok(json_response(
             StatusCode::ACCEPTED,

@@ -47,12 +47,20 @@ pub enum ApiError {
     Unauthorized,
     #[error("the request took too long")]
     Timeout,
-    #[error("the item cannot be stored right now; retry later")]
+    #[error("{}", if cause.maybe_stored() {
+        "the item may have been stored; send the same request again (with the same Idempotency-Key, if you sent one) to get its receipt"
+    } else {
+        "the item cannot be stored right now; retry later"
+    })]
     Unavailable {
         retry_after: Duration,
         #[source]
         cause: PipelineError,
     },
+    #[error(
+        "this Idempotency-Key was used for a different request; send a new key with a new request"
+    )]
+    KeyReused,
     #[error("too many messages; retry later")]
     RateLimited {
         retry_after: Duration,
@@ -74,6 +82,10 @@ struct ErrorBody<'a> {
     message: String,
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
     fields: &'a [FieldProblem],
+    /// Set on a 503 whose write may have landed: the same request again
+    /// learns its receipt.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    maybe_stored: bool,
 }
 
 impl ApiError {
@@ -91,7 +103,7 @@ impl ApiError {
             ApiError::RateLimited { .. } | ApiError::TooManyInFlight => {
                 StatusCode::TOO_MANY_REQUESTS
             }
-            ApiError::Infected { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Infected { .. } | ApiError::KeyReused => StatusCode::UNPROCESSABLE_ENTITY,
         }
     }
 
@@ -113,6 +125,7 @@ impl ApiError {
             ApiError::Infected { .. } => "infected",
             ApiError::Refused => "refused",
             ApiError::TooManyInFlight => "too_many_requests",
+            ApiError::KeyReused => "idempotency_key_reused",
         }
     }
 
@@ -135,6 +148,7 @@ impl ApiError {
             error: self.code(),
             message: self.to_string(),
             fields,
+            maybe_stored: matches!(&self, ApiError::Unavailable { cause, .. } if cause.maybe_stored()),
         };
         let mut response = json_response(status, &body);
         let headers = response.headers_mut();
@@ -179,6 +193,21 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// The answer for an item the pipeline did not store: a reused key is
+    /// the client's mistake (422), an empty message its own (400);
+    /// anything else means "retry later" (503 with `Retry-After`).
+    pub fn not_stored(cause: PipelineError, retry_after: Duration) -> ApiError {
+        match cause {
+            PipelineError::KeyReused => ApiError::KeyReused,
+            PipelineError::Parse(crate::parse::ParseError::Empty) => {
+                ApiError::BadRequest("the message is empty".into())
+            }
+            cause => ApiError::Unavailable { retry_after, cause },
+        }
+    }
+}
+
 /// `Retry-After` in whole seconds, at least one.
 fn seconds(d: Duration) -> HeaderValue {
     HeaderValue::from(d.as_secs().max(1))
@@ -212,6 +241,23 @@ mod tests {
         assert_eq!(response.headers()[header::RETRY_AFTER], "30");
         let body = format!("{:?}", response.body());
         assert!(!body.contains("Redis"), "internal cause leaked: {body}");
+    }
+
+    #[test]
+    fn a_timed_out_write_says_it_may_be_stored() {
+        let response = ApiError::not_stored(
+            PipelineError::Sink(SinkError::Timeout(Duration::from_secs(2))),
+            Duration::from_secs(30),
+        )
+        .into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let body = format!("{:?}", response.body());
+        assert!(body.contains("maybe_stored"), "{body}");
+        assert!(body.contains("may have been stored"), "{body}");
+        let reused =
+            ApiError::not_stored(PipelineError::KeyReused, Duration::from_secs(30)).into_response();
+        assert_eq!(reused.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(format!("{:?}", reused.body()).contains("idempotency_key_reused"));
     }
 
     #[test]

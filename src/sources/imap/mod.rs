@@ -877,7 +877,7 @@ impl Worker {
         key: String,
     ) -> Result<Dest, ImapError> {
         let mut submission = Submission::new(self.source(uidvalidity, uid), Payload::Mail(raw));
-        submission.idempotency_key = Some(key);
+        submission.idempotency_key = Some(crate::submission::IdempotencyKey::named(key));
         submission.idempotency_checked = true;
         let options = ParseOptions {
             form: None,
@@ -917,7 +917,7 @@ impl Worker {
     ) -> Result<bool, ImapError> {
         let key = self.idempotency_key(uidvalidity, uid, &header);
         let mut submission = Submission::new(self.source(uidvalidity, uid), Payload::Mail(header));
-        submission.idempotency_key = Some(key);
+        submission.idempotency_key = Some(crate::submission::IdempotencyKey::named(key));
         let reason = format!(
             "mail of {size} bytes is over imap.max_size ({}); not downloaded, moved to folder {}",
             self.config.max_size, self.config.quarantine_folder
@@ -1175,6 +1175,7 @@ mod tests {
             entry_id: "1-0".into(),
             already_stored: false,
             answer,
+            kept: crate::audit::Kept::Whole,
         }
     }
 

@@ -296,7 +296,17 @@ impl Session<'_> {
             recipients: transaction.recipients.clone(),
             ip: self.peer.ip().to_string(),
         };
-        let submission = Submission::new(source, Payload::Mail(Bytes::from(message)));
+        // A mail server that lost our reply (a timeout, the gateway killed
+        // after the write) delivers the same transaction again: keyed by
+        // its envelope and bytes, the retry gets the first receipt.
+        let key = crate::submission::IdempotencyKey::of_delivery(
+            "lmtp",
+            transaction.sender.as_deref(),
+            &transaction.recipients,
+            &message,
+        );
+        let mut submission = Submission::new(source, Payload::Mail(Bytes::from(message)));
+        submission.idempotency_key = Some(key);
         let options = ParseOptions {
             form: None,
             keep_raw: self.shared.keep_raw,
