@@ -24,6 +24,14 @@ pub fn bystander_address() -> IpAddr {
     loopback(200, 1)
 }
 
+/// The address of the `i`-th request of a bystander that stands for many
+/// normal customers, each on a network (/24) of its own: rules keyed on
+/// the client network (the shipped forms rules) see them as the distinct
+/// customers they stand for.
+pub fn customer_address(i: usize) -> IpAddr {
+    loopback(150 + (i % 100) as u8, 1)
+}
+
 /// A TCP connection to `target` from `source` (any port).
 pub async fn connect_from(source: IpAddr, target: SocketAddr) -> std::io::Result<TcpStream> {
     let socket = match source {
