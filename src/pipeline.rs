@@ -170,7 +170,7 @@ impl Pipeline {
         }
 
         // 1. Parse: bytes or form fields become an envelope.
-        let mut message = parse::parse(submission, options)?;
+        let mut message = parse_off_the_runtime(submission, options).await?;
         parse::redact::redact_envelope(&mut message.envelope, &self.privacy);
         let beyond_mime_limits = self.mime.exceeded(&message.mime);
 
@@ -319,11 +319,13 @@ impl Pipeline {
         } = route;
         let id = message.envelope.id;
         let channel = message.envelope.channel;
+        // Encoded, the envelope's buffers are not needed for the write.
+        let envelope = encode_off_the_runtime(message).await?;
         let entry = Entry {
             stream,
             id,
             kind,
-            envelope: serde_json::to_string(&message.envelope)?,
+            envelope,
             reason,
             duplicate_of,
             count: None,
@@ -331,8 +333,6 @@ impl Pipeline {
             key_digest: key.as_ref().and_then(|k| k.digest.clone()),
             key_ttl: key.as_ref().and_then(|k| k.ttl),
         };
-        // Encoded: the envelope's buffers are not needed for the write.
-        drop(message);
         let appended = match self.sink.append(&entry).await {
             Ok(appended) => appended,
             Err(e) => match self.look_up_unknown_write(&entry, &e).await {
@@ -546,6 +546,53 @@ impl Pipeline {
             tracing::warn!(error = %e, into = %event.into, "events update not written");
         }
     }
+}
+
+/// Items larger than this are parsed and encoded on the blocking pool: a
+/// 50 MB mail costs a worker thread about a second of CPU, and on a small
+/// machine that is every worker the other requests have (a bystander's
+/// form post would wait for it). Smaller items stay on the runtime, where
+/// the hop would cost more than the work.
+const OFF_THE_RUNTIME_BYTES: usize = 256 * 1024;
+
+fn submission_size(submission: &Submission) -> usize {
+    match &submission.payload {
+        crate::submission::Payload::Mail(raw) => raw.len(),
+        crate::submission::Payload::Form(post) => post.files.iter().map(|f| f.data.len()).sum(),
+    }
+}
+
+/// [`parse::parse`], on the blocking pool for a large item.
+async fn parse_off_the_runtime(
+    submission: Submission,
+    options: ParseOptions<'_>,
+) -> Result<parse::Message, ParseError> {
+    if submission_size(&submission) <= OFF_THE_RUNTIME_BYTES {
+        return parse::parse(submission, options);
+    }
+    let form = options.form.cloned();
+    let keep_raw = options.keep_raw;
+    tokio::task::spawn_blocking(move || {
+        parse::parse(
+            submission,
+            ParseOptions {
+                form: form.as_ref(),
+                keep_raw,
+            },
+        )
+    })
+    .await
+    .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+}
+
+/// The envelope as JSON, encoded on the blocking pool for a large item.
+async fn encode_off_the_runtime(message: parse::Message) -> Result<String, serde_json::Error> {
+    if crate::audit::content_size(&message.envelope) <= OFF_THE_RUNTIME_BYTES as u64 {
+        return serde_json::to_string(&message.envelope);
+    }
+    tokio::task::spawn_blocking(move || serde_json::to_string(&message.envelope))
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
 }
 
 fn channel_label(channel: crate::envelope::Channel) -> &'static str {
