@@ -181,8 +181,16 @@ impl FieldValue {
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Attachment {
+    /// A safe name to show and save under (src/parse/filename.rs): no
+    /// control, bidi or invisible characters, no path parts or leading
+    /// dot, at most 255 bytes with its extension kept, never empty.
+    /// Omitted when the sender gave no name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filename: Option<String>,
+    /// The name exactly as sent (decoded), only when it differs from
+    /// `filename`: what the sender saw, for an operator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original_filename: Option<String>,
     pub content_type: String,
     /// Decoded size in bytes.
     pub size: u64,

@@ -575,3 +575,101 @@ async fn empty_message_is_400() {
         "says the message is empty: {message}"
     );
 }
+
+// ---------------------------------------------------------------------------
+// Attachment names.
+// ---------------------------------------------------------------------------
+
+/// Attachments named to deceive (a right-to-left override, control
+/// characters, a path, a drive, an invisible isolate, 2,000 characters)
+/// are stored whole under a safe `filename`, with the decoded name as sent
+/// in `original_filename`; a plain name keeps no second copy.
+#[tokio::test]
+async fn hostile_attachment_names_are_stored_safe_with_the_name_as_sent_beside() {
+    use sha2::{Digest, Sha256};
+    let long = format!("{}.pdf", "a".repeat(2_000));
+    // (Content-Disposition parameter, the name decoded, the safe name)
+    let named: Vec<(String, String, String)> = vec![
+        (
+            "filename*=UTF-8''invoice%E2%80%AEfdp.exe".into(),
+            "invoice\u{202E}fdp.exe".into(),
+            "invoicefdp.exe".into(),
+        ),
+        (
+            "filename*=UTF-8''report%0D%0A%07copy.pdf".into(),
+            "report\r\n\u{7}copy.pdf".into(),
+            "report copy.pdf".into(),
+        ),
+        (
+            "filename=\"../../etc/passwd\"".into(),
+            "../../etc/passwd".into(),
+            "passwd".into(),
+        ),
+        (
+            "filename*=UTF-8''C%3A%5Cx%5Cy.pdf".into(),
+            "C:\\x\\y.pdf".into(),
+            "y.pdf".into(),
+        ),
+        (
+            "filename=\"=?UTF-8?Q?a=E2=81=A6b.pdf?=\"".into(),
+            "a\u{2066}b.pdf".into(),
+            "ab.pdf".into(),
+        ),
+        (
+            format!("filename=\"{long}\""),
+            long.clone(),
+            format!("{}.pdf", "a".repeat(251)),
+        ),
+        (
+            "filename=\"invoice.pdf\"".into(),
+            "invoice.pdf".into(),
+            "invoice.pdf".into(),
+        ),
+    ];
+    let contents: Vec<Vec<u8>> = (0..named.len())
+        .map(|i| noise(200 + 50 * i, 0x5eed + i as u64))
+        .collect();
+    let mut raw = String::from(
+        "From: ann@example.com\nTo: support@shop.test\nSubject: files\nMIME-Version: 1.0\n\
+         Content-Type: multipart/mixed; boundary=\"b\"\n\n--b\nContent-Type: text/plain\n\n\
+         see attached\n",
+    );
+    for ((param, _, _), data) in named.iter().zip(&contents) {
+        raw.push_str(&format!(
+            "--b\nContent-Type: application/octet-stream\nContent-Disposition: attachment; {param}\n\
+             Content-Transfer-Encoding: base64\n\n{}\n",
+            base64::engine::general_purpose::STANDARD.encode(data)
+        ));
+    }
+    raw.push_str("--b--\n");
+    let raw = crlf(&[raw.as_bytes()]);
+
+    let envelope = assert_stored("hostile_attachment_names", &raw).await;
+    let attachments = envelope["attachments"].as_array().expect("attachments");
+    assert_eq!(attachments.len(), named.len(), "no attachment lost");
+    for ((attachment, (param, sent, safe)), data) in attachments.iter().zip(&named).zip(&contents) {
+        assert_eq!(attachment["filename"], safe.as_str(), "{param}");
+        if sent == safe {
+            assert!(
+                attachment.get("original_filename").is_none(),
+                "{param}: a safe name keeps no second copy: {attachment}"
+            );
+        } else {
+            assert_eq!(
+                attachment["original_filename"],
+                sent.as_str(),
+                "{param}: the name as sent is kept"
+            );
+        }
+        assert_eq!(attachment["size"], data.len(), "{param}: size");
+        let sha256: String = Sha256::digest(data)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(attachment["sha256"], sha256, "{param}: sha256");
+        let stored = base64::engine::general_purpose::STANDARD
+            .decode(attachment["content_base64"].as_str().unwrap())
+            .unwrap();
+        assert!(stored == *data, "{param}: the content is stored unchanged");
+    }
+}

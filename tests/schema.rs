@@ -149,6 +149,7 @@ fn every_source_variant_and_optional_field_matches_the_schema() {
         .collect(),
         attachments: vec![Attachment {
             filename: Some("logo.png".into()),
+            original_filename: Some("../.logo.png".into()),
             content_type: "image/png".into(),
             size: 5,
             sha256: "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824".into(),
@@ -285,7 +286,7 @@ async fn broken_envelopes_fail_validation() {
     );
 
     type Breakage = (&'static str, fn(&mut Value));
-    let breakages: [Breakage; 20] = [
+    let breakages: [Breakage; 25] = [
         ("unknown top-level field", |e| {
             e["unplanned"] = json!("surprise");
         }),
@@ -331,6 +332,21 @@ async fn broken_envelopes_fail_validation() {
         }),
         ("unknown disposition", |e| {
             e["attachments"][0]["disposition"] = json!("maybe");
+        }),
+        ("a file name with a path", |e| {
+            e["attachments"][0]["filename"] = json!("../../etc/passwd");
+        }),
+        ("a file name with a right-to-left override", |e| {
+            e["attachments"][0]["filename"] = json!("invoice\u{202E}fdp.exe");
+        }),
+        ("a file name with a line break", |e| {
+            e["attachments"][0]["filename"] = json!("a\r\nb.pdf");
+        }),
+        ("a hidden file name", |e| {
+            e["attachments"][0]["filename"] = json!(".htaccess");
+        }),
+        ("an original file name that is not a string", |e| {
+            e["attachments"][0]["original_filename"] = json!(["a.pdf"]);
         }),
         ("unknown field in an attachment", |e| {
             e["attachments"][0]["virus"] = json!(false);
@@ -418,6 +434,74 @@ async fn multipart_form_post_with_a_file_matches_the_schema() {
     assert_eq!(env["text"], "Invoice attached, Grüße");
     assert_eq!(env["attachments"][0]["filename"], "invoice.pdf");
     assert_eq!(env["attachments"][0]["disposition"], "attachment");
+}
+
+/// A file named to deceive (a right-to-left override, a path, a line
+/// break) is stored under a safe `filename`, with the name as sent in
+/// `original_filename`: both in the schema, by form and by mail.
+#[tokio::test]
+async fn hostile_file_names_keep_their_original_and_match_the_schema() {
+    let gw = Gateway::start("schema_original_filename").await;
+    let upload = |name: &str| {
+        reqwest::multipart::Part::bytes(b"%PDF-1.4 invoice".to_vec())
+            .file_name(name.to_string())
+            .mime_str("application/pdf")
+            .unwrap()
+    };
+    let form = reqwest::multipart::Form::new()
+        .text("email", "bob@example.com")
+        .text("message", "Two files")
+        .part("upload", upload("invoice\u{202E}fdp.exe"))
+        .part("other", upload("../../etc/passwd"));
+    let response = client()
+        .post(gw.form_url("contact"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202, "multipart post accepted");
+    let receipt: Value = response.json().await.unwrap();
+    let env = desk_envelope(&gw, receipt["id"].as_str().unwrap()).await;
+    assert_matches_schema("form with hostile file names", &env);
+    let names: Vec<(Value, Value)> = env["attachments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| (a["filename"].clone(), a["original_filename"].clone()))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            (json!("invoicefdp.exe"), json!("invoice\u{202E}fdp.exe")),
+            (json!("passwd"), json!("../../etc/passwd")),
+        ]
+    );
+
+    let env = deliver(
+        &gw,
+        mail(&[b"From: ann@example.com\n\
+            Subject: files\n\
+            MIME-Version: 1.0\n\
+            Content-Type: multipart/mixed; boundary=\"b\"\n\
+            \n\
+            --b\n\
+            Content-Type: text/plain\n\
+            \n\
+            see attached\n\
+            --b\n\
+            Content-Type: application/pdf\n\
+            Content-Disposition: attachment; filename*=UTF-8''C%3A%5Cx%5C%0D%0Ay.pdf\n\
+            \n\
+            %PDF-1\n\
+            --b--\n"]),
+        &[],
+    )
+    .await;
+    assert_eq!(env["attachments"][0]["filename"], "y.pdf");
+    assert_eq!(
+        env["attachments"][0]["original_filename"],
+        "C:\\x\\\r\ny.pdf"
+    );
 }
 
 #[tokio::test]

@@ -3,6 +3,7 @@
 //! fields (`_replyto`, `_subject`, `_next`, `_gotcha`, ...) steer the
 //! gateway and are taken out of `fields`.
 
+use super::filename::{self, FileName};
 use super::{sha256_hex, ScanTarget};
 use crate::config::FormConfig;
 use crate::envelope::{Address, Attachment, Base64, Channel, Disposition, Envelope};
@@ -41,8 +42,16 @@ pub(super) fn fill(envelope: &mut Envelope, post: FormPost, form: &FormConfig) -
 
     let mut targets = Vec::with_capacity(post.files.len());
     for upload in post.files {
+        // The desk and the scanner's report see the safe name; the name as
+        // sent is kept beside it when it differs.
+        let names = FileName::from_sent(upload.filename.as_deref());
+        let scan_name = names
+            .filename
+            .clone()
+            .unwrap_or_else(|| filename::safe_filename(&upload.field));
         envelope.attachments.push(Attachment {
-            filename: upload.filename.as_deref().map(single_line),
+            filename: names.filename,
+            original_filename: names.original,
             content_type: upload.content_type.clone(),
             size: upload.data.len() as u64,
             sha256: sha256_hex(&upload.data),
@@ -51,7 +60,7 @@ pub(super) fn fill(envelope: &mut Envelope, post: FormPost, form: &FormConfig) -
             content_base64: Base64(upload.data.clone()),
         });
         targets.push(ScanTarget {
-            name: upload.filename.unwrap_or(upload.field),
+            name: scan_name,
             data: upload.data,
             whole_message: false,
         });
@@ -66,12 +75,14 @@ pub(super) fn fill(envelope: &mut Envelope, post: FormPost, form: &FormConfig) -
 }
 
 /// `value` on one line: every run of control characters (CR, LF, tab,
-/// NUL, ...) becomes one space, and the ends are trimmed.
+/// NUL, NEL, ...) and of the Unicode line and paragraph separators
+/// (U+2028, U+2029, which some clients break lines at) becomes one
+/// space, and the ends are trimmed.
 pub(crate) fn single_line(value: &str) -> String {
     let mut out = String::with_capacity(value.len());
     let mut in_run = false;
     for c in value.chars() {
-        if c.is_control() {
+        if c.is_control() || c == '\u{2028}' || c == '\u{2029}' {
             if !in_run {
                 out.push(' ');
             }
@@ -114,5 +125,6 @@ mod tests {
             "non-control text kept"
         );
         assert_eq!(single_line("a\u{0}b"), "a b");
+        assert_eq!(single_line("a\u{2028}b\u{2029}\u{85}c"), "a b c");
     }
 }

@@ -111,14 +111,18 @@ pub(super) fn fill(
         let inline = part
             .content_disposition()
             .is_some_and(|d| d.ctype().eq_ignore_ascii_case("inline"));
-        let filename = part.attachment_name().map(str::to_string);
+        // The desk and the scanner's report see the safe name; the name as
+        // sent (decoded) is kept beside it when it differs.
+        let names = super::filename::FileName::from_sent(part.attachment_name());
         let content_id = part
             .content_id()
             .map(|id| id.trim_matches(['<', '>']).to_string());
         // One buffer for the envelope and the scanner.
         let data = contents_buffer(raw, &mut message.parts[id as usize]);
+        let scan_name = names.filename.clone();
         envelope.attachments.push(Attachment {
-            filename: filename.clone(),
+            filename: names.filename,
+            original_filename: names.original,
             content_type,
             size: data.len() as u64,
             sha256: sha256_hex(&data),
@@ -131,7 +135,7 @@ pub(super) fn fill(
             content_base64: Base64(data.clone()),
         });
         targets.push(ScanTarget {
-            name: filename.unwrap_or_else(|| format!("part {}", targets.len())),
+            name: scan_name.unwrap_or_else(|| format!("part {}", targets.len())),
             data,
             whole_message: false,
         });
@@ -461,6 +465,55 @@ mod tests {
             "written as base64 in the JSON"
         );
         assert_eq!(a.disposition, Disposition::Attachment);
+    }
+
+    #[test]
+    fn attachment_names_are_made_safe_and_the_sent_name_is_kept() {
+        let raw = "From: a@example.com\r\nSubject: files\r\nMIME-Version: 1.0\r\n\
+              Content-Type: multipart/mixed; boundary=\"b\"\r\n\r\n\
+              --b\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n\
+              --b\r\nContent-Type: application/octet-stream\r\n\
+              Content-Disposition: attachment; filename*=UTF-8''invoice%E2%80%AEfdp.exe\r\n\r\nMZ\r\n\
+              --b\r\nContent-Type: text/plain\r\n\
+              Content-Disposition: attachment; filename=\"../../etc/passwd\"\r\n\r\nroot\r\n\
+              --b\r\nContent-Type: application/pdf\r\n\
+              Content-Disposition: attachment; filename=\"report.pdf\"\r\n\r\n%PDF\r\n\
+              --b--\r\n";
+        let source = Source::Mailgate {
+            sender: None,
+            recipients: vec![],
+            ip: "127.0.0.1".into(),
+        };
+        let submission = Submission::new(source, Payload::Mail(Bytes::from(raw)));
+        let options = ParseOptions {
+            form: None,
+            keep_raw: false,
+        };
+        let message = parse(submission, options).expect("mail parses");
+        let names: Vec<(Option<&str>, Option<&str>)> = message
+            .envelope
+            .attachments
+            .iter()
+            .map(|a| (a.filename.as_deref(), a.original_filename.as_deref()))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                (Some("invoicefdp.exe"), Some("invoice\u{202E}fdp.exe")),
+                (Some("passwd"), Some("../../etc/passwd")),
+                (Some("report.pdf"), None),
+            ],
+            "safe names, and the sent name only where it differs"
+        );
+        let scanned: Vec<&str> = message.scan_targets[1..]
+            .iter()
+            .map(|t| t.name.as_str())
+            .collect();
+        assert_eq!(
+            scanned,
+            ["invoicefdp.exe", "passwd", "report.pdf"],
+            "the scanner reports the safe names"
+        );
     }
 
     #[test]

@@ -100,7 +100,7 @@ pub fn redact_envelope(envelope: &mut Envelope, config: &PrivacyConfig) -> usize
     for filename in envelope
         .attachments
         .iter_mut()
-        .filter_map(|a| a.filename.as_mut())
+        .flat_map(|a| a.filename.iter_mut().chain(a.original_filename.iter_mut()))
     {
         one(filename);
     }

@@ -303,12 +303,22 @@ fn with_receipt(target: &str, id: &str) -> String {
     encoded
 }
 
-/// Checks a decoded post against its form: required fields, a plausible
-/// reply address (no header injection), an allowed `_next`. Public for the
-/// fuzz targets (tests/fuzz), which run a post through the same checks.
+/// Checks a decoded post against its form: single-value fields sent once,
+/// required fields, a plausible reply address (no header injection), an
+/// allowed `_next`. Every problem is reported at once; a field sent more
+/// than once is reported for that alone. Public for the fuzz targets
+/// (tests/fuzz), which run a post through the same checks.
 pub fn check_fields(form: &FormConfig, post: &FormPost) -> Result<(), ApiError> {
-    let mut problems = Vec::new();
-    for name in &form.required {
+    let repeated = repeated_single_values(form, post);
+    let mut problems: Vec<FieldProblem> = repeated
+        .iter()
+        .map(|name| FieldProblem {
+            name: name.to_string(),
+            problem: "sent more than once; send one value".into(),
+        })
+        .collect();
+    let once = |name: &str| !repeated.contains(&name);
+    for name in form.required.iter().filter(|name| once(name)) {
         if post.field(name).is_none() && !post.files.iter().any(|f| &f.field == name) {
             problems.push(FieldProblem {
                 name: name.clone(),
@@ -321,7 +331,7 @@ pub fn check_fields(form: &FormConfig, post: &FormPost) -> Result<(), ApiError> 
     } else {
         "_replyto"
     };
-    if let Some(email) = post.field(email_field) {
+    if let Some(email) = post.field(email_field).filter(|_| once(email_field)) {
         if !looks_like_email(email) {
             problems.push(FieldProblem {
                 name: email_field.to_string(),
@@ -329,7 +339,7 @@ pub fn check_fields(form: &FormConfig, post: &FormPost) -> Result<(), ApiError> 
             });
         }
     }
-    if let Some(next) = post.field("_next") {
+    if let Some(next) = post.field("_next").filter(|_| once("_next")) {
         if !redirect_allowed(form, next) {
             problems.push(FieldProblem {
                 name: "_next".into(),
@@ -341,6 +351,121 @@ pub fn check_fields(form: &FormConfig, post: &FormPost) -> Result<(), ApiError> 
         Ok(())
     } else {
         Err(ApiError::InvalidFields(problems))
+    }
+}
+
+/// The fields of which the gateway reads one value, in the order they are
+/// reported: the address, name and message fields, and the reserved
+/// `_replyto`, `_subject` and `_next`. A second value would be stored in
+/// `fields` unchecked (an address or `_next` with a line break), and
+/// the message field's would reach the desk beside `text` without being
+/// counted by the link cap (crate::formguard), which reads the first.
+fn single_value_fields(form: &FormConfig) -> [&str; 6] {
+    [
+        form.email_field.as_str(),
+        "_replyto",
+        form.name_field.as_str(),
+        "_subject",
+        form.message_field.as_str(),
+        "_next",
+    ]
+}
+
+/// The single-value fields posted more than once (blank values count: a
+/// blank first value would hide the second from the checks), each once.
+fn repeated_single_values<'f>(form: &'f FormConfig, post: &FormPost) -> Vec<&'f str> {
+    let mut repeated: Vec<&str> = Vec::new();
+    for name in single_value_fields(form) {
+        let many = matches!(
+            post.fields.get(name),
+            Some(crate::envelope::FieldValue::Many(values)) if values.len() > 1
+        );
+        if many && !repeated.contains(&name) {
+            repeated.push(name);
+        }
+    }
+    repeated
+}
+
+#[cfg(test)]
+mod single_value_tests {
+    use super::*;
+
+    fn form() -> FormConfig {
+        let config = crate::config::Config::from_toml(
+            "[redis]\nurl = \"redis://x\"\n[[form]]\nid = \"contact\"\nrequired = [\"email\"]\n\
+             redirect = \"https://shop.test/thanks\"\n",
+        )
+        .expect("test form config");
+        config.forms[0].clone()
+    }
+
+    fn post(fields: &[(&str, &str)]) -> FormPost {
+        let mut post = FormPost::default();
+        for (name, value) in fields {
+            post.add_field(name.to_string(), value.to_string());
+        }
+        post
+    }
+
+    fn problems(post: &FormPost) -> Vec<FieldProblem> {
+        match check_fields(&form(), post) {
+            Ok(()) => Vec::new(),
+            Err(ApiError::InvalidFields(problems)) => problems,
+            Err(other) => panic!("expected invalid_fields, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn each_single_value_field_sent_twice_is_named() {
+        for field in ["email", "_replyto", "name", "_subject", "message", "_next"] {
+            let value = match field {
+                "email" | "_replyto" => "ok@x.test",
+                "_next" => "https://shop.test/thanks",
+                _ => "text",
+            };
+            let mut fields = vec![("email", "ann@example.com"), (field, value), (field, value)];
+            if field == "email" {
+                fields.remove(0);
+            }
+            let found = problems(&post(&fields));
+            assert_eq!(
+                found,
+                [FieldProblem {
+                    name: field.into(),
+                    problem: "sent more than once; send one value".into(),
+                }],
+                "{field} sent twice"
+            );
+        }
+    }
+
+    #[test]
+    fn a_repeated_address_is_reported_once_whatever_its_values() {
+        let found = problems(&post(&[
+            ("email", "ok@x.test"),
+            ("email", "b@x.test\r\nBcc: victim@example.com"),
+        ]));
+        assert_eq!(found.len(), 1, "one problem for one field: {found:?}");
+        assert_eq!(found[0].name, "email");
+        // A blank first value does not hide the second.
+        let found = problems(&post(&[
+            ("email", ""),
+            ("email", "b@x.test\r\nBcc: v@x.test"),
+        ]));
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].name, "email");
+    }
+
+    #[test]
+    fn other_fields_may_repeat_and_one_value_passes() {
+        let found = problems(&post(&[
+            ("email", "ann@example.com"),
+            ("size", "M"),
+            ("size", "L"),
+            ("message", "hello"),
+        ]));
+        assert!(found.is_empty(), "checkboxes repeat: {found:?}");
     }
 }
 

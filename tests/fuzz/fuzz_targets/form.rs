@@ -102,6 +102,20 @@ fn check_form(kind: BodyKind, body: Bytes) {
         assert!(e.status().is_client_error(), "{e:?} is a 4xx");
         return;
     }
+    // The fields the gateway reads one value of passed only with one.
+    for name in [
+        form.email_field.as_str(),
+        "_replyto",
+        form.name_field.as_str(),
+        "_subject",
+        form.message_field.as_str(),
+        "_next",
+    ] {
+        assert!(
+            !matches!(post.fields.get(name), Some(FieldValue::Many(vs)) if vs.len() > 1),
+            "`{name}` passed the checks with more than one value"
+        );
+    }
 
     let key = TokenKey::new(b"fuzz secret of the form tokens");
     let bot_check = judge(form, Some(&key), &post, unix_now())

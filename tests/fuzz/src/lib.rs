@@ -75,7 +75,43 @@ pub fn check_envelope(envelope: &Envelope) {
             "sha256 is 64 lower-case hex digits: {}",
             attachment.sha256
         );
+        if let Some(name) = &attachment.filename {
+            check_safe_filename(name);
+        }
+        if let Some(original) = &attachment.original_filename {
+            assert!(
+                attachment
+                    .filename
+                    .as_ref()
+                    .is_some_and(|safe| safe != original),
+                "original_filename only beside a safe name that differs: {attachment:?}"
+            );
+        }
     }
+}
+
+/// A file name the desk may show and save under (src/parse/filename.rs),
+/// checked from the outside: not empty, at most 255 bytes, no control,
+/// bidi or zero-width character, no path separator or colon, no leading
+/// dot or space, no trailing dot or space, no run of spaces.
+pub fn check_safe_filename(name: &str) {
+    let invisible = |c: char| {
+        matches!(c, '\u{061C}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
+    };
+    assert!(!name.is_empty() && name.len() <= 255, "length: {name:?}");
+    assert!(
+        !name.chars().any(|c| c.is_control() || invisible(c)),
+        "a control or invisible character: {name:?}"
+    );
+    assert!(
+        !name.contains(['/', '\\', ':', '\u{FF0F}', '\u{FF3C}']),
+        "a path part: {name:?}"
+    );
+    assert!(
+        !name.starts_with(['.', ' ']) && !name.ends_with(['.', ' ']) && !name.contains("  "),
+        "hiding dots or spaces: {name:?}"
+    );
 }
 
 /// Card masking only turns ASCII digits into `*`: same length, and every
