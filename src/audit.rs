@@ -400,6 +400,7 @@ mod tests {
         }];
         envelope.attachments = vec![Attachment {
             filename: Some("big.bin".into()),
+            original_filename: None,
             content_type: "application/octet-stream".into(),
             size: attachment_len as u64,
             sha256: "ab".repeat(32),

@@ -192,6 +192,17 @@ impl FormPost {
         }
     }
 
+    /// Whether any value posted under `name` is not blank, or a file was
+    /// uploaded under it: a honeypot is filled by `_gotcha=&_gotcha=x` too.
+    pub fn filled(&self, name: &str) -> bool {
+        let values: &[String] = match self.fields.get(name) {
+            Some(FieldValue::One(v)) => std::slice::from_ref(v),
+            Some(FieldValue::Many(vs)) => vs,
+            None => &[],
+        };
+        values.iter().any(|v| !v.trim().is_empty()) || self.files.iter().any(|f| f.field == name)
+    }
+
     /// The first value of a field, if posted and not blank.
     pub fn field(&self, name: &str) -> Option<&str> {
         self.fields

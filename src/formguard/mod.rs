@@ -188,7 +188,7 @@ pub fn judge<'p>(
     now: u64,
 ) -> Result<Option<&'p str>, BotCheck> {
     let field = |name: &str| post.field(name);
-    if field(&form.honeypot).is_some() {
+    if post.filled(&form.honeypot) {
         return Err(BotCheck::Honeypot);
     }
     if let Some(max) = form.max_links {
@@ -302,6 +302,25 @@ mod tests {
         assert_eq!(
             key.verify("contact", &future, 1_000_000, Duration::ZERO, MAX),
             Err(BotCheck::TokenInvalid)
+        );
+    }
+
+    #[test]
+    fn a_honeypot_filled_in_a_second_value_is_still_filled() {
+        let config = crate::config::Config::from_toml(
+            "[redis]\nurl = \"redis://x\"\n[[form]]\nid = \"contact\"\n",
+        )
+        .unwrap();
+        let form = &config.forms[0];
+        let mut post = FormPost::default();
+        post.add_field("email".into(), "ann@example.com".into());
+        post.add_field("_gotcha".into(), "".into());
+        assert_eq!(judge(form, None, &post, 0), Ok(None), "an empty honeypot");
+        post.add_field("_gotcha".into(), "http://spam.example".into());
+        assert_eq!(
+            judge(form, None, &post, 0),
+            Err(BotCheck::Honeypot),
+            "the second value fills it"
         );
     }
 

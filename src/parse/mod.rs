@@ -117,7 +117,7 @@ pub fn parse(submission: Submission, options: ParseOptions<'_>) -> Result<Messag
             let form = options.form.ok_or(ParseError::FormNotDeclared)?;
             if let Some(check) = &post.bot_check {
                 trap = Some(format!("bot check failed: {check}"));
-            } else if post.field(&form.honeypot).is_some() {
+            } else if post.filled(&form.honeypot) {
                 trap = Some(format!("honeypot field {} was filled", form.honeypot));
             }
             form::fill(&mut envelope, post, form)
