@@ -975,6 +975,28 @@ mod tests {
     }
 
     #[test]
+    fn archives_as_real_tools_make_them_pass() {
+        // The fuzz seeds: zips and gzips written by Python's zipfile and
+        // gzip (data descriptors, zip64 local headers, a program before
+        // the zip), after their selector byte.
+        let corpus =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz/corpus/archive");
+        for (seed, archives) in [
+            ("zip", 1),
+            ("zip64", 1),
+            ("nested-zip", 2),
+            ("gzip", 1),
+            ("gzip-of-zip", 2),
+            ("self-extractor", 1),
+        ] {
+            let data = std::fs::read(corpus.join(seed)).unwrap();
+            let found = inspect(seed, &data[1..], &limits())
+                .unwrap_or_else(|e| panic!("{seed} is a normal archive: {e}"));
+            assert_eq!(found.archives, archives, "{seed}: {found:?}");
+        }
+    }
+
+    #[test]
     fn names_in_reasons_are_printable_and_bounded() {
         assert_eq!(printable(b"a\r\nb\x00c"), "a  b c");
         let long = printable(&[b'x'; 500]);
