@@ -63,19 +63,56 @@ pub(super) struct Inflated {
 /// The first bytes of an output, until they tell whether it is an archive.
 const MAGIC_LEN: usize = 4;
 
-/// Inflates a raw deflate stream, counting its output and stopping once
-/// it is past `cap`. The output is kept only when it starts like an
-/// archive and fits in `keep` bytes.
-pub(super) fn inflate(
+/// Output bytes per round, counted and then overwritten.
+const CHUNK: usize = 64 * 1024;
+
+/// The inflate state and output chunk one check reuses for every entry
+/// and gzip member (each is done before a nested archive is read), so
+/// that thousands of tiny members do not each allocate and clear one.
+pub(super) struct Inflater {
+    stream: flate2::Decompress,
+    chunk: Vec<u8>,
+}
+
+impl Inflater {
+    pub(super) fn new() -> Self {
+        Inflater {
+            stream: flate2::Decompress::new(false),
+            chunk: vec![0; CHUNK],
+        }
+    }
+
+    /// Inflates a raw deflate stream, counting its output and stopping
+    /// once it is past `cap`. The output is kept only when it starts like
+    /// an archive and fits in `keep` bytes.
+    pub(super) fn inflate(
+        &mut self,
+        input: &[u8],
+        cap: u64,
+        keep: usize,
+        deadline: Option<Instant>,
+    ) -> Result<Inflated, InflateError> {
+        self.stream.reset(false);
+        inflate(
+            &mut self.stream,
+            &mut self.chunk,
+            input,
+            cap,
+            keep,
+            deadline,
+        )
+    }
+}
+
+fn inflate(
+    stream: &mut flate2::Decompress,
+    chunk: &mut [u8],
     input: &[u8],
     cap: u64,
     keep: usize,
     deadline: Option<Instant>,
 ) -> Result<Inflated, InflateError> {
-    use flate2::{Decompress, FlushDecompress, Status};
-    const CHUNK: usize = 64 * 1024;
-    let mut stream = Decompress::new(false);
-    let mut chunk = vec![0u8; CHUNK];
+    use flate2::{FlushDecompress, Status};
     // `None` once the output is known not to be an archive.
     let mut head: Option<Vec<u8>> = Some(Vec::new());
     let mut too_large = false;
@@ -88,7 +125,7 @@ pub(super) fn inflate(
         let status = stream
             .decompress(
                 input.get(consumed..).unwrap_or_default(),
-                &mut chunk,
+                chunk,
                 FlushDecompress::None,
             )
             .map_err(|_| InflateError::Corrupt)?;

@@ -17,7 +17,7 @@ mod zip;
 use std::fmt;
 use std::time::Instant;
 
-use deflate::{gzip_header_len, inflate, InflateError, Kept};
+use deflate::{gzip_header_len, InflateError, Inflater, Kept};
 use zip::{
     find_end, Directory, Entry, ZipError, END_SIG, LOCAL_SIG, METHOD_DEFLATE, METHOD_STORED,
 };
@@ -154,6 +154,7 @@ pub fn inspect(name: &str, data: &[u8], limits: &Limits) -> Result<Inspected, Be
         limits,
         path: vec![printable(name.as_bytes())],
         found: Inspected::default(),
+        inflater: Inflater::new(),
     };
     walk.target(data, 1, Strictness::Top)?;
     Ok(walk.found)
@@ -178,6 +179,7 @@ struct Walk<'l> {
     /// Names from the target down to the archive being read.
     path: Vec<String>,
     found: Inspected,
+    inflater: Inflater,
 }
 
 impl Walk<'_> {
@@ -349,13 +351,15 @@ impl Walk<'_> {
             METHOD_DEFLATE => {
                 // Counting stops a chunk past the declared size: enough
                 // to catch a directory that understates it.
-                let inflated = inflate(
-                    packed,
-                    entry.size,
-                    self.limits.max_nested,
-                    self.limits.deadline,
-                )
-                .map_err(|e| self.inflate_failed(&format!("entry `{}`", entry.name), e))?;
+                let inflated = self
+                    .inflater
+                    .inflate(
+                        packed,
+                        entry.size,
+                        self.limits.max_nested,
+                        self.limits.deadline,
+                    )
+                    .map_err(|e| self.inflate_failed(&format!("entry `{}`", entry.name), e))?;
                 if inflated.produced > entry.size {
                     return Err(self.malformed(format!(
                         "entry `{}` inflates to more than the {} bytes it declares",
@@ -422,9 +426,13 @@ impl Walk<'_> {
         let mut produced = 0u64;
         let mut kept = Kept::Nothing;
         let mut members = 0u64;
-        // Each member takes at least its 18 bytes of header and trailer.
+        // A member is a file of its own (`gzip -c a b` writes two), so
+        // members count against `max_files`, which bounds this loop.
         while starts_like_gzip(rest) {
             self.check_time()?;
+            if members > 0 {
+                self.add_files(1)?;
+            }
             let body = gzip_header_len(rest)
                 .and_then(|len| rest.get(len..))
                 .ok_or_else(|| self.malformed("a gzip member's header is cut short"))?;
@@ -434,13 +442,15 @@ impl Walk<'_> {
             } else {
                 0
             };
-            let inflated = inflate(
-                body,
-                budget.saturating_sub(produced),
-                keep,
-                self.limits.deadline,
-            )
-            .map_err(|e| self.inflate_failed("the gzip stream", e))?;
+            let inflated = self
+                .inflater
+                .inflate(
+                    body,
+                    budget.saturating_sub(produced),
+                    keep,
+                    self.limits.deadline,
+                )
+                .map_err(|e| self.inflate_failed("the gzip stream", e))?;
             produced = produced.saturating_add(inflated.produced);
             if produced > budget {
                 // Past the total or the ratio: say which.
@@ -925,6 +935,28 @@ mod tests {
                 let _ = inspect("bent.zip", &bent, &limits());
             }
         }
+    }
+
+    #[test]
+    fn gzip_members_count_as_files() {
+        let text = b"log line\n".repeat(100);
+        let three = [gzip(&text), gzip(&text), gzip(b"")].concat();
+        let found = inspect("logs.gz", &three, &limits()).expect("three members");
+        assert_eq!(found.files, 3);
+        assert_eq!(
+            found.expanded,
+            2 * text.len() as u64,
+            "every member counted"
+        );
+        let many = gzip(b"").repeat(20_000);
+        let (_, problem) = beyond_of(inspect("many.gz", &many, &limits()));
+        assert_eq!(
+            problem,
+            Problem::Files {
+                files: 1001,
+                limit: 1000
+            }
+        );
     }
 
     #[test]
