@@ -526,6 +526,66 @@ mod tests {
         );
     }
 
+    /// A zip of one deflated entry that declares `size` bytes (its data is
+    /// no stream at all: the declared size is judged first).
+    fn zip_declaring(size: u32) -> Vec<u8> {
+        let name = b"zeros.bin";
+        let fields = |out: &mut Vec<u8>| {
+            out.extend_from_slice(&20u16.to_le_bytes());
+            out.extend_from_slice(&0u16.to_le_bytes());
+            out.extend_from_slice(&8u16.to_le_bytes());
+            out.extend_from_slice(&[0; 8]);
+            out.extend_from_slice(&16u32.to_le_bytes());
+            out.extend_from_slice(&size.to_le_bytes());
+            out.extend_from_slice(&(name.len() as u16).to_le_bytes());
+            out.extend_from_slice(&0u16.to_le_bytes());
+        };
+        let mut zip = b"PK\x03\x04".to_vec();
+        fields(&mut zip);
+        zip.extend_from_slice(name);
+        zip.extend_from_slice(&[0xff; 16]);
+        let start = zip.len() as u32;
+        zip.extend_from_slice(b"PK\x01\x02\x14\x00");
+        fields(&mut zip);
+        zip.extend_from_slice(&[0; 14]);
+        zip.extend_from_slice(name);
+        let len = zip.len() as u32 - start;
+        zip.extend_from_slice(b"PK\x05\x06\0\0\0\0\x01\0\x01\0");
+        zip.extend_from_slice(&len.to_le_bytes());
+        zip.extend_from_slice(&start.to_le_bytes());
+        zip.extend_from_slice(&[0, 0]);
+        zip
+    }
+
+    #[tokio::test]
+    async fn an_archive_beyond_a_limit_is_unscannable_without_reaching_clamd() {
+        // Port 1 refuses connections: a scan sent there would be an error
+        // and mark the scanner down. pass-with-tag lets oversize parts
+        // through; a bomb is quarantined all the same.
+        let scanner = scanner("25MB", "pass-with-tag");
+        let bomb = ScanTarget {
+            name: "photos.zip".into(),
+            data: Bytes::from(zip_declaring(1 << 30)),
+            whole_message: false,
+        };
+        let verdict = scanner
+            .scan_targets(&[target(10), bomb])
+            .await
+            .expect("a bomb is a verdict, not an error");
+        match verdict {
+            ScanVerdict::Unscannable { reason, .. } => assert!(
+                reason.contains("photos.zip") && reason.contains("scan.archive_max_expanded"),
+                "the reason names the archive and the limit: {reason}"
+            ),
+            other => panic!("a bomb is unscannable whatever the policy: {other:?}"),
+        }
+        assert_eq!(
+            scanner.state(),
+            ScannerState::Unknown,
+            "nothing of the item was sent to clamd"
+        );
+    }
+
     #[tokio::test]
     async fn unreachable_clamd_is_an_error_never_a_pass() {
         let scanner = scanner("1MB", "quarantine");
