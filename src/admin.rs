@@ -2,7 +2,9 @@
 //! public. Every request needs the admin bearer token.
 //!
 //! `GET /metrics` renders every `intake_*` metric in the Prometheus text
-//! format; `GET /v1/quarantine` lists quarantined items and
+//! format; `GET /status` tells what the public `/readyz` does with the
+//! details it leaves out (clamd's address and engine, failure texts, the
+//! rules in force); `GET /v1/quarantine` lists quarantined items and
 //! `POST /v1/quarantine/{entry_id}/release` moves one to the desk after a
 //! re-scan ([`crate::quarantine`]).
 
@@ -28,6 +30,9 @@ pub struct AdminState {
     pub guard: crate::guard::Guard,
     /// For `GET /v1/quarantine` and its releases.
     pub quarantine: crate::quarantine::Quarantine,
+    /// For `GET /status`: Redis, the rules and the scanner as the public
+    /// listener's items meet them.
+    pub pipeline: Arc<crate::pipeline::Pipeline>,
     /// What `Retry-After` says when Redis or the scanner cannot answer.
     pub retry_after: std::time::Duration,
 }
@@ -76,6 +81,8 @@ async fn route(
         (_, "/v1/quarantine") => Err(ApiError::MethodNotAllowed { allow: "GET" }),
         (&Method::GET, "/metrics") => Ok(metrics(state)),
         (_, "/metrics") => Err(ApiError::MethodNotAllowed { allow: "GET" }),
+        (&Method::GET, "/status") => Ok(status(state).await),
+        (_, "/status") => Err(ApiError::MethodNotAllowed { allow: "GET" }),
         (&Method::POST, "/v1/rules/reload") => Ok(reload(state)),
         (_, "/v1/rules/reload") => Err(ApiError::MethodNotAllowed { allow: "POST" }),
         (&Method::GET, "/v1/rules") => Ok(rules(state)),
@@ -226,6 +233,19 @@ fn rules(state: &AdminState) -> Response<Body> {
         StatusCode::OK,
         &serde_json::json!({"rules": rules, "last_reload_error": state.guard.last_reload_error()}),
     )
+}
+
+/// `GET /status`: 200 when ready, 503 when not (as `/readyz`), with every
+/// part's state and details.
+async fn status(state: &AdminState) -> Response<Body> {
+    let pipeline = &state.pipeline;
+    let health = crate::sources::http::readiness::Health::check(
+        pipeline.sink().as_ref(),
+        pipeline.guard(),
+        pipeline.scanner(),
+    )
+    .await;
+    crate::sources::http::respond::json_response(health.status_code(), &health.detailed())
 }
 
 fn metrics(state: &AdminState) -> Response<Body> {

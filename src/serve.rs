@@ -172,6 +172,7 @@ pub async fn run_on(
             });
             (listener, shared)
         });
+    let admin_pipeline = pipeline.clone();
     let state = Arc::new(AppState {
         config: config.clone(),
         pipeline,
@@ -260,6 +261,7 @@ pub async fn run_on(
             metrics,
             guard: guard.clone(),
             quarantine,
+            pipeline: admin_pipeline,
             retry_after: config.http.retry_after.into(),
         }));
         http::server::serve(

@@ -1,5 +1,6 @@
 //! The `[scan]` section: where clamd is, how many scans run at once, how
-//! long one may take, and what happens to items too large to scan.
+//! long one may take, what happens to items too large to scan, and the
+//! archive limits checked before clamd sees anything.
 //!
 //! Without the section scanning is off and items say `unscanned`.
 
@@ -51,6 +52,26 @@ pub struct ScanConfig {
     /// Held items read from Redis per re-drive step.
     #[serde(default = "default_redrive_batch")]
     pub redrive_batch: usize,
+    /// Deepest nesting of archives (zip or gzip inside zip or gzip) read
+    /// before the scan; the outermost archive is depth 1. Deeper nesting
+    /// is quarantined as `unscannable`. At most 16, below clamd's
+    /// `MaxRecursion`.
+    #[serde(default = "default_archive_max_depth")]
+    pub archive_max_depth: usize,
+    /// Most uncompressed bytes an archive may hold: what a zip declares and
+    /// a gzip inflates to, nested archives and their contents included.
+    /// Keep it at or below clamd's `MaxFileSize`: clamd cuts a zip entry
+    /// above that short and answers OK for the part it read.
+    #[serde(default = "default_archive_max_expanded")]
+    pub archive_max_expanded: ByteSize,
+    /// Most uncompressed bytes per byte of an archive (its own size),
+    /// judged once it expands past 1 MiB; a bomb expands a thousandfold.
+    #[serde(default = "default_archive_max_ratio")]
+    pub archive_max_ratio: u64,
+    /// Most entries in an archive, nested archives' included. Keep it at or
+    /// below clamd's `MaxFiles`.
+    #[serde(default = "default_archive_max_files")]
+    pub archive_max_files: u64,
 }
 
 /// The policy for parts above `max_size` (or above clamd's own limits).
@@ -87,6 +108,34 @@ impl ScanConfig {
         if self.redrive_batch == 0 {
             problems.push("scan.redrive_batch: must be at least 1".into());
         }
+        if !(1..=MAX_ARCHIVE_DEPTH).contains(&self.archive_max_depth) {
+            problems.push(format!(
+                "scan.archive_max_depth: must be from 1 to {MAX_ARCHIVE_DEPTH}"
+            ));
+        }
+        if self.archive_max_expanded.bytes() == 0 {
+            problems.push("scan.archive_max_expanded: must be more than 0".into());
+        }
+        if self.archive_max_ratio == 0 {
+            problems.push("scan.archive_max_ratio: must be at least 1".into());
+        }
+        if self.archive_max_files == 0 {
+            problems.push("scan.archive_max_files: must be at least 1".into());
+        }
+    }
+
+    /// The archive limits of one check that must end by `deadline`.
+    pub fn archive_limits(&self, deadline: Option<std::time::Instant>) -> super::archive::Limits {
+        super::archive::Limits {
+            max_depth: self.archive_max_depth,
+            max_expanded: self.archive_max_expanded.bytes(),
+            max_ratio: self.archive_max_ratio,
+            max_files: self.archive_max_files,
+            // A nested archive is inflated into memory to be read; one
+            // larger than the largest blob clamd is sent is not.
+            max_nested: self.max_size.as_usize(),
+            deadline,
+        }
     }
 }
 
@@ -115,6 +164,27 @@ fn default_redrive_max_backoff() -> HumanDuration {
 fn default_redrive_batch() -> usize {
     16
 }
+/// clamd's `MaxRecursion` defaults to 17; deeper than this is no real mail.
+const MAX_ARCHIVE_DEPTH: usize = 16;
+fn default_archive_max_depth() -> usize {
+    // An invoice zip holding a zipped folder, or an office file (a zip)
+    // inside a zip: depth 2. One more for good measure.
+    3
+}
+fn default_archive_max_expanded() -> ByteSize {
+    // A photo archive or a folder of invoices within scan.max_size expands
+    // little (JPEG and PDF are compressed already); clamd's MaxFileSize
+    // defaults to 100M (MiB), so 100MB stays below it.
+    ByteSize(100_000_000)
+}
+fn default_archive_max_ratio() -> u64 {
+    // Text and office files compress 5 to 20 times; zeros 1000 times.
+    100
+}
+fn default_archive_max_files() -> u64 {
+    // clamd's MaxFiles defaults to 10000; a shop's customer sends tens.
+    1000
+}
 
 #[cfg(test)]
 mod tests {
@@ -130,6 +200,10 @@ mod tests {
         assert!(config.enabled);
         assert_eq!(config.oversize, OversizePolicy::Quarantine);
         assert_eq!(config.max_size.bytes(), 25_000_000);
+        assert_eq!(config.archive_max_depth, 3);
+        assert_eq!(config.archive_max_expanded.bytes(), 100_000_000);
+        assert_eq!(config.archive_max_ratio, 100);
+        assert_eq!(config.archive_max_files, 1000);
         let mut problems = Vec::new();
         config.validate(&mut problems);
         assert!(problems.is_empty(), "defaults are valid: {problems:?}");
@@ -145,6 +219,10 @@ timeout = "1ms"
 redrive_interval = "10s"
 redrive_max_backoff = "1s"
 oversize = "pass-with-tag"
+archive_max_depth = 17
+archive_max_expanded = "0B"
+archive_max_ratio = 0
+archive_max_files = 0
 "#,
         )
         .unwrap();
@@ -156,6 +234,10 @@ oversize = "pass-with-tag"
             "scan.max_concurrent",
             "scan.timeout",
             "scan.redrive_max_backoff",
+            "scan.archive_max_depth",
+            "scan.archive_max_expanded",
+            "scan.archive_max_ratio",
+            "scan.archive_max_files",
         ] {
             assert!(all.contains(key), "{key} not reported in:\n{all}");
         }
@@ -181,6 +263,14 @@ oversize = "pass-with-tag"
         assert!(
             scan.max_size.bytes() < 100 * 1024 * 1024,
             "below the dev clamd's StreamMaxLength (100M)"
+        );
+        assert!(
+            scan.archive_max_expanded.bytes() <= 100 * 1024 * 1024,
+            "at or below the dev clamd's MaxFileSize (100M), which clamd cuts entries to silently"
+        );
+        assert!(
+            scan.archive_max_files <= 10_000 && scan.archive_max_depth < 16,
+            "within the dev clamd's MaxFiles and MaxRecursion"
         );
     }
 }

@@ -3,10 +3,13 @@
 //!
 //! Guarantees: at most `max_concurrent` scans run at once and at most
 //! `queue_limit` wait; every scan is bounded by `timeout`; a blob above
-//! `max_size` is never sent but gets the oversize policy. When clamd cannot
-//! answer the scan is an error, never a pass: the pipeline holds the item
-//! in `intake:held`, and [`held::Redrive`] re-scans it when clamd is back.
+//! `max_size` is never sent but gets the oversize policy. Archives are
+//! checked first ([`archive`]): an item with one beyond the archive limits
+//! is `unscannable` and nothing of it is sent. When clamd cannot answer
+//! the scan is an error, never a pass: the pipeline holds the item in
+//! `intake:held`, and [`held::Redrive`] re-scans it when clamd is back.
 
+pub mod archive;
 pub mod clamd;
 pub mod config;
 pub mod held;
@@ -25,6 +28,10 @@ pub use config::{OversizePolicy, ScanConfig};
 
 /// The tag a `pass-with-tag` item carries to the desk.
 pub const OVERSIZE_TAG: &str = "unscanned:oversize";
+
+/// How long past `scan.timeout` an archive check is waited for before it
+/// is taken for failed (it stops itself at `scan.timeout`).
+const ARCHIVE_GRACE: Duration = Duration::from_secs(5);
 
 /// Why the scanner could not decide (clamd down, timed out, too busy).
 /// Not a verdict: such items are held, never passed on unscanned.
@@ -46,7 +53,20 @@ pub enum ScannerState {
     /// Not checked yet.
     Unknown,
     Up,
+    /// Down, and why (for the admin listener and the logs only).
     Down(String),
+}
+
+impl ScannerState {
+    /// The state's name, all the public `/readyz` says.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ScannerState::Disabled => "disabled",
+            ScannerState::Unknown => "unknown",
+            ScannerState::Up => "up",
+            ScannerState::Down(_) => "down",
+        }
+    }
 }
 
 /// The virus scanner: cheap to clone, shared by the pipeline and the
@@ -70,6 +90,8 @@ struct Inner {
     timeout: Duration,
     max_size: usize,
     oversize: OversizePolicy,
+    /// The archive limits (without a deadline: each check sets its own).
+    archives: archive::Limits,
     state: RwLock<Health>,
 }
 
@@ -101,6 +123,7 @@ impl Scanner {
                 timeout: config.timeout.into(),
                 max_size: config.max_size.as_usize(),
                 oversize: config.oversize,
+                archives: config.archive_limits(None),
                 state: RwLock::new(Health {
                     state: ScannerState::Unknown,
                     version: None,
@@ -127,20 +150,21 @@ impl Scanner {
             .and_then(|i| i.health().version.as_ref().map(|v| v.engine.clone()))
     }
 
-    /// The scanner's state for `/readyz`.
+    /// The scanner's state with its details (clamd's address, engine,
+    /// signatures, why it is down), for the admin listener's `GET /status`;
+    /// never for a public answer.
     pub fn report(&self) -> serde_json::Value {
         let Some(inner) = &self.inner else {
-            return serde_json::json!("disabled");
+            return serde_json::json!({ "state": ScannerState::Disabled.name() });
         };
         let health = inner.health();
-        let state = match &health.state {
-            ScannerState::Up => "up".to_string(),
-            ScannerState::Unknown => "unknown".to_string(),
-            ScannerState::Down(why) => format!("down: {why}"),
-            ScannerState::Disabled => "disabled".to_string(),
+        let error = match &health.state {
+            ScannerState::Down(why) => Some(why.clone()),
+            _ => None,
         };
         serde_json::json!({
-            "state": state,
+            "state": health.state.name(),
+            "error": error,
             "clamd": inner.clamd.address().to_string(),
             "engine": health.version.as_ref().map(|v| v.engine.clone()),
             "signatures": health.version.as_ref().and_then(|v| v.database.clone()),
@@ -153,17 +177,27 @@ impl Scanner {
         self.scan_targets(&message.scan_targets).await
     }
 
-    /// Scans every target (concurrently, within the pool's bound) and
-    /// combines the results: any signature makes the item infected; else
-    /// any part beyond the limits gets the oversize policy; else clean.
+    /// Checks the archives among the targets, then scans every target
+    /// (concurrently, within the pool's bound) and combines the results:
+    /// an archive beyond its limits makes the item unscannable, whatever
+    /// the oversize policy, and nothing is sent to clamd (a bomb is not a
+    /// large file to let through tagged); else any signature makes it
+    /// infected; else any part beyond the limits gets the oversize policy;
+    /// else clean.
     pub async fn scan_targets(&self, targets: &[ScanTarget]) -> Result<ScanVerdict, ScanError> {
         let Some(inner) = &self.inner else {
             return Ok(ScanVerdict::Unscanned {
                 reason: "virus scanning is not configured".into(),
             });
         };
-        let outcomes = try_join_all(targets.iter().map(|t| inner.scan_one(t))).await?;
         let engine = self.engine().unwrap_or_else(|| "ClamAV".to_string());
+        if let Some(beyond) = inner.check_archives(targets).await? {
+            return Ok(ScanVerdict::Unscannable {
+                engine,
+                reason: beyond.to_string(),
+            });
+        }
+        let outcomes = try_join_all(targets.iter().map(|t| inner.scan_one(t))).await?;
         let mut signatures: Vec<String> = Vec::new();
         let mut oversize: Vec<String> = Vec::new();
         for (target, outcome) in targets.iter().zip(outcomes) {
@@ -265,6 +299,71 @@ impl Inner {
         )
         .set(1.0);
         self.health_mut().version = Some(version);
+    }
+
+    /// Reads every archive among `targets` against the archive limits, in
+    /// a blocking thread and under a scan slot: inflating is CPU work, and
+    /// bounded like a scan. The first archive beyond a limit is returned.
+    async fn check_archives(
+        &self,
+        targets: &[ScanTarget],
+    ) -> Result<Option<archive::Beyond>, ScanError> {
+        let archives: Vec<(String, bytes::Bytes)> = targets
+            .iter()
+            .filter(|t| archive::is_archive(&t.data))
+            .map(|t| (t.name.clone(), t.data.clone()))
+            .collect();
+        let Some((first, _)) = archives.first() else {
+            return Ok(None);
+        };
+        let first = first.clone();
+        let _permit = self.permit().await.inspect_err(|_| {
+            metrics::counter!("intake_archive_checks_total", "result" => "busy").increment(1);
+        })?;
+        let started = Instant::now();
+        let mut limits = self.archives.clone();
+        limits.deadline = Some(started + self.timeout);
+        let check = tokio::task::spawn_blocking(move || {
+            archives
+                .iter()
+                .try_for_each(|(name, data)| archive::inspect(name, data, &limits).map(drop))
+        });
+        // The check stops itself at its deadline; this bound is for a
+        // check that does not (a bug), and fails closed like one.
+        let outcome = match tokio::time::timeout(self.timeout + ARCHIVE_GRACE, check).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(_)) | Err(_) => {
+                tracing::error!(archive = %first, "the archive check failed; the item is quarantined unscanned");
+                Err(archive::Beyond {
+                    path: first,
+                    problem: archive::Problem::Malformed("the archive check failed".into()),
+                })
+            }
+        };
+        metrics::histogram!("intake_archive_check_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
+        let label = match &outcome {
+            Ok(()) => "within",
+            Err(beyond) => beyond.problem.label(),
+        };
+        metrics::counter!("intake_archive_checks_total", "result" => label).increment(1);
+        match outcome {
+            Ok(()) => Ok(None),
+            Err(beyond) => {
+                if let Some(suppressed) =
+                    crate::telemetry::log_limit::errors().check("archive-beyond")
+                {
+                    tracing::warn!(
+                        archive = %beyond.path,
+                        limit = label,
+                        reason = %beyond,
+                        suppressed,
+                        "archive beyond a limit: the item is quarantined unscanned, clamd never sees it"
+                    );
+                }
+                Ok(Some(beyond))
+            }
+        }
     }
 
     /// One blob through the pool to clamd; the size policy applies before
@@ -424,6 +523,66 @@ mod tests {
         assert!(
             matches!(verdict, ScanVerdict::PassedUnscanned { ref tag, .. } if tag == OVERSIZE_TAG),
             "pass-with-tag policy: {verdict:?}"
+        );
+    }
+
+    /// A zip of one deflated entry that declares `size` bytes (its data is
+    /// no stream at all: the declared size is judged first).
+    fn zip_declaring(size: u32) -> Vec<u8> {
+        let name = b"zeros.bin";
+        let fields = |out: &mut Vec<u8>| {
+            out.extend_from_slice(&20u16.to_le_bytes());
+            out.extend_from_slice(&0u16.to_le_bytes());
+            out.extend_from_slice(&8u16.to_le_bytes());
+            out.extend_from_slice(&[0; 8]);
+            out.extend_from_slice(&16u32.to_le_bytes());
+            out.extend_from_slice(&size.to_le_bytes());
+            out.extend_from_slice(&(name.len() as u16).to_le_bytes());
+            out.extend_from_slice(&0u16.to_le_bytes());
+        };
+        let mut zip = b"PK\x03\x04".to_vec();
+        fields(&mut zip);
+        zip.extend_from_slice(name);
+        zip.extend_from_slice(&[0xff; 16]);
+        let start = zip.len() as u32;
+        zip.extend_from_slice(b"PK\x01\x02\x14\x00");
+        fields(&mut zip);
+        zip.extend_from_slice(&[0; 14]);
+        zip.extend_from_slice(name);
+        let len = zip.len() as u32 - start;
+        zip.extend_from_slice(b"PK\x05\x06\0\0\0\0\x01\0\x01\0");
+        zip.extend_from_slice(&len.to_le_bytes());
+        zip.extend_from_slice(&start.to_le_bytes());
+        zip.extend_from_slice(&[0, 0]);
+        zip
+    }
+
+    #[tokio::test]
+    async fn an_archive_beyond_a_limit_is_unscannable_without_reaching_clamd() {
+        // Port 1 refuses connections: a scan sent there would be an error
+        // and mark the scanner down. pass-with-tag lets oversize parts
+        // through; a bomb is quarantined all the same.
+        let scanner = scanner("25MB", "pass-with-tag");
+        let bomb = ScanTarget {
+            name: "photos.zip".into(),
+            data: Bytes::from(zip_declaring(1 << 30)),
+            whole_message: false,
+        };
+        let verdict = scanner
+            .scan_targets(&[target(10), bomb])
+            .await
+            .expect("a bomb is a verdict, not an error");
+        match verdict {
+            ScanVerdict::Unscannable { reason, .. } => assert!(
+                reason.contains("photos.zip") && reason.contains("scan.archive_max_expanded"),
+                "the reason names the archive and the limit: {reason}"
+            ),
+            other => panic!("a bomb is unscannable whatever the policy: {other:?}"),
+        }
+        assert_eq!(
+            scanner.state(),
+            ScannerState::Unknown,
+            "nothing of the item was sent to clamd"
         );
     }
 

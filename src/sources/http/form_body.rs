@@ -226,8 +226,8 @@ fn decode_json(post: &mut FormPost, body: &[u8], form: &FormConfig) -> Result<()
             e.valid_up_to()
         )));
     }
-    let object: serde_json::Map<String, Value> = serde_json::from_slice(body)
-        .map_err(|e| ApiError::BadRequest(format!("expected a JSON object of fields: {e}")))?;
+    let object: serde_json::Map<String, Value> =
+        serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(json_problem(&e)))?;
     for (name, value) in object {
         let scalar = |v: Value| -> Result<Option<String>, ApiError> {
             match v {
@@ -258,6 +258,44 @@ fn decode_json(post: &mut FormPost, body: &[u8], form: &FormConfig) -> Result<()
     Ok(())
 }
 
+/// What is wrong with a JSON body, in the gateway's words: where in the
+/// client's input, never serde_json's own text.
+fn json_problem(error: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    let problem = match error.classify() {
+        Category::Syntax => "is not valid JSON",
+        Category::Eof => "ends in the middle of a value",
+        Category::Data => "is not an object of fields",
+        // Not from a slice; said the same way should it ever be.
+        Category::Io => "cannot be read",
+    };
+    format!(
+        "the JSON body {problem} (line {}, column {}); send an object of fields",
+        error.line(),
+        error.column()
+    )
+}
+
+/// What is wrong with a multipart body, in the gateway's words: multer's
+/// own text names its internals (its state lock, its stream), not the
+/// client's input.
+fn multipart_problem(error: &multer::Error) -> &'static str {
+    use multer::Error as E;
+    match error {
+        E::IncompleteFieldData { .. } | E::IncompleteStream => {
+            "the multipart body ends before its closing boundary"
+        }
+        E::IncompleteHeaders
+        | E::ReadHeaderFailed(_)
+        | E::DecodeHeaderName { .. }
+        | E::DecodeHeaderValue { .. } => "a part's headers cannot be read",
+        E::FieldSizeExceeded { .. } | E::StreamSizeExceeded { .. } => {
+            "a part is larger than this form takes"
+        }
+        _ => "the multipart body cannot be read",
+    }
+}
+
 async fn decode_multipart(
     post: &mut FormPost,
     body: Bytes,
@@ -266,8 +304,13 @@ async fn decode_multipart(
 ) -> Result<(), ApiError> {
     let stream = futures_util::stream::once(async move { Ok::<Bytes, std::io::Error>(body) });
     let mut multipart = multer::Multipart::new(stream, boundary);
-    let malformed =
-        |e: multer::Error| ApiError::BadRequest(format!("malformed multipart body: {e}"));
+    let malformed = |e: multer::Error| {
+        tracing::debug!(error = %e, "multipart body refused");
+        ApiError::BadRequest(format!(
+            "malformed multipart body: {}",
+            multipart_problem(&e)
+        ))
+    };
     while let Some(field) = multipart.next_field().await.map_err(malformed)? {
         let disposition = field
             .headers()
@@ -402,6 +445,50 @@ mod tests {
             "broken escapes kept as written"
         );
         assert_eq!(post.field("\u{ff}key"), Some("a b"), "names too");
+    }
+
+    #[tokio::test]
+    async fn bad_json_and_multipart_are_told_in_our_words_with_the_place() {
+        for (body, expected) in [
+            (
+                &b"{\"email\": }"[..],
+                "is not valid JSON (line 1, column 11)",
+            ),
+            (
+                b"{\"email\": \"a\"",
+                "ends in the middle of a value (line 1, column 13)",
+            ),
+            (b"[1, 2]", "is not an object of fields (line 1, column"),
+        ] {
+            let err = decode(BodyKind::Json, Bytes::from_static(body), &form())
+                .await
+                .unwrap_err();
+            let text = err.to_string();
+            assert!(text.contains(expected), "{text}");
+            for library in ["expected", "EOF", "invalid type", "sequence"] {
+                assert!(!text.contains(library), "serde_json's words leaked: {text}");
+            }
+        }
+        let kind = BodyKind::from_content_type(Some("multipart/form-data; boundary=XX")).unwrap();
+        for (body, expected) in [
+            (
+                &b"--XX\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\nno end"[..],
+                "ends before its closing boundary",
+            ),
+            (
+                b"--XX\r\nContent-Disposition form-data\r\n\r\nx\r\n--XX--\r\n",
+                "headers cannot be read",
+            ),
+        ] {
+            let err = decode(kind.clone(), Bytes::from_static(body), &form())
+                .await
+                .unwrap_err();
+            let text = err.to_string();
+            assert!(text.contains(expected), "{text}");
+            for library in ["received", "failed to", "stream"] {
+                assert!(!text.contains(library), "multer's words leaked: {text}");
+            }
+        }
     }
 
     #[tokio::test]

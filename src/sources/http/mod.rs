@@ -9,6 +9,7 @@ pub mod forms;
 pub mod idempotency;
 pub mod messages;
 pub mod per_ip;
+pub mod readiness;
 pub mod respond;
 pub mod server;
 
@@ -158,31 +159,23 @@ fn openapi() -> Response<Body> {
     response
 }
 
-/// Ready when an item could be stored now.
+/// Ready when an item could be stored now (Redis answers). The answer
+/// names each part and its state only; why a part is down is logged here
+/// and shown on the admin listener's `GET /status`.
 async fn readiness(state: &AppState) -> Response<Body> {
-    let redis = state.pipeline.sink().ping().await;
-    let rules = state.pipeline.guard().rules();
-    metrics::gauge!("intake_redis_up").set(if redis.is_ok() { 1.0 } else { 0.0 });
-    let (status, redis_state) = match &redis {
-        Ok(()) => (StatusCode::OK, "up".to_string()),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("down: {e}")),
-    };
-    json_response(
-        status,
-        &serde_json::json!({
-            "status": if redis.is_ok() { "ready" } else { "not_ready" },
-            "redis": redis_state,
-            // Rules in force, and a reload that failed (the old set stays).
-            "rules": {
-                "loaded": rules.rules.len(),
-                "files": rules.files.len(),
-                "last_reload_error": state.pipeline.guard().last_reload_error(),
-            },
-            // A dead scanner does not make the gateway unready: items
-            // are held and re-scanned later, never lost.
-            "scanner": state.pipeline.scanner().report(),
-        }),
+    let pipeline = &state.pipeline;
+    let health = readiness::Health::check(
+        pipeline.sink().as_ref(),
+        pipeline.guard(),
+        pipeline.scanner(),
     )
+    .await;
+    if let Err(error) = &health.redis {
+        if let Some(suppressed) = crate::telemetry::log_limit::errors().check("readyz-redis") {
+            tracing::warn!(%error, suppressed, "not ready: Redis does not answer");
+        }
+    }
+    json_response(health.status_code(), &health.public())
 }
 
 /// Reads a whole body, refusing it (413) when the declared or actual size
