@@ -258,6 +258,15 @@ impl Identities {
             self.overflow = true;
             return;
         }
+        // Read before in its normalized form (the envelope's From, then
+        // the same address in its header): normalizing it again would
+        // give itself, so only the origin is new.
+        if let Some(known) = self.list.iter_mut().find(|i| i.address == raw) {
+            if !known.origins.contains(&origin) {
+                known.origins.push(origin);
+            }
+            return;
+        }
         let Some(normalized) = normalize::identity(raw) else {
             return;
         };
