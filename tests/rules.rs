@@ -821,3 +821,104 @@ async fn with_redis_down_the_rules_fail_closed_and_recover() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test]
+async fn a_forged_extra_from_opens_no_allow_list_and_any_identity_can_be_blocked() {
+    let rules = Rules::new(&[(
+        "20-mail.toml",
+        r#"
+[[rule]]
+name = "once"
+match = { channel = "email" }
+key = ["sender"]
+rate = "1/d"
+burst = 1
+action = "reject"
+
+[[allow]]
+name = "staff"
+senders = ["*@staff.example"]
+
+[[block]]
+name = "spam"
+domains = ["spam.example"]
+"#,
+    )]);
+    let gw = start("rules_identities", &rules).await;
+    let send = |from: &str, subject: &str, i: usize| {
+        mail(
+            from,
+            subject,
+            &format!("Text {i} of {subject}, about order {}", 4000 + i),
+            "Content-Type: text/plain; charset=utf-8\r\n",
+        )
+    };
+    for i in 0..2 {
+        // Staff alone: allowed past the rule, twice.
+        receipt(post_mail(&gw, send("anna@staff.example", "staff", i)).await).await;
+        // Staff beside a stranger: the stranger is not staff.
+        receipt(
+            post_mail(
+                &gw,
+                send("anna@staff.example, mallory@evil.example", "forged", i),
+            )
+            .await,
+        )
+        .await;
+        // A Cyrillic ѕ (U+0455) is not staff either.
+        receipt(post_mail(&gw, send("lena@\u{0455}taff.example", "lookalike", i)).await).await;
+    }
+    // Block lists hold for any identity, and for a lookalike.
+    receipt(
+        post_mail(
+            &gw,
+            send("ann@example.com, x@spam.example", "blocked-second-from", 0),
+        )
+        .await,
+    )
+    .await;
+    receipt(post_mail(&gw, send("x@\u{0455}pam.example", "blocked-lookalike", 0)).await).await;
+
+    let subject = |e: &support::Entry| e.envelope()["subject"].as_str().unwrap().to_string();
+    let desk = gw.entries("desk").await;
+    let on_desk = |s: &str| desk.iter().filter(|e| subject(e) == s).count();
+    assert_eq!(on_desk("staff"), 2, "staff alone skips the rule");
+    assert_eq!(
+        on_desk("forged"),
+        1,
+        "a forged extra From: is held to the rule's burst of 1"
+    );
+    assert_eq!(on_desk("lookalike"), 1, "a lookalike domain is held too");
+    for entry in desk.iter().filter(|e| subject(e) != "staff") {
+        let env = entry.envelope();
+        assert!(
+            !env["abuse"]["matched_rules"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r == "allow:staff"),
+            "{} did not go through the allow list: {env}",
+            subject(entry)
+        );
+    }
+    let suppressed = gw.entries("suppressed").await;
+    let kind_of = |s: &str| -> Vec<String> {
+        suppressed
+            .iter()
+            .filter(|e| subject(e) == s)
+            .map(|e| e.field("kind").to_string())
+            .collect()
+    };
+    assert_eq!(kind_of("forged"), ["rejected"]);
+    assert_eq!(kind_of("lookalike"), ["rejected"]);
+    assert_eq!(
+        kind_of("blocked-second-from"),
+        ["blocked"],
+        "the second From is on the block list"
+    );
+    assert_eq!(
+        kind_of("blocked-lookalike"),
+        ["blocked"],
+        "a lookalike of a blocked domain is blocked"
+    );
+}

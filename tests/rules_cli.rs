@@ -234,3 +234,73 @@ fn serve_refuses_to_start_with_rules_that_do_not_load() {
         "{stderr}"
     );
 }
+
+#[test]
+fn explain_lists_every_identity_with_its_origins_and_key_and_a_bucket_per_key() {
+    use std::io::Write as _;
+    // Fullwidth letters and the punycode form of one domain are one
+    // identity; a Cyrillic е (U+0435) in the decoy keys as the Latin e.
+    let message =
+        "From: \u{FF41}\u{FF4E}\u{FF4E}@ex\u{E4}mple.com, Decoy <d\u{0435}coy@x.example>\r\n\
+                   Reply-To: ann+desk@xn--exmple-cua.com\r\nSubject: s\r\n\r\nhello\r\n";
+    let mut child = Command::new(env!("CARGO_BIN_EXE_intake"))
+        .args([
+            "rules",
+            "explain",
+            "--rules",
+            &shipped(),
+            "--envelope-sender",
+            "Bounce+7@Mailer.example",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("intake runs");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(message.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    let identities: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("  identity "))
+        .collect();
+    assert_eq!(identities.len(), 3, "three identities: {stdout}");
+    assert!(
+        identities[0].contains("ann@ex\u{E4}mple.com")
+            && identities[0].contains("(customer, from, reply-to)"),
+        "the customer first, read in three places: {stdout}"
+    );
+    assert!(
+        identities[1].contains("d\u{0435}coy@x.example")
+            && identities[1].contains("(from)")
+            && identities[1].ends_with("key decoy@x.example"),
+        "the lookalike is shown as written, keyed as the Latin address: {stdout}"
+    );
+    assert!(
+        identities[2].contains("bounce@mailer.example")
+            && identities[2].contains("(envelope-sender)"),
+        "{stdout}"
+    );
+    let rule = stdout
+        .split("  one-customer-mail ")
+        .nth(1)
+        .and_then(|rest| rest.split("\n  domain-flood ").next())
+        .unwrap_or_else(|| panic!("one-customer-mail is explained: {stdout}"));
+    for key in ["sender=decoy@x.example", "sender=bounce@mailer.example"] {
+        assert!(
+            rule.contains(&format!("    key    {key}\n    bucket ")),
+            "a key and a bucket for each identity ({key}): {stdout}"
+        );
+    }
+    assert_eq!(
+        rule.matches("    key    ").count(),
+        3,
+        "one key per identity: {rule}"
+    );
+}

@@ -149,8 +149,8 @@ async fn replay(set: RuleSet, raws: Vec<Bytes>) -> Report {
             }
         }
         let sender = Facts::of(&message.envelope)
-            .sender
-            .unwrap_or_else(|| "-".into());
+            .primary()
+            .map_or_else(|| "-".into(), |i| i.address.clone());
         // Offline, the in-memory store cannot fail.
         let Ok(checked) = guard.check(&mut message).await else {
             continue;

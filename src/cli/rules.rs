@@ -1,6 +1,7 @@
 //! `intake rules check [DIR]` and `intake rules explain`: validate rule
 //! files before deploying them, and see what the rules make of a sender,
-//! an address, a form or a whole message.
+//! an address, a form or a whole message: every identity it carries, with
+//! where it was read and its bucket key, and each rule's bucket per key.
 
 use std::io::Read as _;
 use std::path::PathBuf;
@@ -39,9 +40,13 @@ pub struct ExplainArgs {
     /// The rules folder.
     #[arg(long, default_value = "/etc/intake/rules")]
     rules: PathBuf,
-    /// The sender (mail) or the form's email field.
+    /// The sender (mail: its From) or the form's email field.
     #[arg(long)]
     sender: Option<String>,
+    /// The mail's envelope sender (LMTP MAIL FROM, mailgate -f), for
+    /// --sender and for a message on stdin alike.
+    #[arg(long)]
+    envelope_sender: Option<String>,
     /// The client address.
     #[arg(long)]
     ip: Option<String>,
@@ -145,7 +150,7 @@ fn message(args: &ExplainArgs) -> Result<Message, String> {
     };
     let submission = Submission::new(
         Source::Mailgate {
-            sender: None,
+            sender: args.envelope_sender.clone(),
             recipients: args.mailbox.iter().cloned().collect(),
             ip,
         },
@@ -200,8 +205,23 @@ fn explain(args: ExplainArgs) -> ExitCode {
         println!("  channel         {:?}", facts.channel);
         println!(
             "  sender          {}",
-            facts.sender.as_deref().unwrap_or("-")
+            facts.primary().map_or("-", |i| i.address.as_str())
         );
+        for identity in &facts.identities {
+            println!(
+                "  identity        {:<32} {:<26} key {}",
+                identity.address,
+                format!("({})", identity.origins_text()),
+                identity.key
+            );
+        }
+        if facts.too_many_identities {
+            println!(
+                "  identity        (more, not read: tagged {}; keyed rules also charge the bucket {})",
+                crate::guard::facts::MANY_IDENTITIES_TAG,
+                crate::guard::rules::MANY_IDENTITIES_KEY
+            );
+        }
         println!(
             "  ip              {}",
             facts.ip.map_or("-".into(), |ip| ip.to_string())
@@ -216,14 +236,14 @@ fn explain(args: ExplainArgs) -> ExitCode {
             }
         );
         println!("  auto_submitted  {}", facts.auto_submitted);
-        if let Some(list) = set.block.iter().find(|l| l.matches(&facts)) {
+        if let Some(list) = set.block.iter().find(|l| l.blocks(&facts)) {
             println!(
                 "\nblock list {}: refused (forms 403; mail kept in suppressed)",
                 list.name
             );
             return ExitCode::SUCCESS;
         }
-        if let Some(list) = set.allow.iter().find(|l| l.matches(&facts)) {
+        if let Some(list) = set.allow.iter().find(|l| l.allows(&facts)) {
             println!(
                 "\nallow list {}: no rate limits, no collapse; goes to the desk",
                 list.name
@@ -238,21 +258,8 @@ fn explain(args: ExplainArgs) -> ExitCode {
                 continue;
             }
             any = true;
-            let key = rule.key_of(&facts);
-            let state = match guard.limiters().peek(rule, &key).await {
-                Ok(Some(s)) => match s.retry_after {
-                    Some(t) => format!("over quota, next item passes in {}s", t.as_secs().max(1)),
-                    None => format!("{} more pass now", s.remaining),
-                },
-                Ok(None) if args.redis.is_some() => {
-                    "local bucket (in each gateway process; not readable here)".into()
-                }
-                Ok(None) => "unknown (give --redis to read cluster buckets)".into(),
-                Err(e) => return fail(EXIT_UNAVAILABLE, e),
-            };
-            let over = state.starts_with("over");
             println!(
-                "  {} ({}) {}{}\n    key    {key}\n    quota  {}\n    bucket {state}",
+                "  {} ({}) {}{}\n    quota  {}",
                 rule.name,
                 rule.origin,
                 rule.action.name(),
@@ -263,6 +270,25 @@ fn explain(args: ExplainArgs) -> ExitCode {
                 },
                 rule.quota_text(),
             );
+            // One bucket per identity; the rule acts when any is over.
+            let mut over = false;
+            for key in rule.keys_of(&facts) {
+                let state = match guard.limiters().peek(rule, &key).await {
+                    Ok(Some(s)) => match s.retry_after {
+                        Some(t) => {
+                            over = true;
+                            format!("over quota, next item passes in {}s", t.as_secs().max(1))
+                        }
+                        None => format!("{} more pass now", s.remaining),
+                    },
+                    Ok(None) if args.redis.is_some() => {
+                        "local bucket (in each gateway process; not readable here)".into()
+                    }
+                    Ok(None) => "unknown (give --redis to read cluster buckets)".into(),
+                    Err(e) => return fail(EXIT_UNAVAILABLE, e),
+                };
+                println!("    key    {key}\n    bucket {state}");
+            }
             if over && !rule.shadow && strongest.is_none_or(|s| rule.action > s.action) {
                 strongest = Some(rule);
             }

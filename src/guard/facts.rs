@@ -1,17 +1,112 @@
-//! What the rules look at, read once from a message: channel, normalized
-//! sender, client address, form, receiving mailboxes, headers. Rules and
-//! keys never parse the envelope themselves.
+//! What the rules look at, read once from a message: channel, every
+//! identity the item carries (normalized), client address, form,
+//! receiving mailboxes, headers. Rules and keys never parse the envelope
+//! themselves.
+//!
+//! Identities are bounded: at most [`MAX_IDENTITIES`] distinct ones are
+//! kept, from at most [`MAX_CANDIDATES`] addresses read; past either the
+//! item is marked [`Facts::too_many_identities`], so a `From:` with 500
+//! decoys costs no more work than one with 16.
 
 use std::net::IpAddr;
+
+use mail_parser::parsers::MessageStream;
+use mail_parser::HeaderValue;
 
 use crate::envelope::{Channel, Envelope, Source};
 use crate::guard::normalize;
 
+/// Most distinct identities kept for one item.
+pub const MAX_IDENTITIES: usize = 16;
+
+/// Most addresses read for one item (the same address read twice, from
+/// the envelope and its header, counts twice).
+pub const MAX_CANDIDATES: usize = 64;
+
+/// The tag an item with more identities than are read gets.
+pub const MANY_IDENTITIES_TAG: &str = "many-identities";
+
+/// Where an identity was read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// The form's email field (or `_replyto`).
+    Form,
+    /// The envelope's `customer.email` of a mail (its Reply-To, else its
+    /// From, else its envelope sender).
+    Customer,
+    /// A `From:` address.
+    From,
+    /// A `Reply-To:` address.
+    ReplyTo,
+    /// The SMTP envelope sender (LMTP `MAIL FROM`, mailgate `-f`,
+    /// `X-Intake-Envelope-Sender`), or an IMAP mail's `Return-Path:`.
+    EnvelopeSender,
+    /// An IMAP mail's `Sender:`.
+    Sender,
+}
+
+impl Origin {
+    pub fn name(self) -> &'static str {
+        match self {
+            Origin::Form => "form",
+            Origin::Customer => "customer",
+            Origin::From => "from",
+            Origin::ReplyTo => "reply-to",
+            Origin::EnvelopeSender => "envelope-sender",
+            Origin::Sender => "sender",
+        }
+    }
+}
+
+/// One identity of an item: a distinct normalized address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// Normalized for display and allow lists: `ann@exämple.com`
+    /// ([`normalize::Normalized::address`]).
+    pub address: String,
+    /// The bucket key: the confusable skeleton of the address
+    /// ([`normalize::Normalized::key`]).
+    pub key: String,
+    /// Every place it was read, in reading order.
+    pub origins: Vec<Origin>,
+}
+
+impl Identity {
+    /// The domain of [`Identity::address`].
+    pub fn domain(&self) -> &str {
+        normalize::domain(&self.address).unwrap_or_default()
+    }
+
+    /// The domain of [`Identity::key`].
+    pub fn key_domain(&self) -> &str {
+        normalize::domain(&self.key).unwrap_or_default()
+    }
+
+    /// `customer, reply-to`.
+    pub fn origins_text(&self) -> String {
+        self.origins
+            .iter()
+            .map(|o| o.name())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Facts<'a> {
     pub channel: Channel,
-    /// Normalized customer address: the form's email field, or the mail's
-    /// `From` (then `Reply-To`, then the envelope sender).
+    /// Every identity the item carries, first the customer's address (the
+    /// form's email field, or the mail's `customer.email`), then every
+    /// `From:`, every `Reply-To:`, the envelope sender, and for IMAP mail
+    /// `Return-Path:` and `Sender:`; distinct by normalized address.
+    pub identities: Vec<Identity>,
+    /// More identities than were read ([`MAX_IDENTITIES`],
+    /// [`MAX_CANDIDATES`]): rules keyed on the sender charge one shared
+    /// bucket for all such items besides the identities read, and no
+    /// allow list lets such an item through by address.
+    pub too_many_identities: bool,
+    /// The primary identity's key (the first identity: what the
+    /// customer's dedupe history and latest item are kept under).
     pub sender: Option<String>,
     pub ip: Option<IpAddr>,
     pub form: Option<&'a str>,
@@ -55,18 +150,12 @@ impl<'a> Facts<'a> {
         } else {
             mailboxes
         };
-        let sender = envelope
-            .customer
-            .email
-            .as_deref()
-            .into_iter()
-            .chain(envelope.from.iter().map(|a| a.email.as_str()))
-            .chain(envelope.reply_to.iter().map(|a| a.email.as_str()))
-            .chain(envelope_sender)
-            .find_map(normalize::address);
+        let identities = Identities::of(envelope, envelope_sender);
         Facts {
             channel: envelope.channel,
-            sender,
+            sender: identities.list.first().map(|i| i.key.clone()),
+            identities: identities.list,
+            too_many_identities: identities.overflow,
             ip: ip.and_then(|ip| ip.trim().parse().ok()),
             form,
             mailboxes,
@@ -75,8 +164,9 @@ impl<'a> Facts<'a> {
         }
     }
 
-    pub fn sender_domain(&self) -> Option<&str> {
-        self.sender.as_deref().and_then(normalize::domain)
+    /// The first identity: the customer as the desk sees them.
+    pub fn primary(&self) -> Option<&Identity> {
+        self.identities.first()
     }
 
     /// Values of one header, case-insensitive name.
@@ -86,5 +176,267 @@ impl<'a> Facts<'a> {
             .iter()
             .filter(move |h| h.name.eq_ignore_ascii_case(name))
             .map(|h| h.value.as_str())
+    }
+}
+
+/// Collects the identities of one envelope, within the bounds.
+struct Identities {
+    list: Vec<Identity>,
+    read: usize,
+    overflow: bool,
+}
+
+impl Identities {
+    fn of(envelope: &Envelope, envelope_sender: Option<&str>) -> Identities {
+        let mut ids = Identities {
+            list: Vec::new(),
+            read: 0,
+            overflow: false,
+        };
+        let first = match envelope.channel {
+            Channel::Form => Origin::Form,
+            Channel::Email => Origin::Customer,
+        };
+        if let Some(customer) = &envelope.customer.email {
+            ids.add(first, customer);
+        }
+        // The envelope keeps the first `From:` address and the Reply-To
+        // list; the headers keep every address of every such header.
+        if let Some(from) = &envelope.from {
+            ids.add(Origin::From, &from.email);
+        }
+        ids.add_headers(envelope, "from", Origin::From);
+        for reply_to in &envelope.reply_to {
+            ids.add(Origin::ReplyTo, &reply_to.email);
+        }
+        ids.add_headers(envelope, "reply-to", Origin::ReplyTo);
+        if let Some(sender) = envelope_sender {
+            ids.add(Origin::EnvelopeSender, sender);
+        }
+        // IMAP mail has no SMTP envelope: what the delivering server
+        // recorded of it (Return-Path) and the Sender stand in.
+        if matches!(envelope.source, Source::Imap { .. }) {
+            ids.add_headers(envelope, "return-path", Origin::EnvelopeSender);
+            ids.add_headers(envelope, "sender", Origin::Sender);
+        }
+        ids
+    }
+
+    /// Every address of every header `name`.
+    fn add_headers(&mut self, envelope: &Envelope, name: &str, origin: Origin) {
+        for header in envelope
+            .headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case(name))
+        {
+            if self.overflow {
+                return;
+            }
+            // The stored value is the decoded header (`Name <address>, ...`)
+            // or, when it could not be read as addresses, its raw text:
+            // mail-parser reads either. The line break ends the value.
+            let mut value = String::with_capacity(header.value.len() + 1);
+            value.push_str(&header.value);
+            value.push('\n');
+            if let HeaderValue::Address(list) = MessageStream::new(value.as_bytes()).parse_address()
+            {
+                for address in list.iter() {
+                    if let Some(email) = address.address() {
+                        self.add(origin, email);
+                    }
+                }
+            }
+        }
+    }
+
+    fn add(&mut self, origin: Origin, raw: &str) {
+        if self.overflow {
+            return;
+        }
+        self.read += 1;
+        if self.read > MAX_CANDIDATES {
+            self.overflow = true;
+            return;
+        }
+        // Read before in its normalized form (the envelope's From, then
+        // the same address in its header): normalizing it again would
+        // give itself, so only the origin is new.
+        if let Some(known) = self.list.iter_mut().find(|i| i.address == raw) {
+            if !known.origins.contains(&origin) {
+                known.origins.push(origin);
+            }
+            return;
+        }
+        let Some(normalized) = normalize::identity(raw) else {
+            return;
+        };
+        if let Some(known) = self
+            .list
+            .iter_mut()
+            .find(|i| i.address == normalized.address)
+        {
+            if !known.origins.contains(&origin) {
+                known.origins.push(origin);
+            }
+            return;
+        }
+        if self.list.len() == MAX_IDENTITIES {
+            self.overflow = true;
+            return;
+        }
+        self.list.push(Identity {
+            address: normalized.address,
+            key: normalized.key,
+            origins: vec![origin],
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::parse::{parse, ParseOptions};
+    use crate::submission::{Payload, Submission};
+
+    fn lmtp(sender: &str, raw: &str) -> Envelope {
+        let submission = Submission::new(
+            Source::Lmtp {
+                sender: sender.into(),
+                recipients: vec!["support@shop.test".into()],
+                ip: "192.0.2.1".into(),
+            },
+            Payload::Mail(raw.to_string().into_bytes().into()),
+        );
+        parse(
+            submission,
+            ParseOptions {
+                form: None,
+                keep_raw: false,
+            },
+        )
+        .expect("parses")
+        .envelope
+    }
+
+    fn shown(facts: &Facts<'_>) -> Vec<(String, String)> {
+        facts
+            .identities
+            .iter()
+            .map(|i| (i.address.clone(), i.origins_text()))
+            .collect()
+    }
+
+    #[test]
+    fn every_from_reply_to_and_the_envelope_sender_is_an_identity() {
+        let envelope = lmtp(
+            "Bounce+7@Mailer.example",
+            "From: Decoy <decoy1@x.example>, ann@example.com\r\nFrom: second@x.example\r\n\
+             Reply-To: Ann+desk@Example.com, other@y.example\r\nSubject: s\r\n\r\nhello\r\n",
+        );
+        let facts = Facts::of(&envelope);
+        let mut got = shown(&facts);
+        assert_eq!(
+            got[0],
+            ("ann@example.com".into(), "customer, from, reply-to".into()),
+            "the customer first, read in three places"
+        );
+        got.sort();
+        assert_eq!(
+            got,
+            [
+                ("ann@example.com".into(), "customer, from, reply-to".into()),
+                ("bounce@mailer.example".into(), "envelope-sender".into()),
+                ("decoy1@x.example".into(), "from".into()),
+                ("other@y.example".into(), "reply-to".into()),
+                ("second@x.example".into(), "from".into()),
+            ],
+            "every address once, with where it was read"
+        );
+        assert_eq!(facts.sender.as_deref(), Some("ann@example.com"));
+        assert_eq!(
+            facts.primary().map(|i| i.address.as_str()),
+            Some("ann@example.com")
+        );
+        assert!(!facts.too_many_identities);
+    }
+
+    #[test]
+    fn a_from_with_hundreds_of_decoys_is_cut_and_marked() {
+        let decoys: Vec<String> = (0..500).map(|i| format!("decoy{i}@x.example")).collect();
+        let envelope = lmtp(
+            "ann@example.com",
+            &format!(
+                "From: {}, ann@example.com\r\nSubject: s\r\n\r\nhello\r\n",
+                decoys.join(", ")
+            ),
+        );
+        let facts = Facts::of(&envelope);
+        assert_eq!(facts.identities.len(), MAX_IDENTITIES, "at most 16 kept");
+        assert!(
+            facts.too_many_identities,
+            "and the item says there were more"
+        );
+    }
+
+    #[test]
+    fn the_same_address_in_many_spellings_is_one_identity() {
+        let envelope = lmtp(
+            "ANN+x@example.com",
+            "From: ann@example.com\r\nReply-To: Ann+1@EXAMPLE.com\r\nSubject: s\r\n\r\nhi\r\n",
+        );
+        let facts = Facts::of(&envelope);
+        assert_eq!(
+            shown(&facts),
+            [(
+                "ann@example.com".into(),
+                "customer, from, reply-to, envelope-sender".into()
+            )]
+        );
+    }
+
+    #[test]
+    fn a_form_post_has_its_email_field() {
+        let envelope = crate::guard::tests::form_envelope("Bob@Example.org", "198.51.100.7");
+        let facts = Facts::of(&envelope);
+        assert_eq!(shown(&facts), [("bob@example.org".into(), "form".into())]);
+    }
+
+    #[test]
+    fn imap_mail_counts_return_path_and_sender() {
+        let submission = Submission::new(
+            Source::Imap {
+                account: "support".into(),
+                mailbox: "INBOX".into(),
+                uidvalidity: 1,
+                uid: 1,
+            },
+            Payload::Mail(
+                b"Return-Path: <list-bounces@lists.example>\r\nSender: owner@lists.example\r\n\
+                  From: ann@example.com\r\nSubject: s\r\n\r\nhi\r\n"
+                    .to_vec()
+                    .into(),
+            ),
+        );
+        let envelope = parse(
+            submission,
+            ParseOptions {
+                form: None,
+                keep_raw: false,
+            },
+        )
+        .unwrap()
+        .envelope;
+        let facts = Facts::of(&envelope);
+        assert_eq!(
+            shown(&facts),
+            [
+                ("ann@example.com".into(), "customer, from".into()),
+                (
+                    "list-bounces@lists.example".into(),
+                    "envelope-sender".into()
+                ),
+                ("owner@lists.example".into(), "sender".into()),
+            ]
+        );
     }
 }

@@ -7,6 +7,11 @@
 //! past a rule's `max_keys` new keys share one overflow bucket. A cluster
 //! rule remembers locally until when a key is refused, so a flood costs
 //! one Redis round trip per emission interval, not one per item.
+//!
+//! An item with several identities has several keys per rule
+//! ([`Limiters::check_all`]): every bucket is charged, and the item is
+//! past the rule's quota when any of them is, so rotating one address
+//! does not reset the others.
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -145,6 +150,20 @@ impl LocalLimiter {
         }
         self.len()
     }
+}
+
+/// Limited when any decision is, with the longest wait.
+fn strictest(decisions: &[Decision]) -> Decision {
+    decisions
+        .iter()
+        .filter_map(|d| match d {
+            Decision::Limited { retry_after } => Some(*retry_after),
+            Decision::Allowed => None,
+        })
+        .max()
+        .map_or(Decision::Allowed, |retry_after| Decision::Limited {
+            retry_after,
+        })
 }
 
 fn quota(rate: Rate, burst: u32) -> Quota {
@@ -301,6 +320,25 @@ impl Limiters {
         }
     }
 
+    /// Counts one item against `rule`'s bucket for each of `keys` (one per
+    /// identity the item carries): every bucket is charged, even once one
+    /// is found over, so a rotated address never spares the fixed one.
+    /// Past the quota when any bucket is; the item may come again when the
+    /// last of those admits. Cluster buckets are asked at the same time.
+    pub async fn check_all(&self, rule: &Rule, keys: &[String]) -> Result<Decision, GuardError> {
+        let decisions: Vec<Decision> = match (&self.cluster, rule.scope) {
+            (Some(cluster), Scope::Cluster) => {
+                futures_util::future::try_join_all(keys.iter().map(|k| cluster.check(rule, k)))
+                    .await?
+            }
+            _ => {
+                let local = self.local(rule);
+                keys.iter().map(|k| local.check(k)).collect()
+            }
+        };
+        Ok(strictest(&decisions))
+    }
+
     /// The bucket's state without counting, when it is in Redis.
     pub async fn peek(&self, rule: &Rule, key: &str) -> Result<Option<BucketState>, GuardError> {
         match (&self.cluster, rule.scope) {
@@ -414,6 +452,57 @@ mod tests {
             matches!(limiter.check("ann"), Decision::Limited { .. }),
             "and only one"
         );
+    }
+
+    fn rule(text: &str) -> Rule {
+        let set = crate::guard::rules::RuleSet::from_texts(&[(
+            std::path::PathBuf::from("t.toml"),
+            text.to_string(),
+        )])
+        .expect("valid");
+        set.rules[0].clone()
+    }
+
+    #[tokio::test]
+    async fn every_key_is_charged_and_any_over_quota_limits_the_item() {
+        let clock = FakeRelativeClock::default();
+        let limiters = Limiters::new(LimiterClock::Fake(clock.clone()), None);
+        let rule = rule(
+            "[[rule]]\nname = \"r\"\nkey = [\"sender\"]\nrate = \"6/h\"\nburst = 2\naction = \"reject\"\n",
+        );
+        let keys =
+            |rotating: usize| vec![format!("sender=new{rotating}"), "sender=fixed".to_string()];
+        for i in 0..2 {
+            assert_eq!(
+                limiters.check_all(&rule, &keys(i)).await.unwrap(),
+                Decision::Allowed,
+                "item {i} is within the fixed key's burst"
+            );
+        }
+        let third = limiters.check_all(&rule, &keys(2)).await.unwrap();
+        assert_eq!(
+            third,
+            Decision::Limited {
+                retry_after: Duration::from_secs(600)
+            },
+            "a fresh rotating key does not reset the fixed one"
+        );
+        // The fresh key was charged all the same: it has one item left.
+        assert_eq!(
+            limiters
+                .check_all(&rule, &["sender=new2".to_string()])
+                .await
+                .unwrap(),
+            Decision::Allowed
+        );
+        assert!(matches!(
+            limiters
+                .check_all(&rule, &["sender=new2".to_string()])
+                .await
+                .unwrap(),
+            Decision::Limited { .. }
+        ));
+        assert_eq!(strictest(&[]), Decision::Allowed, "no key, no limit");
     }
 
     #[test]

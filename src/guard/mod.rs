@@ -207,17 +207,22 @@ impl Guard {
         if facts.auto_submitted {
             tags.push("auto_submitted".into());
         }
+        if facts.too_many_identities {
+            tags.push(facts::MANY_IDENTITIES_TAG.into());
+        }
         let verdict = 'decide: {
-            // 2. Block lists: refused whatever the rates.
-            if let Some(list) = set.block.iter().find(|l| l.matches(&facts)) {
+            // 2. Block lists: refused whatever the rates, when any identity
+            //    (or its lookalike) or the client network is listed.
+            if let Some(list) = set.block.iter().find(|l| l.blocks(&facts)) {
                 matched.push(format!("block:{}", list.name));
                 metrics::counter!("intake_rule_actions_total", "rule" => list.name.clone(), "action" => "block").increment(1);
                 break 'decide GuardVerdict::Block {
                     reason: format!("sender is on block list {}", list.name),
                 };
             }
-            // 3. Allow lists: no rate limits, no collapse.
-            if let Some(list) = set.allow.iter().find(|l| l.matches(&facts)) {
+            // 3. Allow lists: no rate limits, no collapse, when every
+            //    identity or the client network is listed.
+            if let Some(list) = set.allow.iter().find(|l| l.allows(&facts)) {
                 matched.push(format!("allow:{}", list.name));
                 break 'decide GuardVerdict::Pass;
             }
@@ -257,8 +262,10 @@ impl Guard {
                     };
                 }
             }
-            // 5. Every rule that matches counts the item; the strongest
-            //    action of those past their quota wins.
+            // 5. Every rule that matches counts the item, in the bucket of
+            //    each identity it carries; a rule is past its quota when
+            //    any of them is, and the strongest action of those past
+            //    their quota wins.
             let mut hits: Vec<Hit<'_>> = Vec::new();
             for rule in &set.rules {
                 if !rule.matcher.matches(&facts) {
@@ -267,8 +274,8 @@ impl Guard {
                 matched.push(rule.name.clone());
                 metrics::counter!("intake_rule_matches_total", "rule" => rule.name.clone())
                     .increment(1);
-                let key = rule.key_of(&facts);
-                let decision = self.inner.limiters.check(rule, &key).await?;
+                let keys = rule.keys_of(&facts);
+                let decision = self.inner.limiters.check_all(rule, &keys).await?;
                 outcomes.push(RuleOutcome {
                     rule: rule.name.clone(),
                     over: decision != Decision::Allowed,

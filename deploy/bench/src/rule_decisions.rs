@@ -96,7 +96,7 @@ fn sender(i: usize) -> String {
     format!("c{i}@d{}.example", i % DOMAINS)
 }
 
-/// The bucket keys the guard builds for sender `i` (`Rule::key_of`).
+/// The bucket keys the guard builds for sender `i` (`Rule::keys_of`).
 fn keys(i: usize) -> [String; 10] {
     let s = sender(i);
     let d = format!("d{}.example", i % DOMAINS);
@@ -184,6 +184,13 @@ fn run_guard(senders: usize) -> Result<(Duration, u64), Box<dyn std::error::Erro
             let s = sender(i);
             if let Some(from) = message.envelope.from.as_mut() {
                 from.email = s.clone();
+            }
+            // Every From: address is an identity: the header too, or each
+            // decision would also count the template's address.
+            for header in message.envelope.headers.iter_mut() {
+                if header.name.eq_ignore_ascii_case("from") {
+                    header.value = s.clone();
+                }
             }
             message.envelope.customer.email = Some(s);
             let started = Instant::now();

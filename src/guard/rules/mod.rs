@@ -2,6 +2,12 @@
 //! and matched against the [`Facts`] of one message. A set that loads is
 //! complete and valid; a set that does not load names every problem with
 //! its file, line and key, and the caller keeps the rules it had.
+//!
+//! An item carries several identities (every `From:`, `Reply-To`, the
+//! envelope sender, ...): a rule keyed on the sender has one key per
+//! identity, a match or block list holds when any identity matches (or
+//! its lookalike does), an allow list only when every identity is listed
+//! exactly, so one forged extra address never opens it.
 
 pub mod format;
 
@@ -16,8 +22,8 @@ pub use format::{Action, KeyPart, Rate, Scope};
 use format::{ChannelSpec, DedupeSpec, ListSpec, MatchSpec, RuleFile, RuleSpec};
 
 use crate::envelope::Channel;
-use crate::guard::facts::Facts;
-use crate::guard::normalize::glob;
+use crate::guard::facts::{Facts, Identity};
+use crate::guard::normalize::{glob, Pattern};
 
 /// Every rule, list and dedupe setting in force.
 #[derive(Debug, Clone, Default)]
@@ -54,9 +60,11 @@ pub struct Rule {
 #[derive(Debug, Clone)]
 pub struct List {
     pub name: String,
+    /// The patterns as written.
     pub senders: Vec<String>,
     pub domains: Vec<String>,
     pub networks: Vec<IpNet>,
+    patterns: Patterns,
 }
 
 /// Dedupe settings (the `[dedupe]` table; defaults when none is given).
@@ -99,6 +107,68 @@ impl Dedupe {
 #[derive(Debug, Clone, Default)]
 pub struct Matcher {
     spec: MatchSpec,
+    patterns: Patterns,
+}
+
+/// Sender and domain patterns, normalized as addresses are.
+#[derive(Debug, Clone, Default)]
+struct Patterns {
+    senders: Vec<Pattern>,
+    domains: Vec<Pattern>,
+}
+
+/// How alike an identity must be to a pattern.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Likeness {
+    /// The normalized address itself (allow lists: a lookalike of a
+    /// listed address is someone else).
+    Exact,
+    /// The address or its confusable skeleton (matches and block lists:
+    /// a lookalike of a listed address gets no way around the list).
+    Confusable,
+}
+
+impl Patterns {
+    fn of(senders: &[String], domains: &[String]) -> Patterns {
+        Patterns {
+            senders: senders.iter().map(|p| Pattern::sender(p)).collect(),
+            domains: domains.iter().map(|p| Pattern::domain(p)).collect(),
+        }
+    }
+
+    fn lists(&self, identity: &Identity, likeness: Likeness) -> bool {
+        let confusable = likeness == Likeness::Confusable;
+        self.senders.iter().any(|p| {
+            glob(&p.text, &identity.address) || (confusable && glob(&p.key, &identity.key))
+        }) || self.domains.iter().any(|p| {
+            glob(&p.text, identity.domain()) || (confusable && glob(&p.key, identity.key_domain()))
+        })
+    }
+
+    /// Whether any identity of the item is listed or looks like one that is.
+    fn any(&self, facts: &Facts<'_>) -> bool {
+        facts
+            .identities
+            .iter()
+            .any(|i| self.lists(i, Likeness::Confusable))
+    }
+
+    /// Whether every identity of the item is listed as it is: none
+    /// missing, none a lookalike, none left unread.
+    fn all(&self, facts: &Facts<'_>) -> bool {
+        !facts.identities.is_empty()
+            && !facts.too_many_identities
+            && facts
+                .identities
+                .iter()
+                .all(|i| self.lists(i, Likeness::Exact))
+    }
+}
+
+fn in_networks(networks: &[IpNet], facts: &Facts<'_>) -> bool {
+    facts
+        .ip
+        .is_some_and(|ip| networks.iter().any(|n| n.contains(&ip)))
 }
 
 impl Matcher {
@@ -135,7 +205,7 @@ impl Matcher {
         }
         let has_list =
             !(m.senders.0.is_empty() && m.domains.0.is_empty() && m.networks.0.is_empty());
-        if has_list && !list_matches(&m.senders.0, &m.domains.0, &m.networks.0, facts) {
+        if has_list && !(self.patterns.any(facts) || in_networks(&m.networks.0, facts)) {
             return false;
         }
         m.headers
@@ -144,36 +214,66 @@ impl Matcher {
     }
 }
 
-/// Whether any of senders, domains or networks matches (each list that is
-/// given is tried; empty lists match nothing).
-fn list_matches(
-    senders: &[String],
-    domains: &[String],
-    networks: &[IpNet],
-    facts: &Facts<'_>,
-) -> bool {
-    let sender = facts.sender.as_deref();
-    sender.is_some_and(|s| senders.iter().any(|p| glob(p, s)))
-        || facts
-            .sender_domain()
-            .is_some_and(|d| domains.iter().any(|p| glob(p, d)))
-        || facts
-            .ip
-            .is_some_and(|ip| networks.iter().any(|n| n.contains(&ip)))
-}
-
 impl List {
-    pub fn matches(&self, facts: &Facts<'_>) -> bool {
-        list_matches(&self.senders, &self.domains, &self.networks, facts)
+    /// A block list refuses the item when the client network is listed,
+    /// or any identity is (or looks like one that is).
+    pub fn blocks(&self, facts: &Facts<'_>) -> bool {
+        in_networks(&self.networks, facts) || self.patterns.any(facts)
+    }
+
+    /// An allow list lets the item skip the rules when the client network
+    /// is listed, or every identity is listed exactly: a forged extra
+    /// `From: staff@shop.example` or a lookalike opens nothing.
+    pub fn allows(&self, facts: &Facts<'_>) -> bool {
+        in_networks(&self.networks, facts) || self.patterns.all(facts)
     }
 }
 
+/// The identity part of a key when an item has more identities than were
+/// read: all such items share this bucket (it holds no `@`, so no address
+/// key can be it).
+pub const MANY_IDENTITIES_KEY: &str = "many-identities";
+
+/// Whose values fill the identity parts (`sender`, `sender_domain`) of
+/// one key.
+#[derive(Clone, Copy)]
+enum Who<'i> {
+    Nobody,
+    One(&'i Identity),
+    Many,
+}
+
 impl Rule {
-    /// The bucket key of this item for this rule, e.g.
-    /// `sender=ann@example.com|ip_prefix=203.0.113.0/24`. A part the item
-    /// does not have (no client address for IMAP mail) reads `-`, so such
-    /// items share one bucket rather than escaping the rule.
-    pub fn key_of(&self, facts: &Facts<'_>) -> String {
+    /// Whether the key has a `sender` or `sender_domain` part.
+    pub fn keys_on_identity(&self) -> bool {
+        self.key
+            .iter()
+            .any(|p| matches!(p, KeyPart::Sender | KeyPart::SenderDomain))
+    }
+
+    /// The bucket keys of this item for this rule, distinct, e.g.
+    /// `sender=ann@example.com|ip_prefix=203.0.113.0/24`: one per identity
+    /// when the key has a `sender` or `sender_domain` part (those vary,
+    /// the other parts stay), plus [`MANY_IDENTITIES_KEY`] when the item
+    /// has more than were read; one key otherwise. A part the item does
+    /// not have (no client address for IMAP mail, no sender) reads `-`,
+    /// so such items share one bucket rather than escaping the rule.
+    pub fn keys_of(&self, facts: &Facts<'_>) -> Vec<String> {
+        if !self.keys_on_identity() || (facts.identities.is_empty() && !facts.too_many_identities) {
+            return vec![self.key_for(facts, Who::Nobody)];
+        }
+        let mut keys: Vec<String> = Vec::with_capacity(facts.identities.len() + 1);
+        let many = facts.too_many_identities.then_some(Who::Many);
+        for who in facts.identities.iter().map(Who::One).chain(many) {
+            let key = self.key_for(facts, who);
+            if !keys.contains(&key) {
+                keys.push(key);
+            }
+        }
+        keys
+    }
+
+    fn key_for(&self, facts: &Facts<'_>, who: Who<'_>) -> String {
         let mut key = String::new();
         for (i, part) in self.key.iter().enumerate() {
             if i > 0 {
@@ -181,14 +281,18 @@ impl Rule {
             }
             key.push_str(part.name());
             key.push('=');
-            let value = match part {
-                KeyPart::Sender => facts.sender.clone(),
-                KeyPart::SenderDomain => facts.sender_domain().map(str::to_string),
-                KeyPart::Ip => facts.ip.map(|ip| ip.to_string()),
-                KeyPart::IpPrefix => facts.ip.map(|ip| self.prefix_of(ip).to_string()),
-                KeyPart::Form => facts.form.map(str::to_string),
-                KeyPart::Mailbox => facts.mailboxes.first().map(|m| m.to_lowercase()),
-                KeyPart::Global => Some("*".into()),
+            let value = match (part, who) {
+                (KeyPart::Sender | KeyPart::SenderDomain, Who::Many) => {
+                    Some(MANY_IDENTITIES_KEY.to_string())
+                }
+                (KeyPart::Sender, Who::One(id)) => Some(id.key.clone()),
+                (KeyPart::SenderDomain, Who::One(id)) => Some(id.key_domain().to_string()),
+                (KeyPart::Sender | KeyPart::SenderDomain, Who::Nobody) => None,
+                (KeyPart::Ip, _) => facts.ip.map(|ip| ip.to_string()),
+                (KeyPart::IpPrefix, _) => facts.ip.map(|ip| self.prefix_of(ip).to_string()),
+                (KeyPart::Form, _) => facts.form.map(str::to_string),
+                (KeyPart::Mailbox, _) => facts.mailboxes.first().map(|m| m.to_lowercase()),
+                (KeyPart::Global, _) => Some("*".into()),
             };
             key.push_str(value.as_deref().unwrap_or("-"));
         }
@@ -357,6 +461,7 @@ impl RuleSet {
                     check_list(&spec, path, line, &format!("{kind}[{i}]"), &mut problems);
                     out.push(List {
                         name: spec.name.into_inner(),
+                        patterns: Patterns::of(&spec.senders.0, &spec.domains.0),
                         senders: spec.senders.0,
                         domains: spec.domains.0,
                         networks: spec.networks.0,
@@ -487,7 +592,10 @@ fn compile_rule(spec: RuleSpec, path: &Path, line: usize) -> Rule {
         tag: spec.tag.unwrap_or_else(|| name.clone()),
         name,
         description: spec.description,
-        matcher: Matcher { spec: spec.matches },
+        matcher: Matcher {
+            patterns: Patterns::of(&spec.matches.senders.0, &spec.matches.domains.0),
+            spec: spec.matches,
+        },
         key: spec.key,
         rate: spec.rate,
         burst: spec.burst.max(1),
@@ -717,8 +825,149 @@ ipv4_prefix = 40
         env.customer.email = Some("Ann+x@Example.com".into());
         let facts = Facts::of(&env);
         assert_eq!(
-            set.rules[0].key_of(&facts),
-            "ip_prefix=203.0.113.0/24|form=contact"
+            set.rules[0].keys_of(&facts),
+            ["ip_prefix=203.0.113.0/24|form=contact"]
         );
+    }
+
+    /// A form-channel envelope from `customer`, with more `From:` addresses.
+    fn with_from(customer: &str, from: &[&str]) -> crate::envelope::Envelope {
+        let mut env = crate::guard::tests::form_envelope(customer, "203.0.113.77");
+        env.headers.push(crate::envelope::Header {
+            name: "From".into(),
+            value: from.join(", "),
+        });
+        env
+    }
+
+    #[test]
+    fn a_sender_key_has_one_key_per_identity_and_the_other_parts_stay() {
+        let set = load(
+            "[[rule]]\nname = \"n\"\nkey = [\"sender\", \"form\"]\nrate = \"1/h\"\naction = \"reject\"\n\
+             [[rule]]\nname = \"d\"\nkey = [\"sender_domain\"]\nrate = \"1/h\"\naction = \"reject\"\n\
+             [[rule]]\nname = \"g\"\nkey = [\"global\"]\nrate = \"1/h\"\naction = \"reject\"\n",
+        )
+        .unwrap();
+        let env = with_from(
+            "Ann+1@Example.com",
+            &["decoy@x.example", "\u{0430}nn@example.com", "bob@x.example"],
+        );
+        let facts = Facts::of(&env);
+        assert_eq!(
+            set.rules[0].keys_of(&facts),
+            [
+                "sender=ann@example.com|form=contact",
+                "sender=decoy@x.example|form=contact",
+                "sender=bob@x.example|form=contact",
+            ],
+            "the Cyrillic lookalike of ann is ann's key, counted once"
+        );
+        assert_eq!(
+            set.rules[1].keys_of(&facts),
+            ["sender_domain=example.com", "sender_domain=x.example"],
+            "one key per distinct domain"
+        );
+        assert_eq!(set.rules[2].keys_of(&facts), ["global=*"]);
+    }
+
+    #[test]
+    fn an_item_with_too_many_identities_also_charges_one_shared_bucket() {
+        let set = load(
+            "[[rule]]\nname = \"n\"\nkey = [\"sender\"]\nrate = \"1/h\"\naction = \"reject\"\n",
+        )
+        .unwrap();
+        let decoys: Vec<String> = (0..40).map(|i| format!("decoy{i}@x.example")).collect();
+        let decoys: Vec<&str> = decoys.iter().map(String::as_str).collect();
+        let env = with_from("ann@example.com", &decoys);
+        let facts = Facts::of(&env);
+        let keys = set.rules[0].keys_of(&facts);
+        assert_eq!(keys.len(), crate::guard::facts::MAX_IDENTITIES + 1);
+        assert_eq!(keys[0], "sender=ann@example.com");
+        assert_eq!(keys.last().unwrap(), "sender=many-identities");
+    }
+
+    #[test]
+    fn an_item_without_a_sender_keys_on_a_dash() {
+        let set = load("[[rule]]\nname = \"n\"\nkey = [\"sender\", \"ip\"]\nrate = \"1/h\"\naction = \"reject\"\n").unwrap();
+        let mut env = crate::guard::tests::form_envelope("ann@example.com", "203.0.113.77");
+        env.customer.email = None;
+        assert_eq!(
+            set.rules[0].keys_of(&Facts::of(&env)),
+            ["sender=-|ip=203.0.113.77"]
+        );
+    }
+
+    const LISTS: &str = "[[allow]]\nname = \"staff\"\nsenders = [\"*@shop.example\"]\n\
+        [[block]]\nname = \"spam\"\ndomains = [\"*.spam.example\", \"spam.example\"]\n\
+        [[allow]]\nname = \"office\"\nnetworks = [\"203.0.113.0/24\"]\n";
+
+    #[test]
+    fn an_allow_list_needs_every_identity_listed_exactly() {
+        let set = load(LISTS).unwrap();
+        let staff = &set.allow[0];
+        let env = with_from("anna@shop.example", &["Anna <anna@Shop.Example>"]);
+        assert!(staff.allows(&Facts::of(&env)), "staff alone is allowed");
+        let env = with_from(
+            "ann@example.com",
+            &["staff@shop.example", "ann@example.com"],
+        );
+        assert!(
+            !staff.allows(&Facts::of(&env)),
+            "a forged extra From: staff@shop.example opens nothing"
+        );
+        let env = with_from("staff@sh\u{043E}p.example", &[]);
+        assert!(
+            !staff.allows(&Facts::of(&env)),
+            "a lookalike of the staff domain is not staff"
+        );
+        let mut env = with_from("x@example.com", &[]);
+        env.customer.email = None;
+        assert!(
+            !staff.allows(&Facts::of(&env)),
+            "no identity is not every identity"
+        );
+        let decoys: Vec<String> = (0..20).map(|i| format!("s{i}@shop.example")).collect();
+        let decoys: Vec<&str> = decoys.iter().map(String::as_str).collect();
+        let env = with_from("anna@shop.example", &decoys);
+        assert!(
+            !staff.allows(&Facts::of(&env)),
+            "identities left unread may be anyone's"
+        );
+        let env = with_from("ann@example.com", &[]);
+        assert!(
+            set.allow[1].allows(&Facts::of(&env)),
+            "a listed network allows whatever the addresses"
+        );
+    }
+
+    #[test]
+    fn a_block_list_holds_when_any_identity_or_its_lookalike_is_listed() {
+        let set = load(LISTS).unwrap();
+        let spam = &set.block[0];
+        let env = with_from("ann@example.com", &["x@mail.spam.example"]);
+        assert!(spam.blocks(&Facts::of(&env)), "a second From is enough");
+        let env = with_from("x@sp\u{0430}m.example", &[]);
+        assert!(
+            spam.blocks(&Facts::of(&env)),
+            "a Cyrillic lookalike is blocked"
+        );
+        let env = with_from("ann@example.com", &["bob@example.org"]);
+        assert!(!spam.blocks(&Facts::of(&env)));
+    }
+
+    #[test]
+    fn a_match_holds_when_any_identity_matches() {
+        let set = load(
+            "[[rule]]\nname = \"n\"\nmatch = { senders = [\"*@watch.example\"] }\nkey = [\"sender\"]\nrate = \"1/h\"\naction = \"reject\"\n",
+        )
+        .unwrap();
+        let rule = &set.rules[0];
+        let env = with_from("ann@example.com", &["x@w\u{0430}tch.example"]);
+        assert!(
+            rule.matcher.matches(&Facts::of(&env)),
+            "the lookalike in From"
+        );
+        let env = with_from("ann@example.com", &["x@elsewhere.example"]);
+        assert!(!rule.matcher.matches(&Facts::of(&env)));
     }
 }

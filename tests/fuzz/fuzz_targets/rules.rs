@@ -13,7 +13,7 @@ use std::sync::OnceLock;
 use bytes::Bytes;
 use intake::config::Config;
 use intake::envelope::Source;
-use intake::guard::facts::Facts;
+use intake::guard::facts::{Facts, MAX_IDENTITIES};
 use intake::guard::limiter::LimiterClock;
 use intake::guard::rules::{Rate, RuleSet};
 use intake::guard::Guard;
@@ -108,8 +108,14 @@ fn evaluate(set: RuleSet) {
         let facts = Facts::of(&template.envelope);
         for rule in &rules.rules {
             let _ = rule.matcher.matches(&facts);
-            let key = rule.key_of(&facts);
-            assert_eq!(key.split('|').count(), rule.key.len(), "{key}");
+            let keys = rule.keys_of(&facts);
+            assert!(
+                !keys.is_empty() && keys.len() <= MAX_IDENTITIES + 1,
+                "one key per identity, bounded: {keys:?}"
+            );
+            for key in &keys {
+                assert_eq!(key.split('|').count(), rule.key.len(), "{key}");
+            }
         }
         for _ in 0..2 {
             let mut message = template.clone();
