@@ -396,3 +396,84 @@ async fn rotating_any_one_identity_gets_no_more_onto_the_desk_than_a_steady_send
         .stop()
         .await;
 }
+
+/// Dedupe holds the same way: 20 mails with one text, each with a new
+/// first address beside a fixed one (a new `From:` under one envelope
+/// sender, a new `Reply-To:` under one `From:`, a new decoy before ann),
+/// make one desk item per rotation; the other 19 fold into it, and
+/// `events` counts them on it.
+#[tokio::test]
+async fn rotating_the_first_address_does_not_dodge_dedupe() {
+    let rules = tempfile::tempdir().unwrap();
+    std::fs::write(
+        rules.path().join("50-dedupe.toml"),
+        "[dedupe]\nwindow = \"1h\"\nexact = true\nnear_duplicates = true\n",
+    )
+    .unwrap();
+    let gw = Gateway::start_with(
+        "identity_dedupe",
+        &support::redis_url(),
+        &format!("[rules]\ndir = \"{}\"\n", rules.path().display()),
+    )
+    .await;
+    let receipts = Receipts::default();
+    let client = client_from(loopback(0, 20));
+    let rotations = [
+        Rotation::EnvelopeSender,
+        Rotation::ReplyTo,
+        Rotation::Decoys,
+    ];
+    let mut firsts = Vec::new();
+    for rotation in rotations {
+        for i in 0..MAILS {
+            let mail = rotation.mail(i);
+            let raw = format!(
+                "{}To: support@shop.test\r\nSubject: my refund\r\nMessage-ID: <dd-{}-{i}@rotation.test>\r\n\r\n\
+                 I was charged twice for order 4711, please refund one of the payments ({}).\r\n",
+                mail.headers,
+                rotation.name(),
+                rotation.name()
+            );
+            let id = post(&client, &gw, mail.envelope_sender.as_deref(), raw)
+                .await
+                .unwrap_or_else(|e| panic!("{} mail {i}: {e}", rotation.name()));
+            if i == 0 {
+                firsts.push(id.clone());
+            }
+            receipts.add(id);
+        }
+    }
+    let stored = assert_receipts_stored_once(&gw.redis_url, &gw.prefix, &receipts.all()).await;
+    println!(
+        "dedupe under rotation: desk {} suppressed {} events {}",
+        stored.count("desk"),
+        stored.count("suppressed"),
+        stored.count("events")
+    );
+    assert_eq!(
+        stored.count("desk"),
+        rotations.len(),
+        "one desk item per rotation"
+    );
+    for first in &firsts {
+        let folded = stored
+            .folds
+            .iter()
+            .filter(|(_, _, into)| into == first)
+            .count();
+        assert_eq!(folded, MAILS - 1, "the other mails fold into {first}");
+    }
+    let events = gw.entries("events").await;
+    for first in &firsts {
+        let latest = events
+            .iter()
+            .filter(|e| e.field("id") == first)
+            .map(|e| e.field("count").parse::<usize>().unwrap())
+            .max();
+        assert_eq!(
+            latest,
+            Some(MAILS - 1),
+            "events count every fold into {first}"
+        );
+    }
+}

@@ -26,6 +26,11 @@ const MIN_NEAR_TOKENS: usize = 8;
 pub struct Fingerprint {
     /// Digest of the customer's identity (normalized sender, else IP).
     pub customer: String,
+    /// Digests of the item's other identities (every From, Reply-To, the
+    /// envelope sender), at most [`OTHER_IDENTITIES`]: a duplicate is
+    /// looked up in each one's history and a stored item recorded in each,
+    /// so rotating one address does not dodge dedupe.
+    pub others: Vec<String>,
     /// Digest of the Message-ID, if any.
     pub message_id: Option<String>,
     /// Digest of the normalized subject and text.
@@ -107,6 +112,11 @@ impl Kind {
     }
 }
 
+/// Identities besides the primary one whose histories are read and
+/// written: rotating the first address is the cheap dodge; an item with
+/// more decoys than this still meets the rate limits of every identity.
+pub const OTHER_IDENTITIES: usize = 3;
+
 /// Reads a fingerprint from the message; `None` without a customer.
 pub fn fingerprint(facts: &Facts<'_>) -> Option<Fingerprint> {
     let customer = match (&facts.sender, facts.ip) {
@@ -126,8 +136,16 @@ pub fn fingerprint(facts: &Facts<'_>) -> Option<Fingerprint> {
         (None, None, None) => Cow::Borrowed(""),
     };
     let words = Words::of(subject.lines().chain(body.lines()));
+    let others = facts
+        .identities
+        .iter()
+        .skip(1)
+        .take(OTHER_IDENTITIES)
+        .map(|identity| short_digest(format!("s:{}", identity.key).as_bytes()))
+        .collect();
     Some(Fingerprint {
         customer: short_digest(customer.as_bytes()),
+        others,
         message_id: envelope
             .message_id
             .as_deref()
@@ -424,7 +442,6 @@ struct Keys {
     content: String,
     recent: String,
     last: String,
-    counts: String,
 }
 
 impl DedupeStore {
@@ -442,95 +459,157 @@ impl DedupeStore {
             content: format!("{base}:h:{}", fp.map_or("-", |f| f.content.as_str())),
             recent: format!("{base}:recent"),
             last: format!("{base}:last"),
-            counts: format!("{base}:n"),
         }
     }
 
-    /// The earlier item this one duplicates, if any.
+    /// The earlier item this one duplicates, if any, in the history of
+    /// any of its identities.
     pub async fn lookup(
         &self,
         fp: &Fingerprint,
         settings: &Dedupe,
         now_ms: u64,
     ) -> Result<Option<(ReceiptId, Kind)>, GuardError> {
-        let window = settings.window.as_millis() as u64;
-        #[allow(clippy::type_complexity)]
-        let (mid, content, recent): (
-            Option<String>,
-            Option<String>,
-            Vec<(ReceiptId, u64, u32)>,
-        ) = match self {
+        let customers: Vec<&str> = std::iter::once(fp.customer.as_str())
+            .chain(fp.others.iter().map(String::as_str))
+            .collect();
+        let histories = match self {
             DedupeStore::Redis(store) => {
-                let keys = Self::keys(store.prefix(), &fp.customer, Some(fp));
-                let mut pipe = redis::pipe();
-                pipe.cmd("GET").arg(&keys.mid);
-                pipe.cmd("GET").arg(&keys.content);
-                pipe.cmd("ZRANGEBYSCORE")
-                    .arg(&keys.recent)
-                    .arg(now_ms.saturating_sub(window))
-                    .arg("+inf");
-                let mut connection = store.connection();
-                let (mid, content, members): (Option<String>, Option<String>, Vec<String>) =
-                    store.bounded(pipe.query_async(&mut connection)).await?;
-                let recent = members
+                let asks = customers
                     .iter()
-                    .filter_map(|m| {
-                        let mut parts = m.splitn(3, ':');
-                        let hash = u64::from_str_radix(parts.next()?, 16).ok()?;
-                        let numbers = u32::from_str_radix(parts.next()?, 16).ok()?;
-                        Some((earlier(parts.next()?, Some(fp))?, hash, numbers))
-                    })
-                    .collect();
-                (mid, content, recent)
+                    .map(|customer| self.history(store, customer, fp, settings, now_ms));
+                futures_util::future::try_join_all(asks).await?
             }
             DedupeStore::Memory(memory) => {
                 let memory = memory.lock().expect("dedupe lock");
-                let keys = Self::keys("", &fp.customer, Some(fp));
-                let get = |k: &str| {
-                    memory
-                        .values
-                        .get(k)
-                        .filter(|(_, exp)| *exp > now_ms)
-                        .map(|(v, _)| v.clone())
-                };
-                let recent = memory
-                    .recent
-                    .get(&fp.customer)
-                    .map(|items| {
-                        items
-                            .iter()
-                            .filter(|(at, ..)| at + window > now_ms)
-                            .filter_map(|(_, h, n, r)| Some((earlier(r, Some(fp))?, *h, *n)))
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                (get(&keys.mid), get(&keys.content), recent)
+                customers
+                    .iter()
+                    .map(|customer| memory_history(&memory, customer, fp, settings, now_ms))
+                    .collect()
             }
         };
-        if settings.exact {
-            if fp.message_id.is_some() {
-                if let Some(r) = mid.and_then(|r| earlier(&r, Some(fp))) {
-                    return Ok(Some((r, Kind::Exact)));
-                }
-            }
-            if let Some(r) = content.and_then(|r| earlier(&r, Some(fp))) {
-                return Ok(Some((r, Kind::Exact)));
+        // Exact before near, in every history: an exact match anywhere is
+        // the better answer.
+        for (mid, content, _) in &histories {
+            if let Some(found) = exact(settings, fp, mid.as_deref(), content.as_deref()) {
+                return Ok(Some(found));
             }
         }
-        if settings.near_duplicates && fp.comparable {
-            let nearest = recent
-                .into_iter()
-                .filter(|(_, _, n)| *n == fp.numbers)
-                .map(|(r, h, _)| (r, (h ^ fp.simhash).count_ones()))
-                .filter(|(_, d)| *d <= settings.max_distance)
-                .min_by_key(|(_, d)| *d);
-            if let Some((r, _)) = nearest {
-                return Ok(Some((r, Kind::Near)));
+        for (_, _, recent) in histories {
+            if let Some(found) = near(settings, fp, recent) {
+                return Ok(Some(found));
             }
         }
         Ok(None)
     }
 
+    /// One customer's history in Redis: the Message-ID and text keys, and
+    /// the recent near-duplicate candidates (one pipeline, one slot).
+    async fn history(
+        &self,
+        store: &RedisStore,
+        customer: &str,
+        fp: &Fingerprint,
+        settings: &Dedupe,
+        now_ms: u64,
+    ) -> Result<History, GuardError> {
+        let window = settings.window.as_millis() as u64;
+        let keys = Self::keys(store.prefix(), customer, Some(fp));
+        let mut pipe = redis::pipe();
+        pipe.cmd("GET").arg(&keys.mid);
+        pipe.cmd("GET").arg(&keys.content);
+        pipe.cmd("ZRANGEBYSCORE")
+            .arg(&keys.recent)
+            .arg(now_ms.saturating_sub(window))
+            .arg("+inf");
+        let mut connection = store.connection();
+        let (mid, content, members): (Option<String>, Option<String>, Vec<String>) =
+            store.bounded(pipe.query_async(&mut connection)).await?;
+        let recent = members
+            .iter()
+            .filter_map(|m| {
+                let mut parts = m.splitn(3, ':');
+                let hash = u64::from_str_radix(parts.next()?, 16).ok()?;
+                let numbers = u32::from_str_radix(parts.next()?, 16).ok()?;
+                Some((earlier(parts.next()?, Some(fp))?, hash, numbers))
+            })
+            .collect();
+        Ok((mid, content, recent))
+    }
+}
+
+/// One customer's history: Message-ID key, text key, recent candidates.
+type History = (Option<String>, Option<String>, Vec<(ReceiptId, u64, u32)>);
+
+fn memory_history(
+    memory: &Memory,
+    customer: &str,
+    fp: &Fingerprint,
+    settings: &Dedupe,
+    now_ms: u64,
+) -> History {
+    let window = settings.window.as_millis() as u64;
+    let keys = DedupeStore::keys("", customer, Some(fp));
+    let get = |k: &str| {
+        memory
+            .values
+            .get(k)
+            .filter(|(_, exp)| *exp > now_ms)
+            .map(|(v, _)| v.clone())
+    };
+    let recent = memory
+        .recent
+        .get(customer)
+        .map(|items| {
+            items
+                .iter()
+                .filter(|(at, ..)| at + window > now_ms)
+                .filter_map(|(_, h, n, r)| Some((earlier(r, Some(fp))?, *h, *n)))
+                .collect()
+        })
+        .unwrap_or_default();
+    (get(&keys.mid), get(&keys.content), recent)
+}
+
+/// An exact duplicate: the same Message-ID, else the same text.
+fn exact(
+    settings: &Dedupe,
+    fp: &Fingerprint,
+    mid: Option<&str>,
+    content: Option<&str>,
+) -> Option<(ReceiptId, Kind)> {
+    if !settings.exact {
+        return None;
+    }
+    if fp.message_id.is_some() {
+        if let Some(r) = mid.and_then(|r| earlier(r, Some(fp))) {
+            return Some((r, Kind::Exact));
+        }
+    }
+    content
+        .and_then(|r| earlier(r, Some(fp)))
+        .map(|r| (r, Kind::Exact))
+}
+
+/// The nearest near duplicate among the recent candidates, if close enough.
+fn near(
+    settings: &Dedupe,
+    fp: &Fingerprint,
+    recent: Vec<(ReceiptId, u64, u32)>,
+) -> Option<(ReceiptId, Kind)> {
+    if !(settings.near_duplicates && fp.comparable) {
+        return None;
+    }
+    recent
+        .into_iter()
+        .filter(|(_, _, n)| *n == fp.numbers)
+        .map(|(r, h, _)| (r, (h ^ fp.simhash).count_ones()))
+        .filter(|(_, d)| *d <= settings.max_distance)
+        .min_by_key(|(_, d)| *d)
+        .map(|(r, _)| (r, Kind::Near))
+}
+
+impl DedupeStore {
     /// Reserves an item's exact keys just before its write, so a duplicate
     /// arriving at the same moment (another request, another replica)
     /// folds into it instead of becoming a second desk item. See
@@ -750,24 +829,19 @@ impl DedupeStore {
         }
     }
 
-    /// Counts one more item folded into `into`; returns the total.
-    pub async fn count_fold(
-        &self,
-        customer: &str,
-        into: ReceiptId,
-        settings: &Dedupe,
-    ) -> Result<u64, GuardError> {
+    /// Counts one more item folded into `into`; returns the total. Counted
+    /// by the desk item, not by who sent the fold: items from several of a
+    /// customer's identities fold into one desk item and one count.
+    pub async fn count_fold(&self, into: ReceiptId, settings: &Dedupe) -> Result<u64, GuardError> {
         match self {
             DedupeStore::Redis(store) => {
-                let keys = Self::keys(store.prefix(), customer, None);
+                let key = format!("{}:dd:{{{into}}}:folds", store.prefix());
                 let mut pipe = redis::pipe();
                 pipe.atomic()
-                    .cmd("HINCRBY")
-                    .arg(&keys.counts)
-                    .arg(into.to_string())
-                    .arg(1)
+                    .cmd("INCR")
+                    .arg(&key)
                     .cmd("PEXPIRE")
-                    .arg(&keys.counts)
+                    .arg(&key)
                     .arg(settings.window.as_millis().max(86_400_000) as u64)
                     .ignore();
                 let mut connection = store.connection();
@@ -776,10 +850,7 @@ impl DedupeStore {
             }
             DedupeStore::Memory(memory) => {
                 let mut memory = memory.lock().expect("dedupe lock");
-                let count = memory
-                    .counts
-                    .entry(format!("{customer}:{into}"))
-                    .or_insert(0);
+                let count = memory.counts.entry(into.to_string()).or_insert(0);
                 *count += 1;
                 Ok(*count)
             }
@@ -882,6 +953,7 @@ mod tests {
     fn fp(attempt: Option<&str>) -> Fingerprint {
         Fingerprint {
             customer: "c".into(),
+            others: vec![],
             message_id: Some("m".into()),
             content: "t".into(),
             simhash: 7,

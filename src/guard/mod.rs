@@ -312,13 +312,10 @@ impl Guard {
                 Some(Action::Reject) => reject(strongest.expect("a hit"), ""),
                 Some(Action::Collapse) => {
                     let hit = strongest.expect("a hit");
-                    match &ticket.customer {
-                        Some(c) => match self.inner.dedupe.last(c, now_ms).await? {
-                            Some(into) => GuardVerdict::Collapse {
-                                into,
-                                rule: hit.rule.name.clone(),
-                            },
-                            None => reject(hit, "; nothing earlier to fold into"),
+                    match self.latest(&ticket, now_ms).await? {
+                        Some(into) => GuardVerdict::Collapse {
+                            into,
+                            rule: hit.rule.name.clone(),
                         },
                         None => reject(hit, "; nothing earlier to fold into"),
                     }
@@ -351,6 +348,21 @@ impl Guard {
         })
     }
 
+    /// The latest stored desk item of any of the item's identities (a
+    /// ULID receipt sorts by time), to fold a rate-limited item into.
+    async fn latest(&self, ticket: &Ticket, now_ms: u64) -> Result<Option<ReceiptId>, GuardError> {
+        let Some(customer) = ticket.customer.as_deref() else {
+            return Ok(None);
+        };
+        let others = ticket.fingerprint.iter().flat_map(|fp| fp.others.iter());
+        let mut latest = None;
+        for customer in std::iter::once(customer).chain(others.map(String::as_str)) {
+            let last = self.inner.dedupe.last(customer, now_ms).await?;
+            latest = latest.max(last);
+        }
+        Ok(latest)
+    }
+
     /// Called once the item is stored: counts a fold and returns the
     /// update the desk should get in `intake:events`.
     pub async fn stored(
@@ -358,15 +370,11 @@ impl Guard {
         ticket: &Ticket,
         id: ReceiptId,
     ) -> Result<Option<FoldEvent>, GuardError> {
-        let (Some((into, rule)), Some(customer)) = (&ticket.fold, &ticket.customer) else {
+        let Some((into, rule)) = &ticket.fold else {
             return Ok(None);
         };
         let settings = self.rules().dedupe.clone();
-        let count = self
-            .inner
-            .dedupe
-            .count_fold(customer, *into, &settings)
-            .await?;
+        let count = self.inner.dedupe.count_fold(*into, &settings).await?;
         Ok(Some(FoldEvent {
             into: *into,
             count,
@@ -451,20 +459,26 @@ impl Guard {
             return;
         };
         let settings = self.rules().dedupe.clone();
-        if let Err(e) = self
-            .inner
-            .dedupe
-            .confirm(
-                customer,
-                ticket.fingerprint.as_ref(),
-                &settings,
-                receipt,
-                ticket.now_ms,
-            )
-            .await
-        {
-            metrics::counter!("intake_dedupe_confirm_failures_total").increment(1);
-            tracing::warn!(error = %e, %receipt, "a stored item could not be recorded for dedupe");
+        // In the history of every identity the item carries: a duplicate
+        // from any of them folds into it.
+        let others = ticket.fingerprint.iter().flat_map(|fp| fp.others.iter());
+        for customer in std::iter::once(customer).chain(others.map(String::as_str)) {
+            if let Err(e) = self
+                .inner
+                .dedupe
+                .confirm(
+                    customer,
+                    ticket.fingerprint.as_ref(),
+                    &settings,
+                    receipt,
+                    ticket.now_ms,
+                )
+                .await
+            {
+                metrics::counter!("intake_dedupe_confirm_failures_total").increment(1);
+                tracing::warn!(error = %e, %receipt, "a stored item could not be recorded for dedupe");
+                return;
+            }
         }
     }
 
