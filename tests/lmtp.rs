@@ -307,13 +307,16 @@ async fn pipelined_batch_gets_every_reply_in_order() {
     )
     .await;
     let mut raw = Raw::connect(port).await;
-    // The whole transaction in one write, bare LF on some lines, a
-    // dot-stuffed line and a recipient of a domain not taken here.
+    // The whole transaction in one write: a command ending in a bare LF
+    // (refused whole, not a recipient), a bare LF in the message (content,
+    // kept as sent), a dot-stuffed line and a recipient of a domain not
+    // taken here.
     raw.send(
         b"LHLO client.test\r\n\
           MAIL FROM:<bob@example.com> SIZE=200 BODY=8BITMIME\r\n\
           RCPT TO:<support@shop.test>\r\n\
-          RCPT TO:<someone@elsewhere.example>\n\
+          RCPT TO:<someone@elsewhere.example>\r\n\
+          RCPT TO:<sales@shop.test>\n\
           RCPT TO:<billing+inv-9@SHOP.test>\r\n\
           DATA\r\n\
           From: bob@example.com\r\n\
@@ -343,7 +346,13 @@ async fn pipelined_batch_gets_every_reply_in_order() {
     raw.reply().await.expect(250, "2.1.0", "MAIL");
     raw.reply().await.expect(250, "2.1.5", "first RCPT");
     raw.reply().await.expect(550, "5.1.1", "foreign domain");
-    raw.reply().await.expect(250, "2.1.5", "third RCPT");
+    let bare = raw.reply().await;
+    bare.expect(500, "5.5.2", "a command ending in a bare LF");
+    assert!(
+        bare.text().contains("bare LF"),
+        "names the problem: {bare:?}"
+    );
+    raw.reply().await.expect(250, "2.1.5", "fourth RCPT");
     raw.reply().await.expect(354, "", "DATA");
     let first = raw.reply().await;
     first.expect(250, "2.0.0", "first recipient");
@@ -369,7 +378,7 @@ async fn pipelined_batch_gets_every_reply_in_order() {
     assert_eq!(env["customer"]["mailbox_hash"], "inv-9");
     assert_eq!(
         env["subject"], "pipelined",
-        "a bare LF ended the header line"
+        "the parser reads a bare LF as the header line's end"
     );
     let text = env["text"].as_str().unwrap();
     assert!(
@@ -387,7 +396,12 @@ async fn pipelined_batch_gets_every_reply_in_order() {
         raw_mail
             .windows(22)
             .any(|w| w == b"\r\n.starts with a dot\r\n"),
-        "stored unstuffed, lines in CRLF: {:?}",
+        "stored unstuffed: {:?}",
+        String::from_utf8_lossy(&raw_mail)
+    );
+    assert!(
+        raw_mail.starts_with(b"From: bob@example.com\r\nSubject: pipelined\n\r\n"),
+        "the bare LF is kept as sent: {:?}",
         String::from_utf8_lossy(&raw_mail)
     );
     gw.stop().await;

@@ -113,6 +113,16 @@ impl Session<'_> {
             let reply = match line {
                 Line::Closed => return Ok(()),
                 Line::TooLong => Err(Reply::new(500, "5.5.2", "line too long")),
+                Line::BareLf => Err(Reply::new(
+                    500,
+                    "5.5.2",
+                    "line ends in a bare LF; end every line with CRLF",
+                )),
+                Line::BareCr => Err(Reply::new(
+                    500,
+                    "5.5.2",
+                    "bare CR in a command line; end every line with CRLF",
+                )),
                 Line::Complete(line) => command::parse(&line),
             };
             let next = match reply {
