@@ -677,7 +677,14 @@ async fn a_virus_is_refused_554_and_quarantined() {
 
 #[tokio::test]
 async fn connections_past_the_cap_are_told_421() {
-    let (gw, port) = gateway("lmtp_cap", &redis_url(), "max_connections = 1", "").await;
+    // A long shed grace: the idle first session is not closed to make room.
+    let (gw, port) = gateway(
+        "lmtp_cap",
+        &redis_url(),
+        "max_connections = 1\nshed_grace = \"1h\"",
+        "",
+    )
+    .await;
     let mut first = Raw::connect(port).await;
     let mut second = Raw::open(port).await;
     second
@@ -690,6 +697,60 @@ async fn connections_past_the_cap_are_told_421() {
         .await
         .expect(250, "2.0.0", "the first is served");
     first.command("QUIT").await.expect(221, "2.0.0", "QUIT");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn an_idle_session_past_the_grace_is_shed_for_a_newcomer() {
+    let (gw, port) = gateway(
+        "lmtp_shed",
+        &redis_url(),
+        "max_connections = 1\nshed_grace = \"200ms\"",
+        "",
+    )
+    .await;
+    let mut idle = Raw::connect(port).await;
+    idle.command("LHLO c").await.expect(250, "", "LHLO");
+    // Past the grace (not a timing assertion: the newcomer below must get
+    // in whenever it comes after it).
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let mut newcomer = Raw::connect(port).await;
+    idle.reply()
+        .await
+        .expect(421, "4.3.2", "the idle session makes room");
+    assert!(idle.closed().await, "and is closed");
+    let replies = newcomer
+        .deliver(
+            "ann@example.com",
+            &["support@shop.test"],
+            &mail("shed", "hi"),
+        )
+        .await;
+    replies[0].expect(250, "2.0.0", "the newcomer delivers");
+    assert_eq!(gw.entries("desk").await.len(), 1);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn one_address_past_its_connection_cap_is_told_421_4_7_0() {
+    let (gw, port) = gateway(
+        "lmtp_per_ip",
+        &redis_url(),
+        "max_connections_per_ip = 1",
+        "",
+    )
+    .await;
+    let mut first = Raw::connect(port).await;
+    let mut second = Raw::open(port).await;
+    second
+        .reply()
+        .await
+        .expect(421, "4.7.0", "past max_connections_per_ip");
+    assert!(second.closed().await);
+    first
+        .command("NOOP")
+        .await
+        .expect(250, "2.0.0", "the first is served");
     gw.stop().await;
 }
 
