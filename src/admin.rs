@@ -14,10 +14,10 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
-use hyper::body::Incoming;
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::config::SecretValue;
+use crate::sources::http::request_body::RequestBody;
 use crate::sources::http::respond::{ApiError, Body};
 use crate::sources::http::server::{Handler, ResponseFuture};
 
@@ -41,7 +41,7 @@ pub struct AdminState {
 pub struct Admin(pub Arc<AdminState>);
 
 impl Handler for Admin {
-    fn call(&self, request: Request<Incoming>, peer: SocketAddr) -> ResponseFuture {
+    fn call(&self, request: Request<RequestBody>, peer: SocketAddr) -> ResponseFuture {
         let state = self.0.clone();
         Box::pin(async move {
             let response = match route(&state, &request).await {
@@ -56,7 +56,7 @@ impl Handler for Admin {
 
 async fn route(
     state: &AdminState,
-    request: &Request<Incoming>,
+    request: &Request<RequestBody>,
 ) -> Result<Response<Body>, ApiError> {
     if !crate::sources::http::bearer_matches(request.headers(), &state.token) {
         return Err(ApiError::Unauthorized);

@@ -91,10 +91,32 @@ pub struct HttpConfig {
     /// is answered 408.
     #[serde(default = "default_request_timeout")]
     pub request_timeout: HumanDuration,
-    /// Connections served at once; further clients wait in the kernel's
-    /// accept queue instead of exhausting memory or file descriptors.
+    /// Connections served at once. When all are taken, the one with the
+    /// least progress is closed to make room for a newcomer (idle first,
+    /// then the slowest head, then the slowest body; never one whose item
+    /// is being stored); when none can be, as many newcomers again wait
+    /// up to `header_timeout` for a slot, and further ones are closed.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Connections one client address (an IPv6 client: its /64) may have
+    /// open or waiting at once; one more is closed at once, before a byte
+    /// is read.
+    #[serde(default = "default_max_connections_per_ip")]
+    pub max_connections_per_ip: usize,
+    /// How long a new connection, or one that just went idle or began a
+    /// head or body, is safe from being closed to make room (unless its
+    /// address holds two more connections than the newcomer's).
+    #[serde(default = "default_shed_grace")]
+    pub shed_grace: HumanDuration,
+    /// The slowest request body accepted, in bytes per second: a body gets
+    /// `body_rate_grace` plus one second per this many bytes it has sent,
+    /// then it is answered 408 and the connection closed. 0 switches it
+    /// off (`request_timeout` still bounds the whole body).
+    #[serde(default = "default_min_body_rate")]
+    pub min_body_rate: ByteSize,
+    /// The time a body has before `min_body_rate` applies.
+    #[serde(default = "default_body_rate_grace")]
+    pub body_rate_grace: HumanDuration,
     /// What `Retry-After` says when an item cannot be stored right now.
     #[serde(default = "default_retry_after")]
     pub retry_after: HumanDuration,
@@ -122,6 +144,10 @@ impl Default for HttpConfig {
             idle_timeout: default_idle_timeout(),
             request_timeout: default_request_timeout(),
             max_connections: default_max_connections(),
+            max_connections_per_ip: default_max_connections_per_ip(),
+            shed_grace: default_shed_grace(),
+            min_body_rate: default_min_body_rate(),
+            body_rate_grace: default_body_rate_grace(),
             retry_after: default_retry_after(),
             max_header_bytes: default_max_header_bytes(),
             max_headers: default_max_headers(),
@@ -473,6 +499,17 @@ impl Config {
         if self.http.max_requests_per_ip == 0 {
             problems.push("http.max_requests_per_ip: must be at least 1".into());
         }
+        if self.http.max_connections_per_ip == 0 {
+            problems.push("http.max_connections_per_ip: must be at least 1".into());
+        }
+        if self.http.min_body_rate.bytes() > 0
+            && !(Duration::from_millis(100)..=MAX_GRACE).contains(&self.http.body_rate_grace.0)
+        {
+            problems.push("http.body_rate_grace: must be between 100ms and 24h".into());
+        }
+        if self.http.shed_grace.0 > MAX_GRACE {
+            problems.push("http.shed_grace: must be at most 24h".into());
+        }
         if let Some(secret) = &self.redis.password {
             if let Err(e) = secret.resolve() {
                 problems.push(format!("redis.password: {e}"));
@@ -602,6 +639,10 @@ impl Config {
     }
 }
 
+/// The longest grace a connection limit may give (longer is "never", and
+/// would overflow the clock arithmetic).
+pub const MAX_GRACE: Duration = Duration::from_secs(24 * 3600);
+
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 8080))
 }
@@ -619,6 +660,18 @@ fn default_request_timeout() -> HumanDuration {
 }
 fn default_max_connections() -> usize {
     1024
+}
+fn default_max_connections_per_ip() -> usize {
+    64
+}
+fn default_shed_grace() -> HumanDuration {
+    HumanDuration(Duration::from_secs(1))
+}
+fn default_min_body_rate() -> ByteSize {
+    ByteSize(500)
+}
+fn default_body_rate_grace() -> HumanDuration {
+    HumanDuration(Duration::from_secs(10))
 }
 fn default_max_header_bytes() -> ByteSize {
     ByteSize(32 * 1024)
@@ -697,6 +750,7 @@ mod tests {
     fn hardening_limits_and_form_tokens_are_validated_together() {
         let text = format!(
             "{MINIMAL}[http]\nmax_header_bytes = \"1KiB\"\nmax_headers = 0\nmax_requests_per_ip = 0\n\
+             max_connections_per_ip = 0\nbody_rate_grace = \"10ms\"\nshed_grace = \"2d\"\n\
              [[form]]\nid = \"contact\"\ntoken = \"required\"\ntoken_min_age = \"3h\"\n"
         );
         let problems = Config::from_toml(&text).unwrap().validate().unwrap_err();
@@ -704,6 +758,9 @@ mod tests {
             "http.max_header_bytes",
             "http.max_headers",
             "http.max_requests_per_ip",
+            "http.max_connections_per_ip",
+            "http.body_rate_grace",
+            "http.shed_grace",
             "needs [forms_security] secret",
             "token_min_age",
         ] {
@@ -715,6 +772,8 @@ mod tests {
         let c = Config::from_toml(MINIMAL).unwrap();
         assert_eq!(c.http.max_header_bytes.bytes(), 32 * 1024);
         assert_eq!(c.http.max_requests_per_ip, 32);
+        assert_eq!(c.http.max_connections_per_ip, 64);
+        assert_eq!(c.http.min_body_rate.bytes(), 500);
     }
 
     #[test]

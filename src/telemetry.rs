@@ -70,8 +70,13 @@ fn describe() {
     );
     describe_counter!(
         "intake_http_limit_refusals_total",
-        "Requests or connections refused by an HTTP limit, by limit (requests_per_ip, headers, header_timeout)"
+        "Requests or connections refused by an HTTP limit, by limit (requests_per_ip, connections_per_ip, connections, headers, header_timeout, min_body_rate)"
     );
+    describe_counter!(
+        "intake_connections_shed_total",
+        "Connections closed to make room for a newcomer when every slot was taken, by listener (http, lmtp) and phase (idle, head, body)"
+    );
+
     describe_counter!(
         "intake_http_idle_closed_total",
         "Kept-alive connections closed by the server after http.idle_timeout with no request in flight"

@@ -361,3 +361,117 @@ async fn each_limit_breach_is_counted_by_its_limit() {
     }
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn a_broken_chunked_body_gets_a_fixed_sentence_not_the_parsers_words() {
+    let gw = Gateway::start("limits_chunked").await;
+    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+    // "zz" is no chunk size: hyper's body fails with its own error text,
+    // which must stay in the gateway's debug log.
+    stream
+        .write_all(
+            b"POST /v1/forms/contact HTTP/1.1\r\nHost: shop.test\r\n\
+              Content-Type: application/x-www-form-urlencoded\r\n\
+              Transfer-Encoding: chunked\r\n\r\n5\r\nemail\r\nzz\r\n",
+        )
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 400"), "a 400: {answer:?}");
+    let body = &answer[answer.find("\r\n\r\n").expect("a body") + 4..];
+    let json: Value = serde_json::from_str(body).expect("a JSON error body");
+    assert_eq!(json["error"], "bad_request");
+    assert_eq!(
+        json["message"], "the body cannot be read: it ended early or its framing is broken",
+        "a fixed sentence, nothing of hyper's"
+    );
+    assert!(gw.entries("desk").await.is_empty(), "nothing stored");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_body_below_the_minimum_rate_gets_408_and_the_connection_closes() {
+    let gw = Gateway::start_edited("limits_min_rate", &redis_url(), "", |text| {
+        text.replace(
+            "header_timeout = \"5s\"",
+            "header_timeout = \"5s\"\nmin_body_rate = 1000\nbody_rate_grace = \"500ms\"",
+        )
+    })
+    .await;
+    let mut slow = TcpStream::connect(gw.addr).await.unwrap();
+    slow.write_all(
+        b"POST /v1/forms/contact HTTP/1.1\r\nHost: shop.test\r\n\
+          Content-Type: application/x-www-form-urlencoded\r\n\
+          Content-Length: 100000\r\n\r\nemail=ann%40example.com",
+    )
+    .await
+    .unwrap();
+    // 23 bytes earn 23 ms past the 500 ms grace; then nothing comes.
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(30), slow.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    assert!(
+        answer.starts_with("HTTP/1.1 408"),
+        "a body below http.min_body_rate is answered 408: {answer:?}"
+    );
+    assert!(
+        answer.to_ascii_lowercase().contains("connection: close"),
+        "and the connection is closed: {answer:?}"
+    );
+    assert!(read.is_ok(), "the gateway closed the connection");
+
+    // A body that keeps the rate is taken.
+    let response = client()
+        .post(gw.form_url("contact"))
+        .form(&[("email", "bob@example.com"), ("message", "hello")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn connections_past_the_per_address_cap_are_closed_at_once() {
+    let gw = Gateway::start_edited("limits_conn_per_ip", &redis_url(), "", |text| {
+        text.replace(
+            "header_timeout = \"5s\"",
+            "header_timeout = \"5s\"\nmax_connections_per_ip = 2",
+        )
+    })
+    .await;
+    let source = support::bystander::loopback(0, 77);
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        held.push(
+            support::bystander::connect_from(source, gw.addr)
+                .await
+                .unwrap(),
+        );
+    }
+    let mut third = support::bystander::connect_from(source, gw.addr)
+        .await
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(10), third.read(&mut buf)).await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "a third connection from one address is closed without an answer: {read:?}"
+    );
+    // The held ones are served, and so is another address.
+    held[0]
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: shop.test\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = read_answer(&mut held[0], Duration::from_secs(10)).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+    let other = client()
+        .get(format!("{}/healthz", gw.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 200);
+    gw.stop().await;
+}

@@ -307,13 +307,16 @@ async fn pipelined_batch_gets_every_reply_in_order() {
     )
     .await;
     let mut raw = Raw::connect(port).await;
-    // The whole transaction in one write, bare LF on some lines, a
-    // dot-stuffed line and a recipient of a domain not taken here.
+    // The whole transaction in one write: a command ending in a bare LF
+    // (refused whole, not a recipient), a bare LF in the message (content,
+    // kept as sent), a dot-stuffed line and a recipient of a domain not
+    // taken here.
     raw.send(
         b"LHLO client.test\r\n\
           MAIL FROM:<bob@example.com> SIZE=200 BODY=8BITMIME\r\n\
           RCPT TO:<support@shop.test>\r\n\
-          RCPT TO:<someone@elsewhere.example>\n\
+          RCPT TO:<someone@elsewhere.example>\r\n\
+          RCPT TO:<sales@shop.test>\n\
           RCPT TO:<billing+inv-9@SHOP.test>\r\n\
           DATA\r\n\
           From: bob@example.com\r\n\
@@ -343,7 +346,13 @@ async fn pipelined_batch_gets_every_reply_in_order() {
     raw.reply().await.expect(250, "2.1.0", "MAIL");
     raw.reply().await.expect(250, "2.1.5", "first RCPT");
     raw.reply().await.expect(550, "5.1.1", "foreign domain");
-    raw.reply().await.expect(250, "2.1.5", "third RCPT");
+    let bare = raw.reply().await;
+    bare.expect(500, "5.5.2", "a command ending in a bare LF");
+    assert!(
+        bare.text().contains("bare LF"),
+        "names the problem: {bare:?}"
+    );
+    raw.reply().await.expect(250, "2.1.5", "fourth RCPT");
     raw.reply().await.expect(354, "", "DATA");
     let first = raw.reply().await;
     first.expect(250, "2.0.0", "first recipient");
@@ -369,7 +378,7 @@ async fn pipelined_batch_gets_every_reply_in_order() {
     assert_eq!(env["customer"]["mailbox_hash"], "inv-9");
     assert_eq!(
         env["subject"], "pipelined",
-        "a bare LF ended the header line"
+        "the parser reads a bare LF as the header line's end"
     );
     let text = env["text"].as_str().unwrap();
     assert!(
@@ -387,7 +396,12 @@ async fn pipelined_batch_gets_every_reply_in_order() {
         raw_mail
             .windows(22)
             .any(|w| w == b"\r\n.starts with a dot\r\n"),
-        "stored unstuffed, lines in CRLF: {:?}",
+        "stored unstuffed: {:?}",
+        String::from_utf8_lossy(&raw_mail)
+    );
+    assert!(
+        raw_mail.starts_with(b"From: bob@example.com\r\nSubject: pipelined\n\r\n"),
+        "the bare LF is kept as sent: {:?}",
         String::from_utf8_lossy(&raw_mail)
     );
     gw.stop().await;
@@ -663,7 +677,14 @@ async fn a_virus_is_refused_554_and_quarantined() {
 
 #[tokio::test]
 async fn connections_past_the_cap_are_told_421() {
-    let (gw, port) = gateway("lmtp_cap", &redis_url(), "max_connections = 1", "").await;
+    // A long shed grace: the idle first session is not closed to make room.
+    let (gw, port) = gateway(
+        "lmtp_cap",
+        &redis_url(),
+        "max_connections = 1\nshed_grace = \"1h\"",
+        "",
+    )
+    .await;
     let mut first = Raw::connect(port).await;
     let mut second = Raw::open(port).await;
     second
@@ -676,6 +697,60 @@ async fn connections_past_the_cap_are_told_421() {
         .await
         .expect(250, "2.0.0", "the first is served");
     first.command("QUIT").await.expect(221, "2.0.0", "QUIT");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn an_idle_session_past_the_grace_is_shed_for_a_newcomer() {
+    let (gw, port) = gateway(
+        "lmtp_shed",
+        &redis_url(),
+        "max_connections = 1\nshed_grace = \"200ms\"",
+        "",
+    )
+    .await;
+    let mut idle = Raw::connect(port).await;
+    idle.command("LHLO c").await.expect(250, "", "LHLO");
+    // Past the grace (not a timing assertion: the newcomer below must get
+    // in whenever it comes after it).
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let mut newcomer = Raw::connect(port).await;
+    idle.reply()
+        .await
+        .expect(421, "4.3.2", "the idle session makes room");
+    assert!(idle.closed().await, "and is closed");
+    let replies = newcomer
+        .deliver(
+            "ann@example.com",
+            &["support@shop.test"],
+            &mail("shed", "hi"),
+        )
+        .await;
+    replies[0].expect(250, "2.0.0", "the newcomer delivers");
+    assert_eq!(gw.entries("desk").await.len(), 1);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn one_address_past_its_connection_cap_is_told_421_4_7_0() {
+    let (gw, port) = gateway(
+        "lmtp_per_ip",
+        &redis_url(),
+        "max_connections_per_ip = 1",
+        "",
+    )
+    .await;
+    let mut first = Raw::connect(port).await;
+    let mut second = Raw::open(port).await;
+    second
+        .reply()
+        .await
+        .expect(421, "4.7.0", "past max_connections_per_ip");
+    assert!(second.closed().await);
+    first
+        .command("NOOP")
+        .await
+        .expect(250, "2.0.0", "the first is served");
     gw.stop().await;
 }
 

@@ -2,6 +2,7 @@
 //! [`crate::submission::Submission`], runs the pipeline, and acknowledges
 //! only once the item is stored.
 
+pub mod connections;
 pub mod http;
 pub mod imap;
 pub mod lmtp;

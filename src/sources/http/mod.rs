@@ -10,6 +10,7 @@ pub mod idempotency;
 pub mod messages;
 pub mod per_ip;
 pub mod readiness;
+pub mod request_body;
 pub mod respond;
 pub mod server;
 
@@ -180,7 +181,10 @@ async fn readiness(state: &AppState) -> Response<Body> {
 
 /// Reads a whole body, refusing it (413) when the declared or actual size
 /// is over `limit`, before more than `limit` bytes are held in memory, and
-/// (408) when the client takes longer than `timeout` to send it.
+/// (408) when the client takes longer than `timeout` to send it or falls
+/// below `http.min_body_rate` (enforced by [`request_body::RequestBody`]).
+/// A body that cannot be read gets a fixed sentence; why goes to the
+/// debug log.
 pub(crate) async fn read_body<B>(
     body: B,
     limit: u64,
@@ -205,9 +209,13 @@ where
     match collected {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::TooLarge { limit }),
-        Err(e) => Err(ApiError::BadRequest(format!(
-            "the body could not be read: {e}"
-        ))),
+        Err(e) if request_body::is_too_slow(&*e) => Err(ApiError::Timeout),
+        Err(e) => {
+            tracing::debug!(error = %crate::telemetry::error_chain(&*e), "request body could not be read");
+            Err(ApiError::BadRequest(
+                "it ended early or its framing is broken".into(),
+            ))
+        }
     }
 }
 

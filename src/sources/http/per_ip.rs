@@ -6,8 +6,9 @@
 //! removed when its count drops to zero, so its size is bounded by the
 //! open connections, never by the addresses ever seen.
 //!
-//! An IPv6 client counts by its /64: one host usually holds a whole /64
-//! and could otherwise take a fresh address per request.
+//! An IPv6 client counts by its /64 (the same key as the connection cap's,
+//! [`crate::sources::connections::client_key`]): one host usually holds a
+//! whole /64 and could otherwise take a fresh address per request.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -38,7 +39,7 @@ impl PerIpLimit {
     /// Admits one more request from `ip`, or `None` when it already has
     /// the maximum in flight.
     pub fn admit(&self, ip: IpAddr) -> Option<InFlight> {
-        let ip = client_key(ip);
+        let ip = crate::sources::connections::client_key(ip);
         // The lock is held for a map lookup only, never across an await.
         let mut map = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
         let count = map.entry(ip).or_insert(0);
@@ -58,21 +59,6 @@ impl PerIpLimit {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .len()
-    }
-}
-
-/// The address a request counts against: IPv4 as is (also when mapped
-/// into IPv6), IPv6 by its /64.
-fn client_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(v4) => IpAddr::V4(v4),
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let bits = u128::from(v6) & !((1u128 << 64) - 1);
-                IpAddr::V6(std::net::Ipv6Addr::from(bits))
-            }
-        },
     }
 }
 

@@ -1,6 +1,8 @@
 //! The accept loop: HTTP/1.1 and HTTP/2 (by ALPN over TLS, by preface in
-//! clear text), optional TLS with rustls, a cap on open connections, a
-//! header-read timeout against slow clients, an idle timeout for kept-alive
+//! clear text), optional TLS with rustls, caps on open connections (per
+//! client address and in all, the slowest shed to make room; see
+//! `crate::sources::connections`), a header-read timeout against slow
+//! clients, a minimum body rate, an idle timeout for kept-alive
 //! connections, and graceful shutdown.
 
 use std::future::Future;
@@ -17,7 +19,6 @@ use hyper_util::server::conn::auto;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -25,8 +26,10 @@ use tokio_util::sync::CancellationToken;
 use http::{Request, Response};
 use hyper::body::Incoming;
 
+use super::request_body::{MinBodyRate, RequestBody, RequestProgress};
 use super::respond::Body;
 use super::{handle, AppState};
+use crate::sources::connections::{self, Admission, Counted, Refusal, Registry, Slot};
 
 /// Why TLS could not be set up; start-up stops with this.
 #[derive(Debug, thiserror::Error)]
@@ -74,13 +77,20 @@ pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
 #[derive(Debug, Clone, Copy)]
 pub struct ConnectionLimits {
     /// Time a client has to send its request headers (and finish the TLS
-    /// handshake): slow-loris clients are cut off here.
+    /// handshake): slow-loris clients are cut off here. Also how long a
+    /// newcomer waits for a slot when none can be made.
     pub header_timeout: Duration,
     /// Time a kept-alive connection may stay open with no request in
     /// flight; then the server closes it (HTTP/2: GOAWAY).
     pub idle_timeout: Duration,
     /// Open connections served at once.
     pub max_connections: usize,
+    /// Open connections from one client address (IPv6: its /64).
+    pub max_connections_per_ip: usize,
+    /// How long a connection is safe from being shed in a new phase.
+    pub shed_grace: Duration,
+    /// The slowest request body accepted after its grace.
+    pub min_body_rate: MinBodyRate,
     /// Largest request head in bytes (431 past it).
     pub max_header_bytes: usize,
     /// Most header fields in one request (431 past it).
@@ -93,6 +103,12 @@ impl ConnectionLimits {
             header_timeout: http.header_timeout.into(),
             idle_timeout: http.idle_timeout.into(),
             max_connections: http.max_connections,
+            max_connections_per_ip: http.max_connections_per_ip,
+            shed_grace: http.shed_grace.into(),
+            min_body_rate: MinBodyRate {
+                per_second: http.min_body_rate.bytes(),
+                grace: http.body_rate_grace.into(),
+            },
             max_header_bytes: usize::try_from(http.max_header_bytes.0).unwrap_or(usize::MAX),
             max_headers: http.max_headers,
         }
@@ -102,7 +118,7 @@ impl ConnectionLimits {
 /// Answers one request; the server calls it for every request of every
 /// connection.
 pub trait Handler: Clone + Send + Sync + 'static {
-    fn call(&self, request: Request<Incoming>, peer: SocketAddr) -> ResponseFuture;
+    fn call(&self, request: Request<RequestBody>, peer: SocketAddr) -> ResponseFuture;
 }
 
 /// The answer a [`Handler`] will give.
@@ -110,9 +126,24 @@ pub type ResponseFuture = std::pin::Pin<Box<dyn Future<Output = Response<Body>> 
 
 /// The public application.
 impl Handler for Arc<AppState> {
-    fn call(&self, request: Request<Incoming>, peer: SocketAddr) -> ResponseFuture {
+    fn call(&self, request: Request<RequestBody>, peer: SocketAddr) -> ResponseFuture {
         Box::pin(handle(self.clone(), request, peer))
     }
+}
+
+/// How often newcomers waiting for a slot are looked at again (a
+/// connection may have passed its grace meanwhile).
+const REBALANCE_EVERY: Duration = Duration::from_millis(100);
+
+/// What every connection task of one listener shares.
+struct Shared<H> {
+    handler: H,
+    builder: auto::Builder<TokioExecutor>,
+    tls: Option<TlsAcceptor>,
+    limits: ConnectionLimits,
+    /// Cancelled when the listener stops: every open connection finishes
+    /// its request in flight and closes (HTTP/2: GOAWAY).
+    closing: CancellationToken,
 }
 
 /// Serves until `shutdown` completes, then stops accepting and gives open
@@ -126,9 +157,17 @@ pub async fn serve<H: Handler>(
     drain: Duration,
 ) {
     let header_timeout = limits.header_timeout;
-    // Caps open connections: past it, clients wait in the kernel's accept
-    // queue instead of costing memory and file descriptors here.
-    let connections = Arc::new(Semaphore::new(limits.max_connections));
+    // Every connection is accepted and judged by its address first; the
+    // registry keeps the caps and makes room by shedding the slowest.
+    let registry = Registry::new(
+        "http",
+        connections::Limits {
+            max_connections: limits.max_connections,
+            max_per_client: limits.max_connections_per_ip,
+            grace: limits.shed_grace,
+            max_waiting: limits.max_connections,
+        },
+    );
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -146,18 +185,19 @@ pub async fn serve<H: Handler>(
         .keep_alive_timeout(Duration::from_secs(20))
         .max_concurrent_streams(64)
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
-    let builder = Arc::new(builder);
-    // Cancelled when the listener stops: every open connection finishes
-    // its request in flight and closes (HTTP/2: GOAWAY).
-    let closing = CancellationToken::new();
+    let shared = Arc::new(Shared {
+        handler,
+        builder,
+        tls,
+        limits,
+        closing: CancellationToken::new(),
+    });
     let local = listener.local_addr().ok();
+    let mut rebalance = tokio::time::interval(REBALANCE_EVERY);
+    rebalance.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     tokio::pin!(shutdown);
 
     loop {
-        let permit = tokio::select! {
-            permit = connections.clone().acquire_owned() => permit.expect("semaphore never closed"),
-            () = &mut shutdown => break,
-        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
@@ -168,76 +208,150 @@ pub async fn serve<H: Handler>(
                     continue;
                 }
             },
+            _ = rebalance.tick() => {
+                registry.rebalance();
+                continue;
+            }
             () = &mut shutdown => break,
         };
-        let _ = stream.set_nodelay(true);
-        let handler = handler.clone();
-        let builder = builder.clone();
-        let tls = tls.clone();
-        let closing = closing.clone();
-        tokio::spawn(async move {
-            // Held until the connection is done: the drain below waits for
-            // every permit to come back.
-            let _permit = permit;
-            let io: Box<dyn Io> = match tls {
-                None => Box::new(stream),
-                Some(acceptor) => match handshake(&acceptor, stream, header_timeout).await {
-                    Ok(tls_stream) => Box::new(tls_stream),
-                    Err(e) => {
-                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                        return;
-                    }
-                },
-            };
-            let activity = Arc::new(Activity::new());
-            let service = service_fn({
-                let activity = activity.clone();
-                move |request| {
-                    let busy = activity.begin();
-                    let answer = handler.call(request, peer);
-                    async move {
-                        let response = answer.await;
-                        drop(busy);
-                        Ok::<_, std::convert::Infallible>(response)
-                    }
-                }
-            });
-            let conn = builder.serve_connection(TokioIo::new(io), service);
-            tokio::pin!(conn);
-            let idle = activity.idle_for(limits.idle_timeout);
-            tokio::pin!(idle);
-            let mut shutting_down = false;
-            let result = loop {
-                tokio::select! {
-                    result = conn.as_mut() => break result,
-                    () = closing.cancelled(), if !shutting_down => {
-                        shutting_down = true;
-                        conn.as_mut().graceful_shutdown();
-                    }
-                    () = &mut idle, if !shutting_down => {
-                        shutting_down = true;
-                        metrics::counter!("intake_http_idle_closed_total").increment(1);
-                        tracing::debug!(%peer, "idle connection closed");
-                        conn.as_mut().graceful_shutdown();
-                    }
-                }
-            };
-            if let Err(e) = result {
-                count_connection_error(&*e);
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+        match registry.admit(peer.ip()) {
+            Admission::Admitted(slot) => {
+                tokio::spawn(connection(shared.clone(), slot, stream, peer));
             }
-        });
+            Admission::Queued(queued) => {
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    let slot = tokio::select! {
+                        slot = queued.slot() => slot,
+                        () = tokio::time::sleep(header_timeout) => None,
+                        () = shared.closing.cancelled() => None,
+                    };
+                    match slot {
+                        Some(slot) => connection(shared, slot, stream, peer).await,
+                        None => refused(Refusal::Full, peer),
+                    }
+                });
+            }
+            Admission::Refused(why) => {
+                // Closed at once: nothing is read, nothing is held.
+                drop(stream);
+                refused(why, peer);
+            }
+        }
     }
 
     tracing::info!(listener = ?local, "listener closed; draining open requests");
-    closing.cancel();
-    let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
+    registry.close();
+    shared.closing.cancel();
     tokio::select! {
-        _ = connections.acquire_many(all) => tracing::info!(listener = ?local, "all connections finished"),
+        () = registry.wait_empty() => tracing::info!(listener = ?local, "all connections finished"),
         () = tokio::time::sleep(drain) => {
             tracing::warn!(listener = ?local, deadline = ?drain, "drain deadline passed; closing remaining connections");
         }
     }
+}
+
+/// Counts and logs a newcomer closed without being served.
+fn refused(why: Refusal, peer: SocketAddr) {
+    let (limit, what) = match why {
+        Refusal::PerClient => (
+            "connections_per_ip",
+            "connection closed: http.max_connections_per_ip reached for this address",
+        ),
+        Refusal::Full => (
+            "connections",
+            "connection closed: every slot taken, none could be shed in time",
+        ),
+    };
+    metrics::counter!("intake_http_limit_refusals_total", "limit" => limit).increment(1);
+    if let Some(suppressed) = crate::telemetry::log_limit::errors().check(limit) {
+        tracing::info!(%peer, suppressed, "{what}");
+    }
+}
+
+/// Serves one connection to its end, or until the registry sheds it.
+async fn connection<H: Handler>(
+    shared: Arc<Shared<H>>,
+    slot: Slot,
+    stream: TcpStream,
+    peer: SocketAddr,
+) {
+    let _ = stream.set_nodelay(true);
+    let conn = slot.conn().clone();
+    let stream = Counted::new(stream, conn.clone());
+    let limits = shared.limits;
+    let io: Box<dyn Io> = match &shared.tls {
+        None => Box::new(stream),
+        Some(acceptor) => {
+            let accepted = tokio::select! {
+                accepted = handshake(acceptor, stream, limits.header_timeout) => accepted,
+                () = conn.shed_requested() => return,
+            };
+            match accepted {
+                Ok(tls_stream) => Box::new(tls_stream),
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+            }
+        }
+    };
+    let activity = Arc::new(Activity::new());
+    let service = service_fn({
+        let activity = activity.clone();
+        let handler = shared.handler.clone();
+        let conn = conn.clone();
+        move |request: Request<Incoming>| {
+            let busy = activity.begin();
+            let version = request.version();
+            let progress = RequestProgress::start(conn.clone());
+            let request =
+                request.map(|body| RequestBody::new(body, progress.clone(), limits.min_body_rate));
+            let answer = handler.call(request, peer);
+            async move {
+                let mut response = answer.await;
+                // A body cut off for its rate leaves the rest unread: the
+                // connection cannot carry another request.
+                if progress.was_too_slow() && version < http::Version::HTTP_2 {
+                    response.headers_mut().insert(
+                        http::header::CONNECTION,
+                        http::HeaderValue::from_static("close"),
+                    );
+                }
+                drop(progress);
+                drop(busy);
+                Ok::<_, std::convert::Infallible>(response)
+            }
+        }
+    });
+    let conn_future = shared.builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn_future);
+    let idle = activity.idle_for(limits.idle_timeout);
+    tokio::pin!(idle);
+    let mut shutting_down = false;
+    let result = loop {
+        tokio::select! {
+            result = conn_future.as_mut() => break result,
+            // Shed to make room: closed at once (the registry has already
+            // given its slot away).
+            () = conn.shed_requested() => break Ok(()),
+            () = shared.closing.cancelled(), if !shutting_down => {
+                shutting_down = true;
+                conn_future.as_mut().graceful_shutdown();
+            }
+            () = &mut idle, if !shutting_down => {
+                shutting_down = true;
+                metrics::counter!("intake_http_idle_closed_total").increment(1);
+                tracing::debug!(%peer, "idle connection closed");
+                conn_future.as_mut().graceful_shutdown();
+            }
+        }
+    };
+    if let Err(e) = result {
+        count_connection_error(&*e);
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+    drop(slot);
 }
 
 /// A client connection, plain or TLS, behind one type.
@@ -322,11 +436,11 @@ fn count_connection_error(error: &(dyn std::error::Error + 'static)) {
     }
 }
 
-async fn handshake(
+async fn handshake<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     acceptor: &TlsAcceptor,
-    stream: TcpStream,
+    stream: S,
     timeout: Duration,
-) -> io::Result<tokio_rustls::server::TlsStream<TcpStream>> {
+) -> io::Result<tokio_rustls::server::TlsStream<S>> {
     tokio::time::timeout(timeout, acceptor.accept(stream))
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))?

@@ -38,9 +38,34 @@ pub struct LmtpConfig {
     /// How long the client has to send the whole message after 354.
     #[serde(default = "default_data_timeout")]
     pub data_timeout: HumanDuration,
-    /// Open connections at once; one more is told 421 4.3.2 and closed.
+    /// Open connections at once. When all are taken, the session with the
+    /// least progress is told 421 4.3.2 and closed to make room (an idle
+    /// one first, then the slowest command or DATA; never one whose
+    /// message is being stored); when none can be, the newcomer is told
+    /// 421 4.3.2 and closed.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Connections one client address (an IPv6 client: its /64) may have
+    /// open at once; one more is told 421 4.7.0 and closed. A mail server
+    /// delivers from one address: keep this above its LMTP concurrency
+    /// (Postfix: `lmtp_destination_concurrency_limit`, 20 by default).
+    #[serde(default = "default_max_connections_per_ip")]
+    pub max_connections_per_ip: usize,
+    /// How long a new session, or one that just began waiting for a
+    /// command or sending DATA, is safe from being closed to make room
+    /// (unless its address holds two more sessions than the newcomer's).
+    #[serde(default = "default_shed_grace")]
+    pub shed_grace: HumanDuration,
+    /// The slowest message accepted after DATA, in bytes per second: a
+    /// message gets `data_rate_grace` plus one second per this many bytes
+    /// it has sent (Postfix's `smtpd_min_data_rate`), then the session is
+    /// told 421 4.4.2 and closed. 0 switches it off (`data_timeout` still
+    /// bounds the whole message).
+    #[serde(default = "default_min_data_rate")]
+    pub min_data_rate: ByteSize,
+    /// The time a message has before `min_data_rate` applies.
+    #[serde(default = "default_data_rate_grace")]
+    pub data_rate_grace: HumanDuration,
 }
 
 impl LmtpConfig {
@@ -55,6 +80,16 @@ impl LmtpConfig {
         }
         if self.max_connections == 0 || self.max_connections > u32::MAX as usize {
             problems.push("lmtp.max_connections: must be at least 1".into());
+        }
+        if self.max_connections_per_ip == 0 {
+            problems.push("lmtp.max_connections_per_ip: must be at least 1".into());
+        }
+        let graces = Duration::from_millis(100)..=crate::config::MAX_GRACE;
+        if self.min_data_rate.bytes() > 0 && !graces.contains(&self.data_rate_grace.0) {
+            problems.push("lmtp.data_rate_grace: must be between 100ms and 24h".into());
+        }
+        if self.shed_grace.0 > crate::config::MAX_GRACE {
+            problems.push("lmtp.shed_grace: must be at most 24h".into());
         }
         if self.command_timeout.0 < Duration::from_millis(100) {
             problems.push("lmtp.command_timeout: must be at least 100ms".into());
@@ -111,6 +146,18 @@ fn default_data_timeout() -> HumanDuration {
 fn default_max_connections() -> usize {
     100
 }
+fn default_max_connections_per_ip() -> usize {
+    50
+}
+fn default_shed_grace() -> HumanDuration {
+    HumanDuration(Duration::from_secs(1))
+}
+fn default_min_data_rate() -> ByteSize {
+    ByteSize(500)
+}
+fn default_data_rate_grace() -> HumanDuration {
+    HumanDuration(Duration::from_secs(30))
+}
 
 #[cfg(test)]
 mod tests {
@@ -129,7 +176,33 @@ mod tests {
         let c = config(&[]);
         assert!(c.problems().is_empty(), "{:?}", c.problems());
         assert_eq!(c.max_size.bytes(), 50_000_000);
+        assert_eq!(
+            c.min_data_rate.bytes(),
+            500,
+            "Postfix's smtpd_min_data_rate"
+        );
+        assert!(c.max_connections_per_ip < c.max_connections);
         assert!(c.accepts("anyone@anywhere.example"));
+    }
+
+    #[test]
+    fn connection_limits_are_validated() {
+        let c: LmtpConfig = toml::from_str(
+            "listen = \"127.0.0.1:1\"\nmax_connections_per_ip = 0\ndata_rate_grace = \"1ms\"\n\
+             shed_grace = \"2d\"",
+        )
+        .unwrap();
+        let problems = c.problems();
+        for key in [
+            "lmtp.max_connections_per_ip",
+            "lmtp.data_rate_grace",
+            "lmtp.shed_grace",
+        ] {
+            assert!(
+                problems.iter().any(|p| p.starts_with(key)),
+                "no problem names {key}: {problems:?}"
+            );
+        }
     }
 
     #[test]

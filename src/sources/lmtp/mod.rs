@@ -9,7 +9,7 @@
 //! | file | job |
 //! | --- | --- |
 //! | `config.rs` | the `[lmtp]` section |
-//! | `wire.rs` | bytes to command lines and to the message (dot-unstuffing, limits) |
+//! | `wire.rs` | bytes to command lines and to the message (CRLF only, dot-unstuffing, limits) |
 //! | `command.rs` | command lines to commands |
 //! | `session.rs` | one connection's conversation |
 //! | `reply.rs` | replies, and the mapping from pipeline outcome to reply |
@@ -25,13 +25,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 pub use config::LmtpConfig;
 
 use crate::pipeline::Pipeline;
+use crate::sources::connections::{self, Admission, Refusal, Registry};
 
 /// What every session shares.
 pub struct Shared {
@@ -40,6 +40,10 @@ pub struct Shared {
     /// Keep the original message in the envelope (`messages.keep_raw`).
     pub keep_raw: bool,
 }
+
+/// How long a refusal at accept may take to write: the client is not
+/// being served, so it gets no more.
+const FAREWELL_WRITE: Duration = Duration::from_secs(1);
 
 /// Accepts connections until `shutdown` completes, then tells idle
 /// sessions 421 and gives sessions in the middle of a message up to
@@ -50,16 +54,25 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
     drain: Duration,
 ) {
-    let max = shared.config.max_connections;
-    // Caps open sessions; one more is told 421 and closed, which a mail
-    // server understands as "try again later".
-    let connections = Arc::new(Semaphore::new(max));
+    let config = &shared.config;
+    // Caps sessions per client and in all; when full, the slowest session
+    // is shed for a newcomer. Nothing waits: a newcomer that finds no room
+    // is told 421, which a mail server understands as "try again later".
+    let registry = Registry::new(
+        "lmtp",
+        connections::Limits {
+            max_connections: config.max_connections,
+            max_per_client: config.max_connections_per_ip,
+            grace: config.shed_grace.0,
+            max_waiting: 0,
+        },
+    );
     // Cancelled at shutdown: sessions waiting for a command say 421.
     let stop = CancellationToken::new();
     let local = listener.local_addr().ok();
     tokio::pin!(shutdown);
     loop {
-        let (mut stream, peer) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
@@ -70,35 +83,50 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
-        let Ok(permit) = connections.clone().try_acquire_owned() else {
-            metrics::counter!("intake_lmtp_connections_total", "result" => "refused").increment(1);
-            tracing::info!(%peer, max, "LMTP connection refused: lmtp.max_connections reached");
-            tokio::spawn(async move {
-                let _ = stream
-                    .write_all(b"421 4.3.2 too many connections; try again later\r\n")
-                    .await;
-                let _ = stream.shutdown().await;
-            });
-            continue;
+        let (result, reply, why) = match registry.admit(peer.ip()) {
+            Admission::Admitted(slot) => {
+                metrics::counter!("intake_lmtp_connections_total", "result" => "accepted")
+                    .increment(1);
+                let _ = stream.set_nodelay(true);
+                let shared = shared.clone();
+                let stop = stop.clone();
+                tokio::spawn(session::run(shared, stream, peer, stop, slot));
+                continue;
+            }
+            Admission::Refused(Refusal::PerClient) => (
+                "refused_per_ip",
+                "421 4.7.0 too many connections from your address; try again later\r\n",
+                "lmtp.max_connections_per_ip reached for this address",
+            ),
+            Admission::Refused(Refusal::Full) | Admission::Queued(_) => (
+                "refused",
+                "421 4.3.2 too many connections; try again later\r\n",
+                "lmtp.max_connections reached and no session could be shed",
+            ),
         };
-        metrics::counter!("intake_lmtp_connections_total", "result" => "accepted").increment(1);
-        let _ = stream.set_nodelay(true);
-        let shared = shared.clone();
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            session::run(shared, stream, peer, stop).await;
-        });
+        metrics::counter!("intake_lmtp_connections_total", "result" => result).increment(1);
+        if let Some(suppressed) = crate::telemetry::log_limit::errors().check(result) {
+            tracing::info!(%peer, suppressed, "LMTP connection refused: {why}");
+        }
+        tokio::spawn(farewell(stream, reply));
     }
     drop(listener);
     tracing::info!(listener = ?local, "LMTP listener closed; draining open sessions");
+    registry.close();
     stop.cancel();
-    let all = u32::try_from(max).unwrap_or(u32::MAX);
-    let finished = tokio::time::timeout(drain, connections.acquire_many(all)).await;
-    match finished {
-        Ok(_) => tracing::info!(listener = ?local, "all LMTP sessions finished"),
+    match tokio::time::timeout(drain, registry.wait_empty()).await {
+        Ok(()) => tracing::info!(listener = ?local, "all LMTP sessions finished"),
         Err(_) => {
             tracing::warn!(listener = ?local, "LMTP sessions still open after the drain deadline")
         }
     }
+}
+
+/// Tells a refused client why and closes, within [`FAREWELL_WRITE`].
+async fn farewell(mut stream: TcpStream, reply: &'static str) {
+    let _ = tokio::time::timeout(FAREWELL_WRITE, async {
+        stream.write_all(reply.as_bytes()).await?;
+        stream.shutdown().await
+    })
+    .await;
 }

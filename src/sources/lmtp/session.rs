@@ -1,12 +1,15 @@
 //! One LMTP connection, command by command (RFC 2033). Every read is
 //! bounded: a command line by `command_timeout` and its length, the
-//! message by `data_timeout` and `max_size`. Replies are written as soon as
-//! they are known and flushed when no more pipelined input is waiting
-//! (RFC 2920), so a pipelining client gets them in one go.
+//! message by `data_timeout`, `max_size` and `min_data_rate`. Replies are
+//! written as soon as they are known and flushed when no more pipelined
+//! input is waiting (RFC 2920), so a pipelining client gets them in one go.
+//! The session tells the connection registry its phase (waiting for a
+//! command, DATA, storing); a session the registry sheds to make room is
+//! told 421 and closed, except while its message is being stored.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
@@ -20,6 +23,7 @@ use super::wire::{self, Data, Line};
 use super::Shared;
 use crate::envelope::Source;
 use crate::parse::ParseOptions;
+use crate::sources::connections::{Conn, Counted, Phase, Slot};
 use crate::submission::{Payload, Submission};
 
 /// The longest command line (RFC 5321 4.5.3.1.4 says 512 with CRLF; MAIL
@@ -29,6 +33,10 @@ const MAX_COMMAND_LINE: usize = 2048;
 /// Bad commands in one session before it is closed: a client that sends
 /// junk is not a mail server worth talking to (Postfix smtpd allows 20 too).
 const MAX_ERRORS: u32 = 20;
+
+/// How long the last words to a session being closed (shed, too slow) may
+/// take: its slot is given away already.
+const FAREWELL_WRITE: Duration = Duration::from_secs(1);
 
 /// The transaction in progress.
 #[derive(Debug, Default)]
@@ -48,7 +56,9 @@ enum Next {
 pub struct Session<'a> {
     shared: &'a Shared,
     peer: SocketAddr,
-    reader: BufReader<ReadHalf<'a>>,
+    /// This session in the connection registry.
+    conn: Arc<Conn>,
+    reader: BufReader<Counted<ReadHalf<'a>>>,
     writer: BufWriter<WriteHalf<'a>>,
     /// LHLO seen: MAIL is allowed.
     greeted: bool,
@@ -62,12 +72,15 @@ pub async fn run(
     mut stream: TcpStream,
     peer: SocketAddr,
     stop: CancellationToken,
+    slot: Slot,
 ) {
+    let conn = slot.conn().clone();
     let (read, write) = stream.split();
     let mut session = Session {
         shared: &shared,
         peer,
-        reader: BufReader::new(read),
+        reader: BufReader::new(Counted::new(read, conn.clone())),
+        conn,
         writer: BufWriter::new(write),
         greeted: false,
         transaction: Transaction::default(),
@@ -78,9 +91,12 @@ pub async fn run(
         Ok(()) => tracing::debug!(%peer, "LMTP session closed"),
         Err(e) => tracing::debug!(%peer, error = %e, "LMTP connection ended with an error"),
     }
-    let _ = session.flush().await;
+    if !session.conn.is_shed() {
+        let _ = session.flush().await;
+    }
     drop(session);
-    let _ = stream.shutdown().await;
+    let _ = tokio::time::timeout(FAREWELL_WRITE, stream.shutdown()).await;
+    drop(slot);
 }
 
 impl Session<'_> {
@@ -88,15 +104,25 @@ impl Session<'_> {
         let greeting = format!("{} LMTP intake ready", self.shared.config.hostname);
         self.send(&Reply::multiline(220, vec![greeting])).await?;
         loop {
-            // Replies go out once the client has no more commands queued.
-            if self.reader.buffer().is_empty() {
-                self.flush().await?;
-            }
+            self.conn.begin(Phase::Idle);
+            let conn = self.conn.clone();
             let timeout = self.shared.config.command_timeout.0;
+            let next_line = async {
+                // Replies go out once the client has no more commands queued.
+                if self.reader.buffer().is_empty() {
+                    self.flush().await?;
+                }
+                let read = wire::read_line(&mut self.reader, MAX_COMMAND_LINE);
+                Ok::<_, std::io::Error>(tokio::time::timeout(timeout, read).await)
+            };
             let line = tokio::select! {
-                read = tokio::time::timeout(timeout, wire::read_line(&mut self.reader, MAX_COMMAND_LINE)) => read,
+                read = next_line => read?,
                 () = stop.cancelled() => {
                     self.send(&Reply::new(421, "4.3.2", "shutting down; try again later")).await?;
+                    return Ok(());
+                }
+                () = conn.shed_requested() => {
+                    self.farewell(&shed_reply()).await;
                     return Ok(());
                 }
             };
@@ -113,6 +139,16 @@ impl Session<'_> {
             let reply = match line {
                 Line::Closed => return Ok(()),
                 Line::TooLong => Err(Reply::new(500, "5.5.2", "line too long")),
+                Line::BareLf => Err(Reply::new(
+                    500,
+                    "5.5.2",
+                    "line ends in a bare LF; end every line with CRLF",
+                )),
+                Line::BareCr => Err(Reply::new(
+                    500,
+                    "5.5.2",
+                    "bare CR in a command line; end every line with CRLF",
+                )),
                 Line::Complete(line) => command::parse(&line),
             };
             let next = match reply {
@@ -254,11 +290,27 @@ impl Session<'_> {
         self.flush().await?;
         let config = &self.shared.config;
         let limit = config.max_size.bytes();
+        let min_rate = config.min_data_rate.bytes();
+        self.conn.begin(Phase::Body);
+        let conn = self.conn.clone();
         let read = tokio::time::timeout(
             config.data_timeout.0,
             wire::read_data(&mut self.reader, limit),
-        )
-        .await;
+        );
+        let read = tokio::select! {
+            read = read => read,
+            () = conn.below_rate(min_rate, config.data_rate_grace.0), if min_rate > 0 => {
+                metrics::counter!("intake_lmtp_timeouts_total", "phase" => "data_rate").increment(1);
+                tracing::info!(peer = %self.peer, min_rate, "LMTP message slower than lmtp.min_data_rate; closing");
+                self.farewell(&Reply::new(421, "4.4.2", "the message is coming too slowly; closing"))
+                    .await;
+                return Ok(Next::Close);
+            }
+            () = conn.shed_requested() => {
+                self.farewell(&shed_reply()).await;
+                return Ok(Next::Close);
+            }
+        };
         let data = match read {
             Err(_) => {
                 metrics::counter!("intake_lmtp_timeouts_total", "phase" => "data").increment(1);
@@ -290,6 +342,9 @@ impl Session<'_> {
     /// Runs the pipeline on one message; the verdict says whether it is
     /// stored.
     async fn store(&self, transaction: &Transaction, message: Vec<u8>) -> Verdict {
+        // From here until the replies are queued the session is not shed:
+        // cutting it off could lose the answer for a stored item.
+        self.conn.begin(Phase::Working);
         let started = Instant::now();
         let source = Source::Lmtp {
             sender: transaction.sender.clone().unwrap_or_default(),
@@ -337,6 +392,16 @@ impl Session<'_> {
         }
     }
 
+    /// The last reply to a session being closed, bounded by
+    /// [`FAREWELL_WRITE`] whatever the client does.
+    async fn farewell(&mut self, reply: &Reply) {
+        let _ = tokio::time::timeout(FAREWELL_WRITE, async {
+            self.writer.write_all(reply.encode().as_bytes()).await?;
+            self.writer.flush().await
+        })
+        .await;
+    }
+
     async fn flush(&mut self) -> std::io::Result<()> {
         let timeout = self.shared.config.command_timeout.0;
         match tokio::time::timeout(timeout, self.writer.flush()).await {
@@ -344,4 +409,13 @@ impl Session<'_> {
             Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
         }
     }
+}
+
+/// What a session shed to make room hears; the mail server tries again.
+fn shed_reply() -> Reply {
+    Reply::new(
+        421,
+        "4.3.2",
+        "too many connections; closing the slowest, try again later",
+    )
 }
