@@ -257,11 +257,14 @@ impl Pipeline {
             duplicate_of,
             answer,
         } = route;
+        let channel = message.envelope.channel;
         let entry = Entry {
             stream,
             id: message.envelope.id,
             kind,
-            envelope: serde_json::to_string(&message.envelope)?,
+            // Encoded by the sink as it writes: a large mail's JSON (raw
+            // and attachments in base64) is never held whole.
+            envelope: message.envelope.into(),
             reason,
             duplicate_of,
             count: None,
@@ -286,14 +289,14 @@ impl Pipeline {
                     "intake_items_total",
                     "stream" => stream.name(),
                     "kind" => kind,
-                    "channel" => channel_label(message.envelope.channel)
+                    "channel" => channel_label(channel)
                 )
                 .increment(1);
                 tracing::info!(
                     id = %entry.id,
                     stream = %stream,
                     kind,
-                    channel = ?message.envelope.channel,
+                    channel = ?channel,
                     "item stored"
                 );
                 Ok(Stored {
@@ -385,7 +388,7 @@ impl Pipeline {
             stream: Stream::Events,
             id: event.into,
             kind: "duplicates",
-            envelope: body.to_string(),
+            envelope: body.to_string().into(),
             reason: Some(format!("{} more like this from this customer", event.count)),
             duplicate_of: None,
             count: Some(event.count),
@@ -456,7 +459,8 @@ mod tests {
         let entries = sink.entries();
         assert_eq!(entries.len(), 1, "exactly one entry written");
         assert_eq!(entries[0].kind, "message");
-        let envelope: serde_json::Value = serde_json::from_str(&entries[0].envelope).unwrap();
+        let envelope: serde_json::Value =
+            serde_json::from_str(&entries[0].envelope.to_json().unwrap()).unwrap();
         assert_eq!(envelope["id"], id.to_string());
         assert_eq!(envelope["subject"], "hi");
     }
