@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod backpressure;
+pub mod budget;
 pub mod cli;
 pub mod config;
 pub mod envelope;

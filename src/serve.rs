@@ -153,6 +153,8 @@ pub async fn run_on(
         config.redis.timeout.into(),
     )
     .context("imap")?;
+    // One budget for every body in flight, whichever listener took it in.
+    let budget = crate::budget::BodyBudget::from_config(&config.memory);
     let lmtp = lmtp_listener
         .zip(config.lmtp.clone())
         .map(|(listener, lmtp)| {
@@ -160,6 +162,7 @@ pub async fn run_on(
                 config: lmtp,
                 pipeline: pipeline.clone(),
                 keep_raw: config.messages.keep_raw,
+                budget: budget.clone(),
             });
             (listener, shared)
         });
@@ -170,6 +173,7 @@ pub async fn run_on(
         per_ip: crate::sources::http::per_ip::PerIpLimit::new(config.http.max_requests_per_ip),
         form_tokens,
         redis: Some(replay_connection),
+        budget,
     });
     tracing::info!(
         listen = %listener.local_addr()?,

@@ -56,10 +56,14 @@ where
     let (http::request::Parts { headers, .. }, body) = request.into_parts();
     let client_key = super::idempotency::from_header(&headers, "messages")?;
     let limit = state.config.messages.max_size.bytes();
-    let raw = read_body(
+    // Mail with the token counts against the memory budget too: it is
+    // exempt from the per-IP cap, so nothing else bounds it. Held until
+    // the answer is made, through the whole pipeline.
+    let (raw, _held) = read_body(
+        state,
+        crate::budget::Source::Messages,
         body,
         limit,
-        state.config.http.request_timeout.into(),
         &headers,
     )
     .await?;

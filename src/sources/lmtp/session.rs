@@ -18,6 +18,7 @@ use super::command::{self, Command};
 use super::reply::{self, Reply, Verdict};
 use super::wire::{self, Data, Line};
 use super::Shared;
+use crate::budget::Metered;
 use crate::envelope::Source;
 use crate::parse::ParseOptions;
 use crate::submission::{Payload, Submission};
@@ -35,6 +36,8 @@ const MAX_ERRORS: u32 = 20;
 struct Transaction {
     /// `MAIL FROM` given: the envelope sender (empty for `<>`).
     sender: Option<String>,
+    /// The size `MAIL FROM ... SIZE=` declared (RFC 1870), if any.
+    size: Option<u64>,
     /// The recipients accepted so far, in order.
     recipients: Vec<String>,
 }
@@ -177,6 +180,7 @@ impl Session<'_> {
                     )
                 } else {
                     self.transaction.sender = Some(sender);
+                    self.transaction.size = size;
                     Reply::new(250, "2.1.0", "sender ok")
                 }
             }
@@ -248,22 +252,68 @@ impl Session<'_> {
     }
 
     /// DATA: 354, the message, then one reply per accepted recipient.
+    ///
+    /// The message's bytes come from the memory budget: the declared
+    /// `SIZE` before 354 (451 4.3.1 instead of 354 when the budget stays
+    /// full for `memory.body_wait`), the rest as the data arrives; they are
+    /// held until the replies are sent.
     async fn data(&mut self) -> std::io::Result<Next> {
+        let config = &self.shared.config;
+        let limit = config.max_size.bytes();
+        // Room for the declared size and its wire overhead (dot-stuffing,
+        // the final dot), so an honest client never waits mid-message.
+        let declared = self
+            .transaction
+            .size
+            .map(|size| (size + size / 64 + 4096).min(limit + 4096));
+        let mut held = match self
+            .shared
+            .budget
+            .reserve(declared.unwrap_or(0), crate::budget::Source::Lmtp)
+            .await
+        {
+            Ok(held) => held,
+            Err(e) => {
+                tracing::info!(peer = %self.peer, error = %e, "LMTP message deferred: no room in the memory budget");
+                metrics::counter!("intake_lmtp_messages_total", "outcome" => "deferred")
+                    .increment(1);
+                self.send(&Reply::new(
+                    451,
+                    "4.3.1",
+                    "insufficient system resources; try again later",
+                ))
+                .await?;
+                return Ok(Next::Continue);
+            }
+        };
         self.send(&Reply::new(354, "", "end data with <CR><LF>.<CR><LF>"))
             .await?;
         self.flush().await?;
         let config = &self.shared.config;
-        let limit = config.max_size.bytes();
-        let read = tokio::time::timeout(
-            config.data_timeout.0,
-            wire::read_data(&mut self.reader, limit),
-        )
-        .await;
+        // Past max_size (and the line that crosses it) the reader keeps
+        // nothing, so nothing more is reserved.
+        let mut metered = Metered::new(&mut self.reader, &mut held, limit + 4096);
+        let read =
+            tokio::time::timeout(config.data_timeout.0, wire::read_data(&mut metered, limit)).await;
         let data = match read {
             Err(_) => {
                 metrics::counter!("intake_lmtp_timeouts_total", "phase" => "data").increment(1);
                 self.send(&Reply::new(421, "4.4.2", "timed out receiving the message"))
                     .await?;
+                return Ok(Next::Close);
+            }
+            Ok(Err(e)) if crate::budget::is_budget_error(&e) => {
+                // Mid-message: the rest cannot be read to its dot without
+                // room for it, so the connection ends and the client retries.
+                tracing::info!(peer = %self.peer, error = %e, "LMTP message deferred mid-data: no room in the memory budget");
+                metrics::counter!("intake_lmtp_messages_total", "outcome" => "deferred")
+                    .increment(1);
+                self.send(&Reply::new(
+                    421,
+                    "4.3.1",
+                    "insufficient system resources; closing, try again later",
+                ))
+                .await?;
                 return Ok(Next::Close);
             }
             Ok(data) => data?,
@@ -276,7 +326,10 @@ impl Session<'_> {
                 tracing::info!(peer = %self.peer, size, limit, "LMTP message over lmtp.max_size refused");
                 Verdict::too_big(limit)
             }
-            Some(Data::Complete(message)) => self.store(&transaction, message).await,
+            Some(Data::Complete(message)) => {
+                held.shrink_to(message.len() as u64);
+                self.store(&transaction, message).await
+            }
         };
         metrics::counter!("intake_lmtp_messages_total", "outcome" => verdict.outcome).increment(1);
         // RFC 2033 4.2: one reply per recipient that RCPT accepted, in
@@ -284,6 +337,7 @@ impl Session<'_> {
         for recipient in &transaction.recipients {
             self.send(&verdict.for_recipient(recipient)).await?;
         }
+        drop(held);
         Ok(Next::Continue)
     }
 
