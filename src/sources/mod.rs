@@ -5,3 +5,4 @@
 pub mod http;
 pub mod imap;
 pub mod lmtp;
+pub mod offload;

@@ -57,9 +57,9 @@ where
     let client_key = super::idempotency::from_header(&headers, "messages")?;
     let limit = state.config.messages.max_size.bytes();
     // Mail with the token counts against the memory budget too: it is
-    // exempt from the per-IP cap, so nothing else bounds it. Held until
-    // the answer is made, through the whole pipeline.
-    let (raw, _held) = read_body(
+    // exempt from the per-IP cap, so nothing else bounds it. Held through
+    // the whole pipeline.
+    let (raw, held) = read_body(
         state,
         crate::budget::Source::Messages,
         body,
@@ -77,24 +77,34 @@ where
         .map(|s| s.trim().trim_matches(['<', '>']).to_string())
         .filter(|s| !s.is_empty())
         .collect();
-    // A mail server that lost our answer (gateway killed after the write,
-    // its own timeout) delivers the same bytes again: the derived key turns
-    // that retry into the first receipt, not a second desk item.
-    let key = client_key
-        .unwrap_or_else(|| super::idempotency::of_mail(sender.as_deref(), &recipients, &raw));
-    let source = Source::Mailgate {
-        sender,
-        recipients,
-        ip: peer.ip().to_string(),
-    };
-    let mut submission = Submission::new(source, Payload::Mail(raw));
-    submission.idempotency_key = Some(key);
-    submission.refusal_judged_again = true;
     let options = ParseOptions {
         form: None,
         keep_raw: state.config.messages.keep_raw,
     };
-    let stored = match state.pipeline.process(submission, options).await {
+    let ip = peer.ip().to_string();
+    // A big mail's hashing (its key below), parsing and encoding run off
+    // the async workers; its bytes stay reserved until that is done, even
+    // if the client left.
+    let pipeline = state.pipeline.clone();
+    let processed = crate::sources::offload::process(raw.len(), async move {
+        let _held = held;
+        // A mail server that lost our answer (gateway killed after the
+        // write, its own timeout) delivers the same bytes again: the
+        // derived key turns that retry into the first receipt, not a
+        // second desk item.
+        let key = client_key
+            .unwrap_or_else(|| super::idempotency::of_mail(sender.as_deref(), &recipients, &raw));
+        let source = Source::Mailgate {
+            sender,
+            recipients,
+            ip,
+        };
+        let mut submission = Submission::new(source, Payload::Mail(raw));
+        submission.idempotency_key = Some(key);
+        submission.refusal_judged_again = true;
+        pipeline.process(submission, options).await
+    });
+    let stored = match processed.await {
         Ok(stored) => stored,
         Err(PipelineError::Parse(ParseError::Empty)) => {
             return Err(ApiError::BadRequest("the message is empty".into()))

@@ -350,12 +350,18 @@ impl Session<'_> {
             recipients: transaction.recipients.clone(),
             ip: self.peer.ip().to_string(),
         };
+        let size = message.len();
         let submission = Submission::new(source, Payload::Mail(Bytes::from(message)));
         let options = ParseOptions {
             form: None,
             keep_raw: self.shared.keep_raw,
         };
-        let result = self.shared.pipeline.process(submission, options).await;
+        // A big message's parsing and hashing run off the async workers.
+        let pipeline = self.shared.pipeline.clone();
+        let result = crate::sources::offload::process(size, async move {
+            pipeline.process(submission, options).await
+        })
+        .await;
         metrics::histogram!("intake_lmtp_message_duration_seconds")
             .record(started.elapsed().as_secs_f64());
         reply::verdict(&result)
