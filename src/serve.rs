@@ -52,7 +52,18 @@ pub fn main(config_path: &Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(config, shutdown_signal())) {
+    // Large items run here, their threads behind the workers for the CPU.
+    let bulk = match crate::sources::offload::bulk_runtime() {
+        Ok(bulk) => bulk,
+        Err(e) => {
+            eprintln!("intake: cannot start the runtime for large items: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    crate::sources::offload::set_bulk_runtime(bulk.handle().clone());
+    let result = runtime.block_on(run(config, shutdown_signal()));
+    bulk.shutdown_timeout(DRAIN_DEADLINE);
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");

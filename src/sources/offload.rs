@@ -1,14 +1,54 @@
-//! Large items run their pipeline on a thread of the blocking pool: parsing
-//! and hashing tens of megabytes is CPU work that holds an async worker for
-//! a long time, and the gateway has only as many workers as cores, so every
-//! small request behind it would wait (a form post waited 19.7 s behind a
-//! round of 49 MB mails, tests/memory_budget.rs). The item's I/O (Redis,
-//! clamd) still goes through the runtime; only the thread is another.
+//! Large items run their pipeline on a thread of their own, off the async
+//! workers, at a lower CPU priority: parsing, hashing and encoding tens of
+//! megabytes holds a thread for a long time, the gateway has only as many
+//! workers as cores, and every small request behind it would wait (a form
+//! post waited 19.7 s behind a round of 49 MB mails, tests/memory_budget.rs).
+//! Its I/O (Redis, clamd) works from any runtime; only the thread differs.
+//!
+//! The daemon runs large items on a runtime of their own ([`bulk_runtime`])
+//! whose threads yield the CPU to the workers; without one (the in-process
+//! test gateway) they go to the current runtime's blocking pool.
 
 use std::future::Future;
+use std::sync::OnceLock;
+
+use tokio::runtime::{Handle, Runtime};
 
 /// Items at least this large are run off the async workers.
 pub const LARGE_ITEM: usize = 1 << 20;
+
+/// The nice value of the large items' threads: they get about a tenth of
+/// the CPU a worker gets when both want it, all of it when the workers idle.
+const BULK_NICE: i32 = 10;
+
+static BULK: OnceLock<Handle> = OnceLock::new();
+
+/// A runtime for large items, its threads at a lower CPU priority (Linux
+/// nice values are per thread). One worker; the items run on its blocking
+/// pool, a thread each.
+pub fn bulk_runtime() -> std::io::Result<Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("intake-bulk")
+        .on_thread_start(lower_priority)
+        .enable_all()
+        .build()
+}
+
+/// Sends large items to `runtime` from now on (set once, before serving).
+pub fn set_bulk_runtime(runtime: Handle) {
+    let _ = BULK.set(runtime);
+}
+
+fn lower_priority() {
+    // SAFETY: setpriority takes no pointers; on Linux, PRIO_PROCESS with
+    // who = 0 names the calling thread. A refusal leaves the priority as it
+    // was, which is only slower for small requests, never wrong.
+    #[cfg(target_os = "linux")]
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, 0, BULK_NICE);
+    }
+}
 
 /// Runs `work`, the processing of an item of `size` bytes, to its end: on
 /// a blocking thread when the item is large, in place otherwise. Once
@@ -22,8 +62,9 @@ where
     if size < LARGE_ITEM {
         return work.await;
     }
-    let runtime = tokio::runtime::Handle::current();
-    match tokio::task::spawn_blocking(move || runtime.block_on(work)).await {
+    let runtime = BULK.get().cloned().unwrap_or_else(Handle::current);
+    let running = runtime.clone();
+    match runtime.spawn_blocking(move || running.block_on(work)).await {
         Ok(output) => output,
         Err(e) => match e.try_into_panic() {
             Ok(panic) => std::panic::resume_unwind(panic),
@@ -53,6 +94,23 @@ mod tests {
             large.await.unwrap(),
             "a small task ran on the worker while the large item was busy"
         );
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_bulk_runtime_threads_yield_the_cpu_to_the_workers() {
+        let bulk = bulk_runtime().unwrap();
+        // SAFETY: getpriority takes no pointers.
+        let nice = bulk
+            .block_on(bulk.spawn_blocking(|| unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) }))
+            .unwrap();
+        assert_eq!(
+            nice, BULK_NICE,
+            "a large item's thread runs at nice {BULK_NICE}"
+        );
+        // SAFETY: as above.
+        let here = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
+        assert_ne!(here, BULK_NICE, "other threads keep their priority");
     }
 
     #[tokio::test]
