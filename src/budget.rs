@@ -332,6 +332,9 @@ impl Drop for Reservation {
     }
 }
 
+/// A [`Metered`] reader's request for more room, under way.
+type Growing = Pin<Box<dyn Future<Output = Result<Reservation, BudgetError>> + Send>>;
+
 /// How much more a [`Metered`] reader asks for when its bytes run out.
 const GROWTH_STEP: u64 = 1 << 20;
 
@@ -348,7 +351,7 @@ pub struct Metered<'a, R> {
     /// Bytes handed on so far.
     passed: u64,
     cap: u64,
-    growing: Option<Pin<Box<dyn Future<Output = Result<Reservation, BudgetError>> + Send>>>,
+    growing: Option<Growing>,
 }
 
 impl<'a, R: AsyncBufRead + Unpin> Metered<'a, R> {
@@ -360,11 +363,6 @@ impl<'a, R: AsyncBufRead + Unpin> Metered<'a, R> {
             cap,
             growing: None,
         }
-    }
-
-    /// Bytes handed on so far.
-    pub fn passed(&self) -> u64 {
-        self.passed
     }
 
     /// How many more bytes may pass now; asks for more when none may.

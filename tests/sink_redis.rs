@@ -253,3 +253,38 @@ async fn large_envelopes_racing_with_one_key_make_one_entry() {
     let stored = read_stream(&redis_url(), &format!("{prefix}:desk")).await;
     assert_eq!(stored.len(), 1, "one entry for four racing writes");
 }
+
+#[tokio::test]
+async fn a_large_envelope_on_a_cluster_is_encoded_whole_and_written_once() {
+    use redis::AsyncCommands;
+    let cluster = support::cluster::PrivateCluster::start();
+    let urls = cluster.urls();
+    let more = urls[1..]
+        .iter()
+        .map(|u| format!("\"{u}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let config = Config::from_toml(&format!(
+        "[redis]\nurl = \"{}\"\nprefix = \"big\"\ntimeout = \"5s\"\ncluster = true\ncluster_nodes = [{more}]\n",
+        urls[0]
+    ))
+    .unwrap();
+    let sink = RedisSink::new(&config.redis, None).unwrap();
+    let envelope = big_envelope(2 << 20);
+    let expected = serde_json::to_string(&envelope).unwrap();
+    let mut keyed = entry(Some("mailgate:cluster-large"));
+    keyed.envelope = envelope.into();
+    assert!(matches!(
+        sink.append(&keyed).await.unwrap(),
+        Appended::Written { .. }
+    ));
+    assert!(matches!(
+        sink.append(&keyed).await.unwrap(),
+        Appended::AlreadyStored { .. }
+    ));
+    let mut conn = cluster.connection().await;
+    let reply: redis::streams::StreamRangeReply = conn.xrange_all("big:desk").await.unwrap();
+    assert_eq!(reply.ids.len(), 1, "written once on the cluster");
+    let stored: String = reply.ids[0].get("envelope").unwrap();
+    assert!(stored == expected, "the envelope reads back whole");
+}

@@ -274,7 +274,8 @@ mod tests {
 
     #[test]
     fn pieces_counted_and_whole_json_agree_byte_for_byte() {
-        let envelope = envelope_of(mail_with_attachment(300_000));
+        // Not a multiple of 3: the base64 ends in padding.
+        let envelope = envelope_of(mail_with_attachment(300_001));
         let whole = serde_json::to_string(&envelope).unwrap();
         let mut pieces = Vec::new();
         let sent = encode_in_pieces(&envelope, 16 * 1024, |piece| {
