@@ -65,6 +65,9 @@ pub struct Config {
     /// What is kept of items that do not reach the desk.
     #[serde(default)]
     pub audit: crate::audit::AuditConfig,
+    /// The memory budget for bodies in flight (forms, raw mail, LMTP).
+    #[serde(default)]
+    pub memory: crate::budget::MemoryConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -627,11 +630,29 @@ impl Config {
             }
         }
         problems.extend(self.backpressure.problems());
+        problems.extend(self.memory.problems(&self.body_limits()));
         if problems.is_empty() {
             Ok(())
         } else {
             Err(problems)
         }
+    }
+
+    /// Every limit on one body held in memory, by key: the budget must fit
+    /// each of them.
+    fn body_limits(&self) -> Vec<(String, ByteSize)> {
+        let mut limits: Vec<(String, ByteSize)> = self
+            .forms
+            .iter()
+            .map(|form| (format!("form `{}`.max_size", form.id), form.max_size))
+            .collect();
+        if self.messages.token.is_some() {
+            limits.push(("messages.max_size".into(), self.messages.max_size));
+        }
+        if let Some(lmtp) = &self.lmtp {
+            limits.push(("lmtp.max_size".into(), lmtp.max_size));
+        }
+        limits
     }
 
     pub fn form(&self, id: &str) -> Option<&FormConfig> {
@@ -786,6 +807,24 @@ mod tests {
         let lmtp = c.lmtp.as_ref().expect("the dev config has [lmtp]");
         assert_eq!(lmtp.listen.to_string(), "127.0.0.1:2424");
         assert!(lmtp.problems().is_empty(), "{:?}", lmtp.problems());
+    }
+
+    #[test]
+    fn the_body_budget_must_fit_every_body_limit() {
+        let text = format!(
+            "{MINIMAL}[memory]\nbody_budget = \"20MB\"\n\
+             [lmtp]\nlisten = \"127.0.0.1:2424\"\nmax_size = \"30MB\"\n\
+             [[form]]\nid = \"contact\"\nmax_size = \"10MB\"\n"
+        );
+        let problems = Config::from_toml(&text).unwrap().validate().unwrap_err();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].contains("memory.body_budget") && problems[0].contains("lmtp.max_size"),
+            "names the budget and the limit it cannot fit: {problems:?}"
+        );
+        let c = Config::from_toml(MINIMAL).unwrap();
+        assert_eq!(c.memory.body_budget.bytes(), 256_000_000);
+        assert_eq!(c.memory.body_wait.0, Duration::from_secs(10));
     }
 
     #[test]

@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod audit;
 pub mod backpressure;
+pub mod budget;
 pub mod cli;
 pub mod config;
 pub mod envelope;

@@ -319,13 +319,13 @@ impl Pipeline {
         } = route;
         let id = message.envelope.id;
         let channel = message.envelope.channel;
-        // Encoded, the envelope's buffers are not needed for the write.
-        let envelope = encode_off_the_runtime(message).await?;
         let entry = Entry {
             stream,
             id,
             kind,
-            envelope,
+            // Encoded by the sink as it writes: a large mail's JSON (raw
+            // and attachments in base64) is never held whole.
+            envelope: message.envelope.into(),
             reason,
             duplicate_of,
             count: None,
@@ -533,7 +533,7 @@ impl Pipeline {
             stream: Stream::Events,
             id: event.into,
             kind: "duplicates",
-            envelope: body.to_string(),
+            envelope: body.to_string().into(),
             reason: Some(format!("{} more like this from this customer", event.count)),
             duplicate_of: None,
             count: Some(event.count),
@@ -548,7 +548,7 @@ impl Pipeline {
     }
 }
 
-/// Items larger than this are parsed and encoded on the blocking pool: a
+/// Items larger than this are parsed on the blocking pool: a
 /// 50 MB mail costs a worker thread about a second of CPU, and on a small
 /// machine that is every worker the other requests have (a bystander's
 /// form post would wait for it). Smaller items stay on the runtime, where
@@ -583,16 +583,6 @@ async fn parse_off_the_runtime(
     })
     .await
     .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
-}
-
-/// The envelope as JSON, encoded on the blocking pool for a large item.
-async fn encode_off_the_runtime(message: parse::Message) -> Result<String, serde_json::Error> {
-    if crate::audit::content_size(&message.envelope) <= OFF_THE_RUNTIME_BYTES as u64 {
-        return serde_json::to_string(&message.envelope);
-    }
-    tokio::task::spawn_blocking(move || serde_json::to_string(&message.envelope))
-        .await
-        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
 }
 
 fn channel_label(channel: crate::envelope::Channel) -> &'static str {
@@ -653,7 +643,8 @@ mod tests {
         let entries = sink.entries();
         assert_eq!(entries.len(), 1, "exactly one entry written");
         assert_eq!(entries[0].kind, "message");
-        let envelope: serde_json::Value = serde_json::from_str(&entries[0].envelope).unwrap();
+        let envelope: serde_json::Value =
+            serde_json::from_str(&entries[0].envelope.to_json().unwrap()).unwrap();
         assert_eq!(envelope["id"], id.to_string());
         assert_eq!(envelope["subject"], "hi");
     }

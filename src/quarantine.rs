@@ -240,7 +240,7 @@ impl Quarantine {
             // The customer's receipt keeps matching the desk item.
             id: envelope.id,
             kind: route.kind,
-            envelope: serde_json::to_string(&envelope)?,
+            envelope: serde_json::to_string(&envelope)?.into(),
             reason: None,
             duplicate_of: None,
             count: None,
@@ -422,7 +422,7 @@ mod tests {
                 stream: Stream::Quarantine,
                 id: message.envelope.id,
                 kind,
-                envelope: serde_json::to_string(&message.envelope).unwrap(),
+                envelope: serde_json::to_string(&message.envelope).unwrap().into(),
                 reason: Some("test".into()),
                 duplicate_of: None,
                 count: None,
@@ -479,7 +479,8 @@ mod tests {
         let desk = desk(&sink);
         assert_eq!(desk.len(), 1, "one desk item, not two");
         assert_eq!(desk[0].id.to_string(), first.id, "receipt id kept");
-        let envelope: Envelope = serde_json::from_str(&desk[0].envelope).unwrap();
+        let envelope: Envelope =
+            serde_json::from_str(&desk[0].envelope.to_json().unwrap()).unwrap();
         assert!(envelope.abuse.tags.iter().any(|t| t == RELEASED_TAG));
         assert_eq!(envelope.scan.status, ScanStatus::Clean);
         assert_eq!(sink.len(Stream::Quarantine).await.unwrap(), 0);

@@ -52,7 +52,18 @@ pub fn main(config_path: &Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(config, shutdown_signal())) {
+    // Large items run here, their threads behind the workers for the CPU.
+    let bulk = match crate::sources::offload::bulk_runtime() {
+        Ok(bulk) => bulk,
+        Err(e) => {
+            eprintln!("intake: cannot start the runtime for large items: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    crate::sources::offload::set_bulk_runtime(bulk.handle().clone());
+    let result = runtime.block_on(run(config, shutdown_signal()));
+    bulk.shutdown_timeout(DRAIN_DEADLINE);
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -162,6 +173,8 @@ pub async fn run_on(
         config.redis.timeout.into(),
     )
     .context("imap")?;
+    // One budget for every body in flight, whichever listener took it in.
+    let budget = crate::budget::BodyBudget::from_config(&config.memory);
     let lmtp = lmtp_listener
         .zip(config.lmtp.clone())
         .map(|(listener, lmtp)| {
@@ -169,6 +182,7 @@ pub async fn run_on(
                 config: lmtp,
                 pipeline: pipeline.clone(),
                 keep_raw: config.messages.keep_raw,
+                budget: budget.clone(),
             });
             (listener, shared)
         });
@@ -180,6 +194,7 @@ pub async fn run_on(
         per_ip: crate::sources::http::per_ip::PerIpLimit::new(config.http.max_requests_per_ip),
         form_tokens,
         redis: Some(replay_connection),
+        budget,
     });
     tracing::info!(
         listen = %listener.local_addr()?,

@@ -169,7 +169,7 @@ impl Redrive {
             stream: route.stream,
             id: envelope.id,
             kind: route.kind,
-            envelope: serde_json::to_string(&envelope)?,
+            envelope: serde_json::to_string(&envelope)?.into(),
             reason: route.reason,
             duplicate_of: route.duplicate_of,
             count: None,
@@ -266,7 +266,7 @@ mod tests {
             stream: Stream::Held,
             id: message.envelope.id,
             kind: "held",
-            envelope: serde_json::to_string(&message.envelope).unwrap(),
+            envelope: serde_json::to_string(&message.envelope).unwrap().into(),
             reason: Some("test".into()),
             duplicate_of: None,
             count: None,
@@ -334,7 +334,8 @@ mod tests {
             "held is empty"
         );
         assert_eq!(entries.len(), 5);
-        let envelope: Envelope = serde_json::from_str(&entries[0].envelope).unwrap();
+        let envelope: Envelope =
+            serde_json::from_str(&entries[0].envelope.to_json().unwrap()).unwrap();
         assert_eq!(envelope.raw, None, "keep_raw = false: raw taken out again");
     }
 
@@ -351,7 +352,7 @@ mod tests {
             stream: Stream::Desk,
             id,
             kind: "message",
-            envelope: serde_json::to_string(&first.envelope).unwrap(),
+            envelope: serde_json::to_string(&first.envelope).unwrap().into(),
             reason: None,
             duplicate_of: None,
             count: None,

@@ -63,7 +63,17 @@ impl Sink for MemorySink {
                     });
                 }
             }
-            entries.push(entry.clone());
+            // Kept encoded, as a stream holds it.
+            let json = entry.envelope.to_json().map_err(|e| {
+                SinkError::Refused(::redis::RedisError::from((
+                    ::redis::ErrorKind::Client,
+                    "the envelope could not be encoded",
+                    e.to_string(),
+                )))
+            })?;
+            let mut stored = entry.clone();
+            stored.envelope = json.into_owned().into();
+            entries.push(stored);
             Ok(Appended::Written {
                 entry_id: format!("{}-0", entries.len()),
             })
@@ -104,7 +114,8 @@ impl Sink for MemorySink {
                     let mut fields = std::collections::HashMap::new();
                     fields.insert("id".to_string(), e.id.to_string());
                     fields.insert("kind".to_string(), e.kind.to_string());
-                    fields.insert("envelope".to_string(), e.envelope.clone());
+                    let json = e.envelope.to_json().map(|j| j.into_owned());
+                    fields.insert("envelope".to_string(), json.unwrap_or_default());
                     if let Some(reason) = &e.reason {
                         fields.insert("reason".to_string(), reason.clone());
                     }

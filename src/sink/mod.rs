@@ -2,14 +2,18 @@
 //! acknowledges only after [`Sink::append`] returned `Ok`.
 
 pub mod connection;
+pub mod json;
 pub mod memory;
 pub mod redis;
+mod resp;
 
 use std::future::Future;
 use std::pin::Pin;
 
 use crate::route::Stream;
 use crate::submission::ReceiptId;
+
+pub use json::EnvelopeJson;
 
 /// One stream entry, ready to write.
 #[derive(Debug, Clone)]
@@ -19,8 +23,9 @@ pub struct Entry {
     pub id: ReceiptId,
     /// Entry field `kind`: `message`, `infected`, `collapsed`, ...
     pub kind: &'static str,
-    /// Entry field `envelope`: envelope v1 as JSON.
-    pub envelope: String,
+    /// Entry field `envelope`: envelope v1 as JSON, or the envelope for
+    /// the sink to encode as it writes (a large one is never held whole).
+    pub envelope: EnvelopeJson,
     /// Entry field `reason`, for everything not on the desk.
     pub reason: Option<String>,
     /// Entry field `duplicate_of`, for collapsed items.

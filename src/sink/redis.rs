@@ -7,9 +7,10 @@
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use redis::{Client, RedisError};
+use redis::RedisError;
 
 use super::connection::{connection_info, RedisConnection};
+use super::resp::{LargeWriter, Once, Value};
 use super::{
     Appended, Entry, KeyValue, Seen, Sink, SinkError, SinkFuture, StoredEntry, ITEM_STREAMS,
 };
@@ -32,10 +33,12 @@ redis.call('SET', KEYS[2], value, 'EX', tonumber(ARGV[2]))
 return {1, entry}
 "#;
 
-/// Entries larger than this are written once through WATCH and MULTI on a
-/// connection of their own instead of [`XADD_ONCE`]: Redis copies a
-/// script's arguments, which more than doubles the time to write a large
-/// mail and pushed a 60 MB one past the command timeout.
+/// Entries whose JSON is larger than this are written by [`LargeWriter`]
+/// on a connection of their own (once through WATCH and MULTI instead of
+/// [`XADD_ONCE`]): the JSON goes onto the socket as it is encoded, never
+/// held whole; and Redis copies a script's arguments, which more than
+/// doubled the time to write a large mail and pushed a 60 MB one past the
+/// command timeout.
 const LARGE_ENTRY_BYTES: usize = 1 << 20;
 
 /// How long an idempotency key is remembered unless the entry says:
@@ -52,9 +55,10 @@ fn key_ttl_secs(entry: &Entry) -> u64 {
 
 pub struct RedisSink {
     connection: RedisConnection,
-    /// For the connections of their own that large writes WATCH on; none on
-    /// a cluster, where large entries go through [`XADD_ONCE`] like the rest.
-    client: Option<Client>,
+    /// Writes large entries on connections of their own; none on a cluster
+    /// or over TLS, where large entries are encoded whole and go through
+    /// [`XADD_ONCE`] like the rest.
+    large: Option<LargeWriter>,
     /// `<prefix>:` prepended to every stream name.
     prefix: String,
     /// Bound on every command, connect and reconnect included.
@@ -64,17 +68,17 @@ pub struct RedisSink {
 impl RedisSink {
     /// Prepares the connection; does not wait for Redis to be up.
     pub fn new(config: &RedisConfig, password: Option<SecretValue>) -> Result<Self, RedisError> {
-        let client = if config.cluster {
+        let large = if config.cluster {
             None
         } else {
-            Some(Client::open(connection_info(
-                &config.url,
-                password.as_ref(),
-            )?)?)
+            LargeWriter::new(
+                &connection_info(&config.url, password.as_ref())?,
+                config.timeout.into(),
+            )
         };
         Ok(RedisSink {
             connection: RedisConnection::new(config, password)?,
-            client,
+            large,
             prefix: config.prefix.clone(),
             timeout: config.timeout.into(),
         })
@@ -112,78 +116,6 @@ impl RedisSink {
 }
 
 impl RedisSink {
-    /// [`XADD_ONCE`] for a large entry, without passing it through a
-    /// script: WATCH the key, look, then XADD and mark in one MULTI. A
-    /// writer that set the key meanwhile makes EXEC fail, and its entry is
-    /// the answer. WATCH needs a connection no other request shares.
-    async fn append_large_once(
-        &self,
-        stream: &str,
-        key: &str,
-        id: &str,
-        fields: &[(&str, &str)],
-        digest: Option<&str>,
-        ttl_secs: u64,
-    ) -> Result<Appended, SinkError> {
-        let config = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.timeout))
-            .set_response_timeout(Some(self.timeout));
-        let mut connection = self
-            .bounded(
-                self.client
-                    .as_ref()
-                    .expect("large writes take this path on a single Redis only")
-                    .get_multiplexed_async_connection_with_config(&config),
-            )
-            .await?;
-        self.bounded(redis::cmd("WATCH").arg(key).exec_async(&mut connection))
-            .await?;
-        let seen: Option<String> = self
-            .bounded(redis::cmd("GET").arg(key).query_async(&mut connection))
-            .await?;
-        if let Some(value) = seen {
-            return Ok(already_stored(&value));
-        }
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        let xadd = pipe.cmd("XADD").arg(stream).arg("*");
-        for (name, value) in fields {
-            xadd.arg(*name).arg(*value);
-        }
-        // The key names the receipt at once, inside the MULTI; the entry id
-        // (only informative) is added after EXEC. Reading it back in a
-        // script would copy the whole large entry into Lua.
-        pipe.cmd("SET")
-            .arg(key)
-            .arg(KeyValue::encode(id, None, digest))
-            .arg("EX")
-            .arg(ttl_secs)
-            .ignore();
-        let written: Option<(String,)> = self.bounded(pipe.query_async(&mut connection)).await?;
-        match written {
-            Some((entry_id,)) => {
-                let mut mark = redis::cmd("SET");
-                mark.arg(key)
-                    .arg(KeyValue::encode(id, Some(&entry_id), digest))
-                    .arg("XX")
-                    .arg("KEEPTTL");
-                if let Err(e) = self.bounded(mark.exec_async(&mut connection)).await {
-                    tracing::debug!(error = %e, "entry id not added to the idempotency key");
-                }
-                Ok(Appended::Written { entry_id })
-            }
-            // EXEC refused: another writer set the key after our look.
-            None => {
-                let value: Option<String> = self
-                    .bounded(redis::cmd("GET").arg(key).query_async(&mut connection))
-                    .await?;
-                Ok(already_stored(value.as_deref().unwrap_or_default()))
-            }
-        }
-    }
-}
-
-impl RedisSink {
     /// MGET of `key` in every item stream.
     fn seen_query(&self, key: &str) -> redis::Cmd {
         let mut mget = redis::cmd("MGET");
@@ -216,7 +148,7 @@ fn first_seen(values: Vec<Option<String>>) -> Option<Seen> {
 }
 
 /// The earlier entry a key's value names.
-fn already_stored(value: &str) -> Appended {
+pub(super) fn already_stored(value: &str) -> Appended {
     let KeyValue {
         receipt,
         entry_id,
@@ -227,6 +159,16 @@ fn already_stored(value: &str) -> Appended {
         entry_id,
         digest,
     }
+}
+
+/// An envelope that cannot be encoded cannot be written: the item is not
+/// stored, as when Redis refuses it.
+fn not_encoded(e: serde_json::Error) -> SinkError {
+    SinkError::Refused(RedisError::from((
+        redis::ErrorKind::Client,
+        "the envelope could not be encoded",
+        e.to_string(),
+    )))
 }
 
 fn is_connection_problem(e: &RedisError) -> bool {
@@ -243,53 +185,74 @@ impl Sink for RedisSink {
             let id = entry.id.to_string();
             let duplicate_of = entry.duplicate_of.map(|f| f.to_string());
             let count = entry.count.map(|c| c.to_string());
-            let mut fields: Vec<(&str, &str)> = vec![
-                ("id", id.as_str()),
-                ("kind", entry.kind),
-                ("envelope", entry.envelope.as_str()),
+            // Small entries (nearly all) are encoded whole here; a large one
+            // only as far as finding out that it is large.
+            let json = match &self.large {
+                Some(_) => entry.envelope.to_json_within(LARGE_ENTRY_BYTES),
+                None => entry.envelope.to_json().map(Some),
+            }
+            .map_err(not_encoded)?;
+            let mut fields: Vec<(&str, Value<'_>)> = vec![
+                ("id", Value::Text(&id)),
+                ("kind", Value::Text(entry.kind)),
+                (
+                    "envelope",
+                    match &json {
+                        Some(json) => Value::Text(json),
+                        None => Value::Envelope(&entry.envelope),
+                    },
+                ),
             ];
             if let Some(reason) = &entry.reason {
-                fields.push(("reason", reason.as_str()));
+                fields.push(("reason", Value::Text(reason)));
             }
             if let Some(duplicate_of) = &duplicate_of {
-                fields.push(("duplicate_of", duplicate_of.as_str()));
+                fields.push(("duplicate_of", Value::Text(duplicate_of)));
             }
             if let Some(count) = &count {
-                fields.push(("count", count.as_str()));
+                fields.push(("count", Value::Text(count)));
             }
             // Kept on the entry so that whoever moves it on later (the held
             // re-drive) writes under the same key: a source's re-read and
             // the moved entry then meet in the destination stream.
             if let Some(key) = &entry.idempotency_key {
-                fields.push(("idempotency_key", key.as_str()));
+                fields.push(("idempotency_key", Value::Text(key)));
             }
             if let Some(digest) = &entry.key_digest {
-                fields.push(("idempotency_digest", digest.as_str()));
+                fields.push(("idempotency_digest", Value::Text(digest)));
             }
             let stream = self.stream_key(entry.stream);
+            if let (None, Some(large)) = (&json, &self.large) {
+                let key = entry
+                    .idempotency_key
+                    .as_ref()
+                    .map(|key| self.idempotency_key(entry.stream, key));
+                let once = key.as_deref().map(|key| Once {
+                    key,
+                    receipt: &id,
+                    digest: entry.key_digest.as_deref(),
+                    ttl_secs: key_ttl_secs(entry),
+                });
+                return large.append(&stream, &fields, once).await;
+            }
+            fn text<'v>(value: &Value<'v>) -> &'v str {
+                match value {
+                    Value::Text(text) => text,
+                    Value::Envelope(_) => unreachable!("small entries are encoded whole"),
+                }
+            }
             let mut connection = self.connection.clone();
             match &entry.idempotency_key {
                 None => {
                     let mut cmd = redis::cmd("XADD");
                     cmd.arg(&stream).arg("*");
                     for (name, value) in &fields {
-                        cmd.arg(*name).arg(*value);
+                        cmd.arg(*name).arg(text(value));
                     }
                     let entry_id = self
                         .bounded(cmd.query_async::<String>(&mut connection))
                         .await?;
                     Ok(Appended::Written { entry_id })
-                }
-                Some(key) if entry.envelope.len() > LARGE_ENTRY_BYTES && self.client.is_some() => {
-                    self.append_large_once(
-                        &stream,
-                        &self.idempotency_key(entry.stream, key),
-                        &id,
-                        &fields,
-                        entry.key_digest.as_deref(),
-                        key_ttl_secs(entry),
-                    )
-                    .await
                 }
                 Some(key) => {
                     // Hashed once: `Script::new` takes the SHA-1 of its text.
@@ -303,7 +266,7 @@ impl Sink for RedisSink {
                         .arg(key_ttl_secs(entry))
                         .arg(entry.key_digest.as_deref().unwrap_or(""));
                     for (name, value) in &fields {
-                        invocation.arg(*name).arg(*value);
+                        invocation.arg(*name).arg(text(value));
                     }
                     let (written, value): (i64, String) = self
                         .bounded(invocation.invoke_async(&mut connection))

@@ -6,3 +6,4 @@ pub mod connections;
 pub mod http;
 pub mod imap;
 pub mod lmtp;
+pub mod offload;

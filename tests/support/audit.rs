@@ -51,21 +51,25 @@ impl Stored {
     pub async fn read(redis_url: &str, prefix: &str) -> Stored {
         let mut stored = Stored::default();
         for stream in ITEM_STREAMS {
-            let entries = read_stream(redis_url, &format!("{prefix}:{stream}")).await;
-            stored.counts.insert(stream.to_string(), entries.len());
-            for entry in entries {
-                let id = entry.field("id").to_string();
-                if let Some(into) = entry.fields.get("duplicate_of") {
+            let mut count = 0;
+            let mut pages = Pages::new(redis_url, &format!("{prefix}:{stream}")).await;
+            while let Some(entries) = pages.next().await {
+                count += entries.len();
+                for entry in entries {
+                    let id = entry.field("id").to_string();
+                    if let Some(into) = entry.fields.get("duplicate_of") {
+                        stored
+                            .folds
+                            .push((stream.to_string(), id.clone(), into.clone()));
+                    }
                     stored
-                        .folds
-                        .push((stream.to_string(), id.clone(), into.clone()));
+                        .by_receipt
+                        .entry(id)
+                        .or_default()
+                        .push((stream.to_string(), entry.entry_id.clone()));
                 }
-                stored
-                    .by_receipt
-                    .entry(id)
-                    .or_default()
-                    .push((stream.to_string(), entry.entry_id.clone()));
             }
+            stored.counts.insert(stream.to_string(), count);
         }
         let events = read_stream(redis_url, &format!("{prefix}:events")).await;
         stored.counts.insert("events".into(), events.len());
@@ -76,6 +80,58 @@ impl Stored {
     /// Entries in `stream`.
     pub fn count(&self, stream: &str) -> usize {
         self.counts.get(stream).copied().unwrap_or(0)
+    }
+}
+
+/// A stream read a few entries at a time: the audit keeps only ids, and a
+/// stream of big mails (tests/memory_budget.rs) is gigabytes of envelopes.
+struct Pages {
+    conn: redis::aio::MultiplexedConnection,
+    key: String,
+    after: Option<String>,
+    done: bool,
+}
+
+impl Pages {
+    const SIZE: usize = 4;
+
+    async fn new(redis_url: &str, key: &str) -> Pages {
+        Pages {
+            conn: super::test_connection(redis_url).await,
+            key: key.to_string(),
+            after: None,
+            done: false,
+        }
+    }
+
+    async fn next(&mut self) -> Option<Vec<super::Entry>> {
+        if self.done {
+            return None;
+        }
+        let start = self
+            .after
+            .as_ref()
+            .map_or_else(|| "-".to_string(), |after| format!("({after}"));
+        let reply: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+            .arg(&self.key)
+            .arg(start)
+            .arg("+")
+            .arg("COUNT")
+            .arg(Self::SIZE)
+            .query_async(&mut self.conn)
+            .await
+            .expect("XRANGE");
+        self.done = reply.len() < Self::SIZE;
+        self.after = reply.last().map(|(id, _)| id.clone());
+        Some(
+            reply
+                .into_iter()
+                .map(|(entry_id, pairs)| super::Entry {
+                    entry_id,
+                    fields: pairs.into_iter().filter(|(k, _)| k != "envelope").collect(),
+                })
+                .collect(),
+        )
     }
 }
 

@@ -232,6 +232,11 @@ impl GatewayProcess {
         }
     }
 
+    /// The process id, while it runs (to read its /proc/PID/status).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// SIGKILL: no shutdown, no lease release, mid-whatever.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

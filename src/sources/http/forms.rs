@@ -76,10 +76,12 @@ where
     // The headers are kept for the source's fields; taken, not cloned.
     let (http::request::Parts { headers, .. }, body) = request.into_parts();
     let client_key = super::idempotency::from_header(&headers, &format!("form:{}", form.id))?;
-    let body = read_body(
+    // The body's bytes count against the memory budget until the answer.
+    let (body, _held) = read_body(
+        state,
+        crate::budget::Source::Forms,
         body,
         form.max_size.bytes(),
-        state.config.http.request_timeout.into(),
         &headers,
     )
     .await?;

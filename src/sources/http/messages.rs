@@ -55,10 +55,14 @@ where
     let (http::request::Parts { headers, .. }, body) = request.into_parts();
     let client_key = super::idempotency::from_header(&headers, "messages")?;
     let limit = state.config.messages.max_size.bytes();
-    let raw = read_body(
+    // Mail with the token counts against the memory budget too: it is
+    // exempt from the per-IP cap, so nothing else bounds it. Held through
+    // the whole pipeline.
+    let (raw, held) = read_body(
+        state,
+        crate::budget::Source::Messages,
         body,
         limit,
-        state.config.http.request_timeout.into(),
         &headers,
     )
     .await?;
@@ -72,32 +76,41 @@ where
         .map(|s| s.trim().trim_matches(['<', '>']).to_string())
         .filter(|s| !s.is_empty())
         .collect();
-    // A mail server that lost our answer (gateway killed after the write,
-    // its own timeout) delivers the same bytes again: the derived key turns
-    // that retry into the first receipt, not a second desk item. A client's
-    // own key stands for this message from this address.
-    let delivery = super::idempotency::of_mail(sender.as_deref(), &recipients, &raw);
-    let key = match client_key {
-        Some(key) => super::idempotency::client_key(key, &delivery, peer.ip()),
-        None => crate::submission::IdempotencyKey::named(delivery),
-    };
-    let source = Source::Mailgate {
-        sender,
-        recipients,
-        ip: peer.ip().to_string(),
-    };
-    let mut submission = Submission::new(source, Payload::Mail(raw));
-    submission.idempotency_key = Some(key);
-    submission.refusal_judged_again = true;
     let options = ParseOptions {
         form: None,
         keep_raw: state.config.messages.keep_raw,
     };
-    let stored = state
-        .pipeline
-        .process(submission, options)
+    let ip = peer.ip();
+    let retry_after = state.config.http.retry_after.into();
+    // A big mail's hashing (its key below), parsing and encoding run off
+    // the async workers; its bytes stay reserved until that is done, even
+    // if the client left.
+    let pipeline = state.pipeline.clone();
+    let processed = crate::sources::offload::process(raw.len(), async move {
+        let _held = held;
+        // A mail server that lost our answer (gateway killed after the
+        // write, its own timeout) delivers the same bytes again: the
+        // derived key turns that retry into the first receipt, not a
+        // second desk item. A client's own key stands for this message
+        // from this address.
+        let delivery = super::idempotency::of_mail(sender.as_deref(), &recipients, &raw);
+        let key = match client_key {
+            Some(key) => super::idempotency::client_key(key, &delivery, ip),
+            None => crate::submission::IdempotencyKey::named(delivery),
+        };
+        let source = Source::Mailgate {
+            sender,
+            recipients,
+            ip: ip.to_string(),
+        };
+        let mut submission = Submission::new(source, Payload::Mail(raw));
+        submission.idempotency_key = Some(key);
+        submission.refusal_judged_again = true;
+        pipeline.process(submission, options).await
+    });
+    let stored = processed
         .await
-        .map_err(|cause| ApiError::not_stored(cause, state.config.http.retry_after.into()))?;
+        .map_err(|cause| ApiError::not_stored(cause, retry_after))?;
     match stored.answer {
         Answer::Accepted => Ok(json_response(
             StatusCode::ACCEPTED,

@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{header, HeaderMap, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use hyper::body::Body as HttpBody;
 
 use crate::config::{Config, SecretValue};
@@ -38,6 +38,9 @@ pub struct AppState {
     pub form_tokens: Option<crate::formguard::TokenKey>,
     /// Remembers used form tokens (replay check).
     pub redis: Option<crate::sink::connection::RedisConnection>,
+    /// The process's memory budget for bodies in flight (`[memory]`),
+    /// shared with the LMTP listener.
+    pub budget: crate::budget::BodyBudget,
 }
 
 /// Answers one request. Never fails: every refusal is an answer.
@@ -181,16 +184,20 @@ async fn readiness(state: &AppState) -> Response<Body> {
 
 /// Reads a whole body, refusing it (413) when the declared or actual size
 /// is over `limit`, before more than `limit` bytes are held in memory, and
-/// (408) when the client takes longer than `timeout` to send it or falls
-/// below `http.min_body_rate` (enforced by [`request_body::RequestBody`]).
-/// A body that cannot be read gets a fixed sentence; why goes to the
-/// debug log.
+/// (408) when the client takes longer than `http.request_timeout` to send
+/// it or falls below `http.min_body_rate` (enforced by
+/// [`request_body::RequestBody`]). Its bytes are taken from the memory
+/// budget first (the declared length, else as they arrive; 503 when the
+/// budget stays full for `memory.body_wait`); the caller holds the
+/// [`Reservation`] until its answer is made. A body that cannot be read
+/// gets a fixed sentence; why goes to the debug log.
 pub(crate) async fn read_body<B>(
+    state: &AppState,
+    source: crate::budget::Source,
     body: B,
     limit: u64,
-    timeout: std::time::Duration,
     headers: &HeaderMap,
-) -> Result<Bytes, ApiError>
+) -> Result<(Bytes, crate::budget::Reservation), ApiError>
 where
     B: HttpBody,
     B::Error: std::error::Error + Send + Sync + 'static,
@@ -202,21 +209,75 @@ where
     if declared.is_some_and(|len| len > limit) {
         return Err(ApiError::TooLarge { limit });
     }
-    let limited = Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX));
-    let collected = tokio::time::timeout(timeout, limited.collect())
+    let busy = |e: crate::budget::BudgetError| ApiError::Unavailable {
+        retry_after: state.config.http.retry_after.into(),
+        cause: crate::pipeline::PipelineError::Busy(e.to_string()),
+    };
+    let mut held = state
+        .budget
+        .reserve(declared.unwrap_or(0), source)
+        .await
+        .map_err(busy)?;
+    let timeout = state.config.http.request_timeout.into();
+    let collected = tokio::time::timeout(timeout, collect(body, limit, declared, &mut held))
         .await
         .map_err(|_| ApiError::Timeout)?;
     match collected {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::TooLarge { limit }),
-        Err(e) if request_body::is_too_slow(&*e) => Err(ApiError::Timeout),
-        Err(e) => {
+        Ok(bytes) => Ok((bytes, held)),
+        Err(Collect::TooLarge) => Err(ApiError::TooLarge { limit }),
+        Err(Collect::NoRoom(e)) => Err(busy(e)),
+        Err(Collect::Read(e)) if request_body::is_too_slow(&*e) => Err(ApiError::Timeout),
+        Err(Collect::Read(e)) => {
             tracing::debug!(error = %crate::telemetry::error_chain(&*e), "request body could not be read");
             Err(ApiError::BadRequest(
                 "it ended early or its framing is broken".into(),
             ))
         }
     }
+}
+
+/// Why [`collect`] stopped.
+enum Collect {
+    TooLarge,
+    NoRoom(crate::budget::BudgetError),
+    Read(Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// How far ahead of the data a body without a declared length reserves.
+const RESERVE_STEP: u64 = 256 * 1024;
+
+/// The body in one buffer of the declared size, filled frame by frame: it
+/// is held once, not as a list of frames and then a copy of them.
+async fn collect<B>(
+    body: B,
+    limit: u64,
+    declared: Option<u64>,
+    held: &mut crate::budget::Reservation,
+) -> Result<Bytes, Collect>
+where
+    B: HttpBody,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    use bytes::{Buf, BufMut};
+    let mut buf = Vec::with_capacity(usize::try_from(declared.unwrap_or(0)).unwrap_or(0));
+    let mut body = std::pin::pin!(body);
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| Collect::Read(Box::new(e)))?;
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers
+        };
+        let len = buf.len() as u64 + data.remaining() as u64;
+        if len > limit {
+            return Err(Collect::TooLarge);
+        }
+        if len > held.bytes() {
+            let ahead = (len + RESERVE_STEP).min(limit);
+            held.grow_to(ahead).await.map_err(Collect::NoRoom)?;
+        }
+        buf.put(data);
+    }
+    held.shrink_to(buf.len() as u64);
+    Ok(Bytes::from(buf))
 }
 
 /// Whether the request carries `Authorization: Bearer <token>` with this

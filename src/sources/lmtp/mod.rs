@@ -39,6 +39,8 @@ pub struct Shared {
     pub pipeline: Arc<Pipeline>,
     /// Keep the original message in the envelope (`messages.keep_raw`).
     pub keep_raw: bool,
+    /// The process's memory budget for bodies in flight (`[memory]`).
+    pub budget: crate::budget::BodyBudget,
 }
 
 /// How long a refusal at accept may take to write: the client is not

@@ -21,6 +21,7 @@ use super::command::{self, Command};
 use super::reply::{self, Reply, Verdict};
 use super::wire::{self, Data, Line};
 use super::Shared;
+use crate::budget::Metered;
 use crate::envelope::Source;
 use crate::parse::ParseOptions;
 use crate::sources::connections::{Conn, Counted, Phase, Slot};
@@ -43,6 +44,8 @@ const FAREWELL_WRITE: Duration = Duration::from_secs(1);
 struct Transaction {
     /// `MAIL FROM` given: the envelope sender (empty for `<>`).
     sender: Option<String>,
+    /// The size `MAIL FROM ... SIZE=` declared (RFC 1870), if any.
+    size: Option<u64>,
     /// The recipients accepted so far, in order.
     recipients: Vec<String>,
 }
@@ -213,6 +216,7 @@ impl Session<'_> {
                     )
                 } else {
                     self.transaction.sender = Some(sender);
+                    self.transaction.size = size;
                     Reply::new(250, "2.1.0", "sender ok")
                 }
             }
@@ -284,22 +288,60 @@ impl Session<'_> {
     }
 
     /// DATA: 354, the message, then one reply per accepted recipient.
+    ///
+    /// The message's bytes come from the memory budget: the declared
+    /// `SIZE` before 354 (451 4.3.1 instead of 354 when the budget stays
+    /// full for `memory.body_wait`), the rest as the data arrives; they are
+    /// held until the replies are sent.
     async fn data(&mut self) -> std::io::Result<Next> {
+        let config = &self.shared.config;
+        let limit = config.max_size.bytes();
+        // Room for the declared size and its wire overhead (dot-stuffing,
+        // the final dot), so an honest client never waits mid-message.
+        let declared = self
+            .transaction
+            .size
+            .map(|size| (size + size / 64 + 4096).min(limit + 4096));
+        let mut held = match self
+            .shared
+            .budget
+            .reserve(declared.unwrap_or(0), crate::budget::Source::Lmtp)
+            .await
+        {
+            Ok(held) => held,
+            Err(e) => {
+                tracing::info!(peer = %self.peer, error = %e, "LMTP message deferred: no room in the memory budget");
+                metrics::counter!("intake_lmtp_messages_total", "outcome" => "deferred")
+                    .increment(1);
+                self.send(&Reply::new(
+                    451,
+                    "4.3.1",
+                    "insufficient system resources; try again later",
+                ))
+                .await?;
+                return Ok(Next::Continue);
+            }
+        };
         self.send(&Reply::new(354, "", "end data with <CR><LF>.<CR><LF>"))
             .await?;
         self.flush().await?;
         let config = &self.shared.config;
-        let limit = config.max_size.bytes();
         let min_rate = config.min_data_rate.bytes();
+        let (data_timeout, rate_grace) = (config.data_timeout.0, config.data_rate_grace.0);
         self.conn.begin(Phase::Body);
         let conn = self.conn.clone();
-        let read = tokio::time::timeout(
-            config.data_timeout.0,
-            wire::read_data(&mut self.reader, limit),
-        );
+        // Past max_size (and the line that crosses it) the reader keeps
+        // nothing, so nothing more is reserved.
+        let read = {
+            let (reader, held) = (&mut self.reader, &mut held);
+            async move {
+                let mut metered = Metered::new(reader, held, limit + 4096);
+                tokio::time::timeout(data_timeout, wire::read_data(&mut metered, limit)).await
+            }
+        };
         let read = tokio::select! {
             read = read => read,
-            () = conn.below_rate(min_rate, config.data_rate_grace.0), if min_rate > 0 => {
+            () = conn.below_rate(min_rate, rate_grace), if min_rate > 0 => {
                 metrics::counter!("intake_lmtp_timeouts_total", "phase" => "data_rate").increment(1);
                 tracing::info!(peer = %self.peer, min_rate, "LMTP message slower than lmtp.min_data_rate; closing");
                 self.farewell(&Reply::new(421, "4.4.2", "the message is coming too slowly; closing"))
@@ -318,6 +360,20 @@ impl Session<'_> {
                     .await?;
                 return Ok(Next::Close);
             }
+            Ok(Err(e)) if crate::budget::is_budget_error(&e) => {
+                // Mid-message: the rest cannot be read to its dot without
+                // room for it, so the connection ends and the client retries.
+                tracing::info!(peer = %self.peer, error = %e, "LMTP message deferred mid-data: no room in the memory budget");
+                metrics::counter!("intake_lmtp_messages_total", "outcome" => "deferred")
+                    .increment(1);
+                self.send(&Reply::new(
+                    421,
+                    "4.3.1",
+                    "insufficient system resources; closing, try again later",
+                ))
+                .await?;
+                return Ok(Next::Close);
+            }
             Ok(data) => data?,
         };
         let transaction = std::mem::take(&mut self.transaction);
@@ -328,7 +384,10 @@ impl Session<'_> {
                 tracing::info!(peer = %self.peer, size, limit, "LMTP message over lmtp.max_size refused");
                 Verdict::too_big(limit)
             }
-            Some(Data::Complete(message)) => self.store(&transaction, message).await,
+            Some(Data::Complete(message)) => {
+                held.shrink_to(message.len() as u64);
+                self.store(&transaction, message).await
+            }
         };
         metrics::counter!("intake_lmtp_messages_total", "outcome" => verdict.outcome).increment(1);
         // RFC 2033 4.2: one reply per recipient that RCPT accepted, in
@@ -336,6 +395,7 @@ impl Session<'_> {
         for recipient in &transaction.recipients {
             self.send(&verdict.for_recipient(recipient)).await?;
         }
+        drop(held);
         Ok(Next::Continue)
     }
 
@@ -351,22 +411,32 @@ impl Session<'_> {
             recipients: transaction.recipients.clone(),
             ip: self.peer.ip().to_string(),
         };
-        // A mail server that lost our reply (a timeout, the gateway killed
-        // after the write) delivers the same transaction again: keyed by
-        // its envelope and bytes, the retry gets the first receipt.
-        let key = crate::submission::IdempotencyKey::of_delivery(
-            "lmtp",
-            transaction.sender.as_deref(),
-            &transaction.recipients,
-            &message,
-        );
-        let mut submission = Submission::new(source, Payload::Mail(Bytes::from(message)));
-        submission.idempotency_key = Some(key);
+        let size = message.len();
         let options = ParseOptions {
             form: None,
             keep_raw: self.shared.keep_raw,
         };
-        let result = self.shared.pipeline.process(submission, options).await;
+        // A big message's hashing (its key), parsing and encoding run off
+        // the async workers.
+        let pipeline = self.shared.pipeline.clone();
+        let sender = transaction.sender.clone();
+        let recipients = transaction.recipients.clone();
+        let result = crate::sources::offload::process(size, async move {
+            // A mail server that lost our reply (a timeout, the gateway
+            // killed after the write) delivers the same transaction again:
+            // keyed by its envelope and bytes, the retry gets the first
+            // receipt.
+            let key = crate::submission::IdempotencyKey::of_delivery(
+                "lmtp",
+                sender.as_deref(),
+                &recipients,
+                &message,
+            );
+            let mut submission = Submission::new(source, Payload::Mail(Bytes::from(message)));
+            submission.idempotency_key = Some(key);
+            pipeline.process(submission, options).await
+        })
+        .await;
         metrics::histogram!("intake_lmtp_message_duration_seconds")
             .record(started.elapsed().as_secs_f64());
         reply::verdict(&result)
