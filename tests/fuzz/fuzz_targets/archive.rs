@@ -42,7 +42,10 @@ fn check(target: &[u8]) {
     let limits = limits();
     match inspect("fuzz.bin", target, &limits) {
         Ok(found) => {
-            assert!(found.files <= limits.max_files, "files past the limit: {found:?}");
+            assert!(
+                found.files <= limits.max_files,
+                "files past the limit: {found:?}"
+            );
             assert!(
                 found.expanded <= limits.max_expanded,
                 "expanded past the limit: {found:?}"
