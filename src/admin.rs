@@ -16,10 +16,38 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use metrics_exporter_prometheus::PrometheusHandle;
 
-use crate::config::SecretValue;
+use serde::Deserialize;
+
+use crate::secret::{Secret, SecretValue};
 use crate::sources::http::request_body::RequestBody;
 use crate::sources::http::respond::{ApiError, Body};
 use crate::sources::http::server::{Handler, ResponseFuture};
+
+/// The admin listener; it starts only when a token is configured, since
+/// metrics and operations must never be open.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Address of the admin listener; keep it off the public network.
+    #[serde(default = "default_admin_listen")]
+    pub listen: SocketAddr,
+    /// Bearer token every admin request must carry.
+    #[serde(default)]
+    pub token: Option<Secret>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: default_admin_listen(),
+            token: None,
+        }
+    }
+}
+
+fn default_admin_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9090))
+}
 
 /// What the admin handler needs.
 pub struct AdminState {

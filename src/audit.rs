@@ -19,10 +19,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::{ByteSize, HumanDuration};
 use crate::envelope::{Base64, Envelope, Source};
 use crate::guard::store::{short_digest, RedisStore};
 use crate::route::{Route, Stream};
+use crate::units::{ByteSize, HumanDuration};
 
 /// The tag an audit copy kept as metadata carries.
 pub const METADATA_TAG: &str = "metadata-only";

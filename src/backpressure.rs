@@ -13,11 +13,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::sink::connection::RedisConnection;
+use crate::redis_connection::RedisConnection;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::HumanDuration;
+use crate::units::HumanDuration;
 
 /// `[backpressure]`: when to stop taking new items.
 #[derive(Debug, Clone, Deserialize)]

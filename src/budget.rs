@@ -21,7 +21,7 @@ use tokio::io::{AsyncBufRead, AsyncRead, ReadBuf};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::config::{ByteSize, HumanDuration};
+use crate::units::{ByteSize, HumanDuration};
 
 /// `[memory]`: how much body data the gateway holds at once.
 #[derive(Debug, Clone, Deserialize)]

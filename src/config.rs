@@ -5,17 +5,17 @@
 //! cannot (forms that make sense, secrets that resolve) and reports every
 //! problem at once, so an operator fixes the file in one go.
 
-pub mod units;
-
 use std::collections::HashSet;
-use std::fmt;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
 
-pub use units::{ByteSize, HumanDuration};
+use crate::admin::AdminConfig;
+use crate::redis_connection::RedisConfig;
+use crate::sources::http::config::{FormConfig, HttpConfig, MessagesConfig};
+use crate::telemetry::LogConfig;
+use crate::units::{ByteSize, MAX_GRACE};
 
 /// The whole configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -58,7 +58,7 @@ pub struct Config {
     pub mime: crate::parse::limits::MimeConfig,
     /// The key form tokens are signed with.
     #[serde(default)]
-    pub forms_security: Option<crate::formguard::FormsSecurityConfig>,
+    pub forms_security: Option<crate::sources::http::bots::FormsSecurityConfig>,
     /// The LMTP listener a mail server delivers into; off without it.
     #[serde(default)]
     pub lmtp: Option<crate::sources::lmtp::LmtpConfig>,
@@ -68,328 +68,6 @@ pub struct Config {
     /// The memory budget for bodies in flight (forms, raw mail, LMTP).
     #[serde(default)]
     pub memory: crate::budget::MemoryConfig,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HttpConfig {
-    /// Address of the public listener.
-    #[serde(default = "default_listen")]
-    pub listen: SocketAddr,
-    /// Serve HTTPS (HTTP/1.1 and HTTP/2 by ALPN) with this certificate.
-    #[serde(default)]
-    pub tls: Option<TlsConfig>,
-    /// How long a client may take to send its request headers; guards
-    /// against slow-loris clients holding connections open.
-    #[serde(default = "default_header_timeout")]
-    pub header_timeout: HumanDuration,
-    /// How long a kept-alive connection may sit with no request in flight
-    /// before the server closes it, so idle clients do not hold connection
-    /// slots (and HTTP/2 clients, whose pings keep a connection up, do not
-    /// hold them forever). An HTTP/1 connection waiting for its next
-    /// request is also bounded by `header_timeout`.
-    #[serde(default = "default_idle_timeout")]
-    pub idle_timeout: HumanDuration,
-    /// How long a client may take to send a request body; a slower upload
-    /// is answered 408.
-    #[serde(default = "default_request_timeout")]
-    pub request_timeout: HumanDuration,
-    /// Connections served at once. When all are taken, the one with the
-    /// least progress is closed to make room for a newcomer (idle first,
-    /// then the slowest head, then the slowest body; never one whose item
-    /// is being stored); when none can be, as many newcomers again wait
-    /// up to `header_timeout` for a slot, and further ones are closed.
-    #[serde(default = "default_max_connections")]
-    pub max_connections: usize,
-    /// Connections one client address (an IPv6 client: its /64) may have
-    /// open or waiting at once; one more is closed at once, before a byte
-    /// is read.
-    #[serde(default = "default_max_connections_per_ip")]
-    pub max_connections_per_ip: usize,
-    /// How long a new connection, or one that just went idle or began a
-    /// head or body, is safe from being closed to make room (unless its
-    /// address holds two more connections than the newcomer's).
-    #[serde(default = "default_shed_grace")]
-    pub shed_grace: HumanDuration,
-    /// The slowest request body accepted, in bytes per second: a body gets
-    /// `body_rate_grace` plus one second per this many bytes it has sent,
-    /// then it is answered 408 and the connection closed. 0 switches it
-    /// off (`request_timeout` still bounds the whole body).
-    #[serde(default = "default_min_body_rate")]
-    pub min_body_rate: ByteSize,
-    /// The time a body has before `min_body_rate` applies.
-    #[serde(default = "default_body_rate_grace")]
-    pub body_rate_grace: HumanDuration,
-    /// What `Retry-After` says when an item cannot be stored right now.
-    #[serde(default = "default_retry_after")]
-    pub retry_after: HumanDuration,
-    /// Largest request head (request line and headers) one HTTP/1 request
-    /// may send; past it the client gets 431. At least 8KiB (hyper's
-    /// smallest read buffer). Also bounds an HTTP/2 header list.
-    #[serde(default = "default_max_header_bytes")]
-    pub max_header_bytes: ByteSize,
-    /// Most header fields one request may send; past it the client gets 431.
-    #[serde(default = "default_max_headers")]
-    pub max_headers: usize,
-    /// Requests one client IP may have in flight at once; past it the
-    /// client gets 429 with `Retry-After: 1`, so one address cannot take
-    /// every worker while others wait.
-    #[serde(default = "default_max_requests_per_ip")]
-    pub max_requests_per_ip: usize,
-}
-
-impl Default for HttpConfig {
-    fn default() -> Self {
-        HttpConfig {
-            listen: default_listen(),
-            tls: None,
-            header_timeout: default_header_timeout(),
-            idle_timeout: default_idle_timeout(),
-            request_timeout: default_request_timeout(),
-            max_connections: default_max_connections(),
-            max_connections_per_ip: default_max_connections_per_ip(),
-            shed_grace: default_shed_grace(),
-            min_body_rate: default_min_body_rate(),
-            body_rate_grace: default_body_rate_grace(),
-            retry_after: default_retry_after(),
-            max_header_bytes: default_max_header_bytes(),
-            max_headers: default_max_headers(),
-            max_requests_per_ip: default_max_requests_per_ip(),
-        }
-    }
-}
-
-/// The admin listener; it starts only when a token is configured, since
-/// metrics and operations must never be open.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AdminConfig {
-    /// Address of the admin listener; keep it off the public network.
-    #[serde(default = "default_admin_listen")]
-    pub listen: SocketAddr,
-    /// Bearer token every admin request must carry.
-    #[serde(default)]
-    pub token: Option<Secret>,
-}
-
-impl Default for AdminConfig {
-    fn default() -> Self {
-        AdminConfig {
-            listen: default_admin_listen(),
-            token: None,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TlsConfig {
-    /// PEM certificate chain, leaf first.
-    pub cert: PathBuf,
-    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
-    pub key: PathBuf,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RedisConfig {
-    /// `redis://host:port/db` or `rediss://` for TLS. Put the password in
-    /// `password`, not here.
-    pub url: String,
-    /// Redis password (ACL user from the URL, if any).
-    #[serde(default)]
-    pub password: Option<Secret>,
-    /// Prefix of every stream and key: `<prefix>:desk`, ...
-    #[serde(default = "default_prefix")]
-    pub prefix: String,
-    /// Longest wait for one Redis command (connect included); past it the
-    /// item is not acknowledged and the client is told to retry.
-    #[serde(default = "default_redis_timeout")]
-    pub timeout: HumanDuration,
-    /// `url` is one node of a Redis Cluster (the others are found from it).
-    #[serde(default)]
-    pub cluster: bool,
-    /// More cluster nodes to start from, should the one in `url` be down.
-    #[serde(default)]
-    pub cluster_nodes: Vec<String>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MessagesConfig {
-    /// Bearer token `intake mailgate` must present. Without it,
-    /// `POST /v1/messages` is switched off (404).
-    #[serde(default)]
-    pub token: Option<Secret>,
-    /// Largest raw message accepted.
-    #[serde(default = "default_message_max_size")]
-    pub max_size: ByteSize,
-    /// Keep the original message in the envelope's `raw` field.
-    #[serde(default = "default_true")]
-    pub keep_raw: bool,
-}
-
-impl Default for MessagesConfig {
-    fn default() -> Self {
-        MessagesConfig {
-            token: None,
-            max_size: default_message_max_size(),
-            keep_raw: true,
-        }
-    }
-}
-
-/// One web form a shop page posts to `POST /v1/forms/{id}`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FormConfig {
-    /// The `{form}` in the URL: letters, digits, `-` and `_`.
-    pub id: String,
-    /// Fields that must be present and not blank.
-    #[serde(default)]
-    pub required: Vec<String>,
-    /// The field holding the customer's address (`_replyto` is used when
-    /// the form has none).
-    #[serde(default = "default_email_field")]
-    pub email_field: String,
-    /// The field holding the customer's name.
-    #[serde(default = "default_name_field")]
-    pub name_field: String,
-    /// The field holding the message text.
-    #[serde(default = "default_message_field")]
-    pub message_field: String,
-    /// Subject used when the post has no `_subject`.
-    #[serde(default)]
-    pub subject: Option<String>,
-    /// Where a plain browser post is sent after success (303), unless the
-    /// post names an allowed `_next`.
-    #[serde(default)]
-    pub redirect: Option<String>,
-    /// Origins (`https://shop.example`) allowed to post. Empty allows any
-    /// origin, which suits only forms posted by servers, not browsers.
-    #[serde(default)]
-    pub allowed_origins: Vec<String>,
-    /// Largest request body accepted, uploads included.
-    #[serde(default = "default_form_max_size")]
-    pub max_size: ByteSize,
-    /// Most files one post may upload; 0 refuses uploads.
-    #[serde(default = "default_max_files")]
-    pub max_files: usize,
-    /// Most fields one post may carry.
-    #[serde(default = "default_max_fields")]
-    pub max_fields: usize,
-    /// A field people never see (hidden by the page's CSS) and bots fill
-    /// in; a post with it is trapped.
-    #[serde(default = "default_honeypot")]
-    pub honeypot: String,
-    /// `off`, `optional` or `required`: whether posts carry a signed
-    /// timestamp token (`GET /v1/forms/{id}/token`) in `_token`. Needs
-    /// `[forms_security] secret`.
-    #[serde(default)]
-    pub token: crate::formguard::TokenMode,
-    /// A token younger than this was posted faster than a person types:
-    /// the post is trapped.
-    #[serde(default = "default_token_min_age")]
-    pub token_min_age: HumanDuration,
-    /// A token older than this has expired: the post is trapped. A used
-    /// token is remembered this long, so a replay is trapped too.
-    #[serde(default = "default_token_max_age")]
-    pub token_max_age: HumanDuration,
-    /// Most links (`http://`, `https://`, `www.`) the message field may
-    /// hold; more is trapped. None: no limit.
-    #[serde(default)]
-    pub max_links: Option<usize>,
-    /// A post sent without an `Idempotency-Key` that repeats an earlier one
-    /// (the same fields and files from the same client network) within
-    /// this window gets the earlier receipt: a double click or a browser's
-    /// resend after a lost answer makes one item, not two.
-    #[serde(default = "default_retry_window")]
-    pub retry_window: HumanDuration,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LogConfig {
-    /// `text` for people, `json` for log collectors.
-    #[serde(default)]
-    pub format: LogFormat,
-    /// A tracing filter, e.g. `info` or `intake=debug,info`; the
-    /// `RUST_LOG` environment variable overrides it.
-    #[serde(default = "default_log_level")]
-    pub level: String,
-}
-
-impl Default for LogConfig {
-    fn default() -> Self {
-        LogConfig {
-            format: LogFormat::Text,
-            level: default_log_level(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum LogFormat {
-    #[default]
-    Text,
-    Json,
-}
-
-/// A secret, never written inline: `{ env = "NAME" }` or `{ file = "path" }`
-/// (a relative path is read relative to the config file).
-#[derive(Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Secret {
-    #[serde(default)]
-    pub env: Option<String>,
-    #[serde(default)]
-    pub file: Option<PathBuf>,
-}
-
-impl fmt::Debug for Secret {
-    // Only where the secret comes from, never its value.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Secret")
-            .field("env", &self.env)
-            .field("file", &self.file)
-            .finish()
-    }
-}
-
-/// A secret's value, read once at start-up. Its `Debug` hides the value.
-#[derive(Clone, PartialEq, Eq)]
-pub struct SecretValue(String);
-
-impl SecretValue {
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for SecretValue {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("SecretValue(***)")
-    }
-}
-
-impl Secret {
-    /// Reads the secret, trimming the trailing newline editors add.
-    pub fn resolve(&self) -> Result<SecretValue, String> {
-        let value = match (&self.env, &self.file) {
-            (Some(var), None) => {
-                std::env::var(var).map_err(|_| format!("environment variable {var} is not set"))?
-            }
-            (None, Some(path)) => std::fs::read_to_string(path)
-                .map_err(|e| format!("cannot read {}: {e}", path.display()))?,
-            _ => return Err("give exactly one of `env` or `file`".into()),
-        };
-        let value = value.trim_end_matches(['\r', '\n']).to_string();
-        if value.trim().is_empty() {
-            return Err("the secret is empty".into());
-        }
-        Ok(SecretValue(value))
-    }
 }
 
 /// Every problem found in a config file, one per line.
@@ -542,7 +220,7 @@ impl Config {
             },
             None => {
                 for form in &self.forms {
-                    if form.token != crate::formguard::TokenMode::Off {
+                    if form.token != crate::sources::http::bots::TokenMode::Off {
                         problems.push(format!(
                             "form `{}`.token: needs [forms_security] secret to sign tokens",
                             form.id
@@ -660,98 +338,6 @@ impl Config {
     }
 }
 
-/// The longest grace a connection limit may give (longer is "never", and
-/// would overflow the clock arithmetic).
-pub const MAX_GRACE: Duration = Duration::from_secs(24 * 3600);
-
-fn default_listen() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 8080))
-}
-fn default_admin_listen() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 9090))
-}
-fn default_header_timeout() -> HumanDuration {
-    HumanDuration(Duration::from_secs(10))
-}
-fn default_idle_timeout() -> HumanDuration {
-    HumanDuration(Duration::from_secs(60))
-}
-fn default_request_timeout() -> HumanDuration {
-    HumanDuration(Duration::from_secs(60))
-}
-fn default_max_connections() -> usize {
-    1024
-}
-fn default_max_connections_per_ip() -> usize {
-    64
-}
-fn default_shed_grace() -> HumanDuration {
-    HumanDuration(Duration::from_secs(1))
-}
-fn default_min_body_rate() -> ByteSize {
-    ByteSize(500)
-}
-fn default_body_rate_grace() -> HumanDuration {
-    HumanDuration(Duration::from_secs(10))
-}
-fn default_max_header_bytes() -> ByteSize {
-    ByteSize(32 * 1024)
-}
-fn default_max_headers() -> usize {
-    64
-}
-fn default_max_requests_per_ip() -> usize {
-    32
-}
-fn default_retry_after() -> HumanDuration {
-    HumanDuration(Duration::from_secs(30))
-}
-fn default_prefix() -> String {
-    "intake".into()
-}
-fn default_redis_timeout() -> HumanDuration {
-    HumanDuration(Duration::from_secs(2))
-}
-fn default_message_max_size() -> ByteSize {
-    ByteSize(50_000_000)
-}
-fn default_form_max_size() -> ByteSize {
-    ByteSize(10_000_000)
-}
-fn default_max_files() -> usize {
-    5
-}
-fn default_honeypot() -> String {
-    "_gotcha".into()
-}
-fn default_token_min_age() -> HumanDuration {
-    HumanDuration(Duration::from_secs(3))
-}
-fn default_token_max_age() -> HumanDuration {
-    HumanDuration(Duration::from_secs(2 * 3600))
-}
-fn default_retry_window() -> HumanDuration {
-    HumanDuration(Duration::from_secs(3600))
-}
-fn default_max_fields() -> usize {
-    100
-}
-fn default_email_field() -> String {
-    "email".into()
-}
-fn default_name_field() -> String {
-    "name".into()
-}
-fn default_message_field() -> String {
-    "message".into()
-}
-fn default_log_level() -> String {
-    "info".into()
-}
-fn default_true() -> bool {
-    true
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -860,19 +446,5 @@ mod tests {
         let c = Config::from_toml(text).expect("syntax is fine");
         let problems = c.validate().expect_err("must be invalid");
         assert_eq!(problems.len(), 6, "one line per problem: {problems:#?}");
-    }
-
-    #[test]
-    fn secret_needs_exactly_one_source() {
-        let s = Secret {
-            env: None,
-            file: None,
-        };
-        assert!(s.resolve().is_err());
-        let s = Secret {
-            env: Some("INTAKE_TEST_SURELY_UNSET_VAR".into()),
-            file: None,
-        };
-        assert!(s.resolve().unwrap_err().contains("not set"));
     }
 }

@@ -6,11 +6,54 @@
 //! validates real output against it, so change both together.
 
 use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
+use ulid::Ulid;
 
-use crate::submission::ReceiptId;
+/// The receipt id of one accepted item (a ULID: sortable by arrival time).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ReceiptId(Ulid);
+
+impl ReceiptId {
+    pub fn new() -> Self {
+        ReceiptId(Ulid::new())
+    }
+}
+
+impl Default for ReceiptId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for ReceiptId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl FromStr for ReceiptId {
+    type Err = ulid::DecodeError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ulid::from_string(s).map(ReceiptId)
+    }
+}
+
+impl Serialize for ReceiptId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for ReceiptId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
 
 /// The envelope format version; bumped only for incompatible changes.
 pub const ENVELOPE_VERSION: u8 = 1;

@@ -51,8 +51,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::config::ByteSize;
 use crate::telemetry::error_chain;
+use crate::units::ByteSize;
 
 /// The environment variable that carries the token when `--token-file` is
 /// not given. Read by hand rather than through clap: a clap `env` needs a

@@ -703,12 +703,10 @@ mod tests {
         let guard = Guard::new(set, None, None, LimiterClock::Fake(clock.clone()));
         let sink = Arc::new(MemorySink::default());
         let pipeline = Pipeline::new(guard, Scanner::disabled(), sink.clone());
-        let config = crate::config::Config::from_toml(
-            "[redis]\nurl = \"redis://x\"\n[[form]]\nid = \"contact\"\n",
-        )
-        .unwrap();
+        let contact: crate::sources::http::config::FormConfig =
+            toml::from_str("id = \"contact\"").unwrap();
         let form = ParseOptions {
-            form: Some(&config.forms[0]),
+            form: Some(&contact.fields()),
             keep_raw: false,
         };
         // A form post, as the HTTP source hands it in: a refusal is a 429.

@@ -13,13 +13,15 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, LogFormat};
+use crate::config::Config;
+
 use crate::guard::Guard;
 use crate::pipeline::Pipeline;
 use crate::scan::Scanner;
 use crate::sink::redis::RedisSink;
 use crate::sources::http::{self, AppState};
 use crate::sources::imap::ImapSource;
+use crate::telemetry::LogFormat;
 
 /// Exit code for a configuration the daemon cannot run with (EX_CONFIG).
 const EX_CONFIG: u8 = 78;
@@ -98,7 +100,7 @@ pub async fn run_on(
     let mailgate_token = resolve(config.messages.token.as_ref()).context("messages.token")?;
     let form_tokens = resolve(config.forms_security.as_ref().map(|f| &f.secret))
         .context("forms_security.secret")?
-        .map(|secret| crate::formguard::TokenKey::new(secret.expose().as_bytes()));
+        .map(|secret| crate::sources::http::bots::TokenKey::new(secret.expose().as_bytes()));
     let admin_token = resolve(config.admin.token.as_ref()).context("admin.token")?;
     let tls = match &config.http.tls {
         Some(tls) => Some(http::server::tls_acceptor(&tls.cert, &tls.key).context("http.tls")?),
@@ -188,12 +190,18 @@ pub async fn run_on(
         });
     let admin_pipeline = pipeline.clone();
     let state = Arc::new(AppState {
-        config: config.clone(),
+        http: config.http.clone(),
+        messages: config.messages.clone(),
+        forms: config.forms.clone(),
         pipeline,
         mailgate_token,
         per_ip: crate::sources::http::per_ip::PerIpLimit::new(config.http.max_requests_per_ip),
-        form_tokens,
-        redis: Some(replay_connection),
+        bots: http::bots::BotChecks {
+            tokens: form_tokens,
+            redis: Some(replay_connection),
+            prefix: config.redis.prefix.clone(),
+            timeout: config.redis.timeout.into(),
+        },
         budget,
     });
     tracing::info!(
@@ -327,8 +335,8 @@ pub async fn run_on(
 }
 
 fn resolve(
-    secret: Option<&crate::config::Secret>,
-) -> anyhow::Result<Option<crate::config::SecretValue>> {
+    secret: Option<&crate::secret::Secret>,
+) -> anyhow::Result<Option<crate::secret::SecretValue>> {
     secret
         .map(|s| s.resolve().map_err(anyhow::Error::msg))
         .transpose()

@@ -3,60 +3,16 @@
 //!
 //! A source acknowledges (HTTP 202, IMAP flag, mailgate exit 0) only after
 //! [`crate::pipeline::Pipeline::process`] returned `Ok`: that is the ack
-//! discipline of DESIGN.md, kept in one place.
+//! discipline, kept in one place.
 
 use std::collections::BTreeMap;
-use std::fmt;
-use std::str::FromStr;
 
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
-use ulid::Ulid;
 
+pub use crate::envelope::ReceiptId;
 use crate::envelope::{FieldValue, Source};
-
-/// The receipt id of one accepted item (a ULID: sortable by arrival time).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ReceiptId(Ulid);
-
-impl ReceiptId {
-    pub fn new() -> Self {
-        ReceiptId(Ulid::new())
-    }
-}
-
-impl Default for ReceiptId {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl fmt::Display for ReceiptId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-impl FromStr for ReceiptId {
-    type Err = ulid::DecodeError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ulid::from_string(s).map(ReceiptId)
-    }
-}
-
-impl Serialize for ReceiptId {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&self.0)
-    }
-}
-
-impl<'de> Deserialize<'de> for ReceiptId {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
-}
+use crate::verdict::BotCheck;
 
 /// One item a source has taken in and not yet acknowledged.
 #[derive(Debug, Clone)]
@@ -176,9 +132,9 @@ pub enum Payload {
 pub struct FormPost {
     pub fields: BTreeMap<String, FieldValue>,
     pub files: Vec<Upload>,
-    /// Why the form's bot checks took this post for a bot (set by the
-    /// HTTP source, see crate::formguard); the parse stage traps it.
-    pub bot_check: Option<String>,
+    /// Why the form's bot checks took this post for a bot (decided by
+    /// the HTTP source's `bots` module); the guard traps it.
+    pub bot_check: Option<BotCheck>,
 }
 
 impl FormPost {

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::submission::ReceiptId;
+use crate::envelope::ReceiptId;
 
 /// The guard's decision (rate limits, dedupe, loops, allow/block lists).
 #[derive(Debug, Clone, PartialEq)]
@@ -72,4 +72,32 @@ pub enum ScanVerdict {
         reason: String,
         tag: String,
     },
+}
+
+/// Which of a form's bot checks took a post for a bot (decided by the HTTP
+/// source's `bots` module, trapped by the guard); its label is the `check`
+/// label of `intake_form_bot_checks_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BotCheck {
+    Honeypot,
+    TokenMissing,
+    TokenInvalid,
+    TokenTooFresh,
+    TokenExpired,
+    TokenReplayed,
+    TooManyLinks,
+}
+
+impl BotCheck {
+    pub fn label(self) -> &'static str {
+        match self {
+            BotCheck::Honeypot => "honeypot",
+            BotCheck::TokenMissing => "token_missing",
+            BotCheck::TokenInvalid => "token_invalid",
+            BotCheck::TokenTooFresh => "token_too_fresh",
+            BotCheck::TokenExpired => "token_expired",
+            BotCheck::TokenReplayed => "token_replayed",
+            BotCheck::TooManyLinks => "too_many_links",
+        }
+    }
 }

@@ -6,7 +6,7 @@
 
 mod support;
 
-use intake::formguard::TokenKey;
+use intake::sources::http::bots::TokenKey;
 use serde_json::Value;
 use support::{client, redis_url, Gateway};
 
@@ -49,7 +49,7 @@ secret = {{ file = "{}" }}
 }
 
 fn now() -> u64 {
-    intake::formguard::unix_now()
+    intake::sources::http::bots::unix_now()
 }
 
 /// Posts `fields` to `form` and checks the bot is answered like a person.

@@ -23,8 +23,9 @@ use redis::{AsyncCommands, Value};
 use serde_json::json;
 
 use super::{fail, EXIT_UNAVAILABLE};
-use crate::config::{Config, SecretValue};
-use crate::sink::connection::connection_info;
+use crate::config::Config;
+use crate::redis_connection::connection_info;
+use crate::secret::SecretValue;
 
 /// EX_USAGE: the arguments contradict each other.
 const EXIT_USAGE: u8 = 64;

@@ -152,9 +152,19 @@ async fn replay(set: RuleSet, raws: Vec<Bytes>) -> Report {
             .primary()
             .map_or_else(|| "-".into(), |i| i.address.clone());
         // Offline, the in-memory store cannot fail.
-        let Ok(checked) = guard.check(&mut message).await else {
+        let Ok(mut checked) = guard.check(&mut message).await else {
             continue;
         };
+        // A desk item is remembered as the gateway does it, reserved and
+        // confirmed around its (here imagined) write, so later items can
+        // fold into it.
+        if let Ok(Some((into, rule))) = guard
+            .reserve(&mut checked.ticket, message.envelope.id)
+            .await
+        {
+            checked.verdict = GuardVerdict::Collapse { into, rule };
+        }
+        guard.confirm(&checked.ticket, message.envelope.id).await;
         let outcome = match &checked.verdict {
             GuardVerdict::Pass | GuardVerdict::Tag { .. } => "desk",
             GuardVerdict::Collapse { .. } => "collapsed",

@@ -11,7 +11,6 @@ use bytes::Bytes;
 use clap::{Args, Subcommand};
 
 use super::{fail, EXIT_INVALID, EXIT_NOINPUT, EXIT_UNAVAILABLE};
-use crate::config::FormConfig;
 use crate::envelope::Source;
 use crate::guard::facts::Facts;
 use crate::guard::limiter::LimiterClock;
@@ -19,6 +18,7 @@ use crate::guard::rules::RuleSet;
 use crate::guard::store::RedisStore;
 use crate::guard::Guard;
 use crate::parse::{self, Message, ParseOptions};
+use crate::sources::http::config::FormConfig;
 use crate::submission::{FormPost, Payload, Submission};
 
 #[derive(Subcommand)]
@@ -132,7 +132,7 @@ fn message(args: &ExplainArgs) -> Result<Message, String> {
         return parse::parse(
             submission,
             ParseOptions {
-                form: Some(&config),
+                form: Some(&config.fields()),
                 keep_raw: false,
             },
         )
@@ -189,7 +189,7 @@ fn explain(args: ExplainArgs) -> ExitCode {
                 .await
                 {
                     Ok(Ok(c)) => Some(RedisStore::new(
-                        crate::sink::connection::RedisConnection::Single(c),
+                        crate::redis_connection::RedisConnection::Single(c),
                         &args.prefix,
                         std::time::Duration::from_secs(2),
                     )),

@@ -193,7 +193,7 @@ impl Guard {
         if let Some(trap) = &message.trap {
             return Ok(Checked {
                 verdict: GuardVerdict::Trap {
-                    reason: trap.clone(),
+                    reason: format!("bot check failed: {}", trap.label()),
                 },
                 ticket,
                 outcomes: Vec::new(),

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::sink::connection::RedisConnection;
+use crate::redis_connection::RedisConnection;
 use redis::RedisError;
 
 use super::GuardError;

@@ -5,12 +5,27 @@
 
 use super::filename::{self, FileName};
 use super::{sha256_hex, ScanTarget};
-use crate::config::FormConfig;
 use crate::envelope::{Address, Attachment, Base64, Channel, Disposition, Envelope};
 use crate::submission::FormPost;
 
+/// Which fields of a form's posts hold what: the part of a form's
+/// declaration (`[[form]]`) the parser reads.
+#[derive(Debug, Clone)]
+pub struct FormFields {
+    /// The form's id, for the default subject.
+    pub id: String,
+    /// The field holding the customer's address (`_replyto` without it).
+    pub email_field: String,
+    /// The field holding the customer's name.
+    pub name_field: String,
+    /// The field holding the message text (all fields without it).
+    pub message_field: String,
+    /// The subject when the post has no `_subject`.
+    pub subject: Option<String>,
+}
+
 /// Fills `envelope` from a form post and returns the uploads to scan.
-pub(super) fn fill(envelope: &mut Envelope, post: FormPost, form: &FormConfig) -> Vec<ScanTarget> {
+pub(super) fn fill(envelope: &mut Envelope, post: FormPost, form: &FormFields) -> Vec<ScanTarget> {
     envelope.channel = Channel::Form;
 
     let email = post

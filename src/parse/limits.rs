@@ -7,7 +7,7 @@
 
 use serde::Deserialize;
 
-use crate::config::ByteSize;
+use crate::units::ByteSize;
 
 /// The `[mime]` section.
 #[derive(Debug, Clone, Deserialize)]

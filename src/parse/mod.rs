@@ -7,6 +7,8 @@
 
 pub mod filename;
 mod form;
+
+pub use form::FormFields;
 pub mod limits;
 mod mail;
 pub mod redact;
@@ -14,9 +16,9 @@ mod reply;
 
 use bytes::Bytes;
 
-use crate::config::FormConfig;
 use crate::envelope::{AbuseReport, Customer, Envelope, ScanReport, ENVELOPE_VERSION};
 use crate::submission::{Payload, Submission};
+use crate::verdict::BotCheck;
 
 pub use mail::is_auto_submitted_header;
 
@@ -28,8 +30,9 @@ pub struct Message {
     /// did not surface are still scanned) and each decoded attachment or
     /// upload. Shared `Bytes`, not copies.
     pub scan_targets: Vec<ScanTarget>,
-    /// A bot trap that fired (a filled honeypot field), for the guard.
-    pub trap: Option<String>,
+    /// The bot check a form post failed (decided by the HTTP source's
+    /// `bots` module), for the guard to trap.
+    pub trap: Option<BotCheck>,
     /// The mail's MIME measurements, checked against `[mime]` limits.
     pub mime: limits::MimeStats,
     /// The source's idempotency key (IMAP), so the guard can tell a
@@ -50,8 +53,8 @@ pub struct ScanTarget {
 /// Per-source knowledge the parser needs.
 #[derive(Debug, Clone, Copy)]
 pub struct ParseOptions<'a> {
-    /// The form's declaration, for form posts.
-    pub form: Option<&'a FormConfig>,
+    /// Which fields of a form post hold what, for form posts.
+    pub form: Option<&'a FormFields>,
     /// Keep the raw message (base64) in the envelope.
     pub keep_raw: bool,
 }
@@ -115,11 +118,7 @@ pub fn parse(submission: Submission, options: ParseOptions<'_>) -> Result<Messag
         }
         Payload::Form(post) => {
             let form = options.form.ok_or(ParseError::FormNotDeclared)?;
-            if let Some(check) = &post.bot_check {
-                trap = Some(format!("bot check failed: {check}"));
-            } else if post.filled(&form.honeypot) {
-                trap = Some(format!("honeypot field {} was filled", form.honeypot));
-            }
+            trap = post.bot_check;
             form::fill(&mut envelope, post, form)
         }
     };

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::clamd::ClamdAddress;
-use crate::config::{ByteSize, HumanDuration};
+use crate::units::{ByteSize, HumanDuration};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -256,9 +256,13 @@ archive_max_files = 0
         // Parsed, not loaded: loading also checks files the dev stack creates
         // when it starts (the IMAP CA), which a unit test must not need.
         let text = std::fs::read_to_string(&path).expect("deploy/dev/intake.toml is readable");
-        let config =
-            crate::config::Config::from_toml(&text).expect("deploy/dev/intake.toml parses");
-        let scan = config.scan.expect("the dev config has [scan]");
+        let file: toml::Table = toml::from_str(&text).expect("deploy/dev/intake.toml parses");
+        let scan: ScanConfig = file
+            .get("scan")
+            .cloned()
+            .expect("the dev config has [scan]")
+            .try_into()
+            .expect("its [scan] parses");
         assert_eq!(scan.clamd, "tcp://127.0.0.1:13310");
         assert!(
             scan.max_size.bytes() < 100 * 1024 * 1024,

@@ -1,7 +1,6 @@
 //! Stage 5, sink: the write that makes an item "accepted". A source
 //! acknowledges only after [`Sink::append`] returned `Ok`.
 
-pub mod connection;
 pub mod json;
 pub mod memory;
 pub mod redis;

@@ -9,12 +9,13 @@ use std::time::Duration;
 
 use redis::RedisError;
 
-use super::connection::{connection_info, RedisConnection};
 use super::resp::{LargeWriter, Once, Value};
 use super::{
     Appended, Entry, KeyValue, Seen, Sink, SinkError, SinkFuture, StoredEntry, ITEM_STREAMS,
 };
-use crate::config::{RedisConfig, SecretValue};
+use crate::redis_connection::RedisConfig;
+use crate::redis_connection::{connection_info, RedisConnection};
+use crate::secret::SecretValue;
 
 /// XADD at most once per idempotency key, atomically: a crash can never
 /// leave an entry without its key or a key without its entry.

@@ -11,7 +11,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Deserializer};
 use toml::Spanned;
 
-use crate::config::HumanDuration;
+use crate::units::HumanDuration;
 
 /// One file: any number of rules, allow and block lists, and at most one
 /// `[dedupe]` table across all files.

@@ -3,7 +3,7 @@
 //! The checks run cheapest first: form known (404), origin allowed (403),
 //! body type (415), declared size (413), body read within the limit (413),
 //! fields decoded (400/413), required fields present (400), bot checks
-//! (crate::formguard: a bot is answered like a person and its post
+//! (crate::sources::http::bots: a bot is answered like a person and its post
 //! trapped); only then does the item enter the pipeline. A browser post (Accept: text/html) is
 //! answered with a 303 to the form's thank-you page.
 
@@ -13,14 +13,14 @@ use std::time::Duration;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Body as HttpBody;
 
+use super::bots;
 use super::form_body::{self, BodyKind};
 use super::respond::{ApiError, Body, FieldProblem};
 use super::{read_body, AppState};
-use crate::config::FormConfig;
 use crate::envelope::Source;
-use crate::formguard::{self, BotCheck};
 use crate::parse::ParseOptions;
 use crate::route::{Answer, Refusal};
+use crate::sources::http::config::FormConfig;
 use crate::submission::{FormPost, Payload, Submission};
 
 pub async fn handle<B>(
@@ -34,7 +34,6 @@ where
     B::Error: std::error::Error + Send + Sync + 'static,
 {
     let form = state
-        .config
         .form(form_id)
         .ok_or_else(|| ApiError::UnknownForm(form_id.to_string()))?;
     let origin = request_origin(request.headers());
@@ -97,7 +96,7 @@ where
             super::idempotency::of_post(&form.id, peer.ip(), &post_digest, form.retry_window.into())
         }
     };
-    let retry_after = state.config.http.retry_after.into();
+    let retry_after = state.http.retry_after.into();
     let next = post.field("_next").map(str::to_string);
     // Before the bot checks: a resend carries the token of the first post,
     // which the replay check would take for a bot's.
@@ -114,13 +113,9 @@ where
             &stored.id.to_string(),
         ));
     }
-    if let Some(check) = bot_check(state, form, &post).await {
-        // Answered like a success; the parse stage traps it (suppressed,
-        // kind `trapped`), so the bot learns nothing.
-        metrics::counter!("intake_form_bot_checks_total", "check" => check.label()).increment(1);
-        tracing::info!(form = %form.id, %peer, check = check.label(), "form post taken for a bot");
-        post.bot_check = Some(check.label().to_string());
-    }
+    // Answered like a success; the guard traps it (suppressed, kind
+    // `trapped`), so the bot learns nothing.
+    post.bot_check = state.bots.check(form, &post).await;
 
     let source = Source::Form {
         form: form.id.clone(),
@@ -133,8 +128,9 @@ where
     submission.idempotency_key = Some(key);
     submission.idempotency_checked = true;
     submission.refusal_judged_again = true;
+    let fields = form.fields();
     let options = ParseOptions {
-        form: Some(form),
+        form: Some(&fields),
         keep_raw: false,
     };
     let stored = state
@@ -164,39 +160,6 @@ where
 /// Which bot check, if any, the post fails: honeypot, links, token
 /// (signature and age), then replay (the token is remembered in Redis for
 /// `token_max_age`; a second use within it fails).
-async fn bot_check(state: &AppState, form: &FormConfig, post: &FormPost) -> Option<BotCheck> {
-    let token = match formguard::judge(
-        form,
-        state.form_tokens.as_ref(),
-        post,
-        formguard::unix_now(),
-    ) {
-        Err(check) => return Some(check),
-        Ok(None) => return None,
-        Ok(Some(token)) => token,
-    };
-    let mut redis = state.redis.clone()?;
-    let key = formguard::replay_key(&state.config.redis.prefix, &form.id, token);
-    let ttl_ms = u64::try_from(Duration::from(form.token_max_age).as_millis()).unwrap_or(u64::MAX);
-    let mut cmd = redis::cmd("SET");
-    cmd.arg(&key).arg(1).arg("NX").arg("PX").arg(ttl_ms.max(1));
-    let set = cmd.query_async::<Option<String>>(&mut redis);
-    match tokio::time::timeout(state.config.redis.timeout.into(), set).await {
-        Ok(Ok(Some(_))) => None,
-        Ok(Ok(None)) => Some(BotCheck::TokenReplayed),
-        // Fail open: Redis being away is no sign of a bot, and storing the
-        // item needs Redis too, so the client hears 503 there if it stays away.
-        Ok(Err(e)) => {
-            tracing::warn!(form = %form.id, error = %e, "cannot record a form token; replay not checked");
-            None
-        }
-        Err(_) => {
-            tracing::warn!(form = %form.id, "recording a form token timed out; replay not checked");
-            None
-        }
-    }
-}
-
 /// `GET /v1/forms/{form}/token`: a signed timestamp token for the form's
 /// page to post back in `_token`. 404 for forms without tokens.
 pub fn token<B>(
@@ -205,15 +168,10 @@ pub fn token<B>(
     request: &Request<B>,
 ) -> Result<Response<Body>, ApiError> {
     let form = state
-        .config
         .form(form_id)
         .ok_or_else(|| ApiError::UnknownForm(form_id.to_string()))?;
     // A form without tokens has no token endpoint (not "no such form").
-    let key = state
-        .form_tokens
-        .as_ref()
-        .filter(|_| form.token != formguard::TokenMode::Off)
-        .ok_or(ApiError::NotFound)?;
+    let key = state.bots.token_key(form).ok_or(ApiError::NotFound)?;
     let origin = request_origin(request.headers());
     let mut response = issue_token(form, key, origin.as_deref(), request.method())
         .unwrap_or_else(ApiError::into_response);
@@ -223,7 +181,7 @@ pub fn token<B>(
 
 fn issue_token(
     form: &FormConfig,
-    key: &crate::formguard::TokenKey,
+    key: &crate::sources::http::bots::TokenKey,
     origin: Option<&str>,
     method: &Method,
 ) -> Result<Response<Body>, ApiError> {
@@ -238,8 +196,8 @@ fn issue_token(
     let mut response = super::respond::json_response(
         StatusCode::OK,
         &serde_json::json!({
-            "token": key.issue(&form.id, formguard::unix_now()),
-            "field": formguard::TOKEN_FIELD,
+            "token": key.issue(&form.id, bots::unix_now()),
+            "field": bots::TOKEN_FIELD,
             "expires_in": Duration::from(form.token_max_age).as_secs(),
         }),
     );
@@ -361,7 +319,7 @@ pub fn check_fields(form: &FormConfig, post: &FormPost) -> Result<(), ApiError> 
 /// `_replyto`, `_subject` and `_next`. A second value would be stored in
 /// `fields` unchecked (an address or `_next` with a line break), and
 /// the message field's would reach the desk beside `text` without being
-/// counted by the link cap (crate::formguard), which reads the first.
+/// counted by the link cap (super::bots), which reads the first.
 fn single_value_fields(form: &FormConfig) -> [&str; 6] {
     [
         form.email_field.as_str(),
@@ -394,12 +352,10 @@ mod single_value_tests {
     use super::*;
 
     fn form() -> FormConfig {
-        let config = crate::config::Config::from_toml(
-            "[redis]\nurl = \"redis://x\"\n[[form]]\nid = \"contact\"\nrequired = [\"email\"]\n\
-             redirect = \"https://shop.test/thanks\"\n",
+        toml::from_str(
+            "id = \"contact\"\nrequired = [\"email\"]\nredirect = \"https://shop.test/thanks\"\n",
         )
-        .expect("test form config");
-        config.forms[0].clone()
+        .expect("test form config")
     }
 
     fn post(fields: &[(&str, &str)]) -> FormPost {

@@ -54,7 +54,7 @@ where
     }
     let (http::request::Parts { headers, .. }, body) = request.into_parts();
     let client_key = super::idempotency::from_header(&headers, "messages")?;
-    let limit = state.config.messages.max_size.bytes();
+    let limit = state.messages.max_size.bytes();
     // Mail with the token counts against the memory budget too: it is
     // exempt from the per-IP cap, so nothing else bounds it. Held through
     // the whole pipeline.
@@ -78,10 +78,10 @@ where
         .collect();
     let options = ParseOptions {
         form: None,
-        keep_raw: state.config.messages.keep_raw,
+        keep_raw: state.messages.keep_raw,
     };
     let ip = peer.ip();
-    let retry_after = state.config.http.retry_after.into();
+    let retry_after = state.http.retry_after.into();
     // A big mail's hashing (its key below), parsing and encoding run off
     // the async workers; its bytes stay reserved until that is done, even
     // if the client left.

@@ -4,6 +4,8 @@
 //! response, so tests can call it without a socket; [`server`] puts it on a
 //! listener with TLS, connection limits and timeouts.
 
+pub mod bots;
+pub mod config;
 pub mod form_body;
 pub mod forms;
 pub mod idempotency;
@@ -22,25 +24,36 @@ use http::{header, HeaderMap, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Body as HttpBody;
 
-use crate::config::{Config, SecretValue};
 use crate::pipeline::Pipeline;
+use crate::secret::SecretValue;
+use config::{FormConfig, HttpConfig, MessagesConfig};
 use respond::{json_response, ApiError, Body};
 
 /// What every request handler shares.
 pub struct AppState {
-    pub config: Arc<Config>,
+    /// `[http]`: the answers' `Retry-After`, the body timeout.
+    pub http: HttpConfig,
+    /// `[messages]`: raw mail from `intake mailgate`.
+    pub messages: MessagesConfig,
+    /// The `[[form]]` declarations.
+    pub forms: Vec<FormConfig>,
     pub pipeline: Arc<Pipeline>,
     /// The bearer token of `POST /v1/messages`; `None` switches it off.
     pub mailgate_token: Option<SecretValue>,
     /// Requests in flight per client IP (`http.max_requests_per_ip`).
     pub per_ip: per_ip::PerIpLimit,
-    /// Signs form tokens; `None` without `[forms_security]`.
-    pub form_tokens: Option<crate::formguard::TokenKey>,
-    /// Remembers used form tokens (replay check).
-    pub redis: Option<crate::sink::connection::RedisConnection>,
+    /// The forms' bot checks (tokens, their replay memory, honeypot, links).
+    pub bots: bots::BotChecks,
     /// The process's memory budget for bodies in flight (`[memory]`),
     /// shared with the LMTP listener.
     pub budget: crate::budget::BodyBudget,
+}
+
+impl AppState {
+    /// The form declared with this id.
+    pub fn form(&self, id: &str) -> Option<&FormConfig> {
+        self.forms.iter().find(|f| f.id == id)
+    }
 }
 
 /// Answers one request. Never fails: every refusal is an answer.
@@ -210,7 +223,7 @@ where
         return Err(ApiError::TooLarge { limit });
     }
     let busy = |e: crate::budget::BudgetError| ApiError::Unavailable {
-        retry_after: state.config.http.retry_after.into(),
+        retry_after: state.http.retry_after.into(),
         cause: crate::pipeline::PipelineError::Busy(e.to_string()),
     };
     let mut held = state
@@ -218,7 +231,7 @@ where
         .reserve(declared.unwrap_or(0), source)
         .await
         .map_err(busy)?;
-    let timeout = state.config.http.request_timeout.into();
+    let timeout = state.http.request_timeout.into();
     let collected = tokio::time::timeout(timeout, collect(body, limit, declared, &mut held))
         .await
         .map_err(|_| ApiError::Timeout)?;

@@ -91,7 +91,10 @@ pub struct RequestBody {
 
 struct RateClock {
     rate: MinBodyRate,
+    /// When the server first read the body: a body waiting for the
+    /// memory budget is not the client's delay.
     started: Instant,
+    begun: bool,
     received: u64,
     timer: Pin<Box<Sleep>>,
 }
@@ -106,6 +109,7 @@ impl RequestBody {
             RateClock {
                 rate,
                 started,
+                begun: false,
                 received: 0,
                 timer: Box::pin(tokio::time::sleep_until(started + rate.grace)),
             }
@@ -144,6 +148,10 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
+        if let Some(clock) = this.rate.as_mut().filter(|clock| !clock.begun) {
+            clock.begun = true;
+            clock.started = Instant::now();
+        }
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let (Some(data), Some(clock)) = (frame.data_ref(), this.rate.as_mut()) {

@@ -98,7 +98,7 @@ pub struct ConnectionLimits {
 }
 
 impl ConnectionLimits {
-    pub fn from_config(http: &crate::config::HttpConfig) -> Self {
+    pub fn from_config(http: &crate::sources::http::config::HttpConfig) -> Self {
         ConnectionLimits {
             header_timeout: http.header_timeout.into(),
             idle_timeout: http.idle_timeout.into(),

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::{ByteSize, HumanDuration, Secret};
+use crate::secret::Secret;
+
+use crate::units::{ByteSize, HumanDuration};
 
 /// One IMAP account and the mailboxes of it the gateway takes mail from.
 #[derive(Debug, Clone, Deserialize)]

@@ -22,7 +22,7 @@ use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::sink::connection::RedisConnection;
+use crate::redis_connection::RedisConnection;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use sha2::Digest;

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use crate::sink::connection::RedisConnection;
+use crate::redis_connection::RedisConnection;
 
 use super::error::ImapError;
 

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::{ByteSize, HumanDuration};
+use crate::units::{ByteSize, HumanDuration};
 
 /// The `[lmtp]` section; without it there is no LMTP listener.
 #[derive(Debug, Clone, Deserialize)]
@@ -84,11 +84,11 @@ impl LmtpConfig {
         if self.max_connections_per_ip == 0 {
             problems.push("lmtp.max_connections_per_ip: must be at least 1".into());
         }
-        let graces = Duration::from_millis(100)..=crate::config::MAX_GRACE;
+        let graces = Duration::from_millis(100)..=crate::units::MAX_GRACE;
         if self.min_data_rate.bytes() > 0 && !graces.contains(&self.data_rate_grace.0) {
             problems.push("lmtp.data_rate_grace: must be between 100ms and 24h".into());
         }
-        if self.shed_grace.0 > crate::config::MAX_GRACE {
+        if self.shed_grace.0 > crate::units::MAX_GRACE {
             problems.push("lmtp.shed_grace: must be at most 24h".into());
         }
         if self.command_timeout.0 < Duration::from_millis(100) {

@@ -13,7 +13,7 @@ use std::sync::OnceLock;
 use bytes::Bytes;
 use intake::config::{Config, FormConfig};
 use intake::envelope::{FieldValue, Source};
-use intake::formguard::{judge, unix_now, TokenKey};
+use intake::sources::http::bots::{judge, unix_now, TokenKey};
 use intake::parse::redact::{redact_envelope, PrivacyConfig};
 use intake::parse::{parse, ParseOptions};
 use intake::sources::http::form_body::{decode, BodyKind};

@@ -21,9 +21,13 @@ use base64::Engine;
 use ring::hmac;
 use serde::Deserialize;
 
-use crate::config::{FormConfig, Secret};
+use crate::secret::Secret;
+
+use super::config::FormConfig;
 use crate::envelope::FieldValue;
+use crate::redis_connection::RedisConnection;
 use crate::submission::FormPost;
+pub use crate::verdict::BotCheck;
 
 /// `[forms_security]`: what the form tokens are signed with.
 #[derive(Debug, Clone, Deserialize)]
@@ -50,32 +54,6 @@ pub enum TokenMode {
 
 /// The field a post carries its token in.
 pub const TOKEN_FIELD: &str = "_token";
-
-/// Which check judged a post a bot: the `check` label of the metric.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BotCheck {
-    Honeypot,
-    TokenMissing,
-    TokenInvalid,
-    TokenTooFresh,
-    TokenExpired,
-    TokenReplayed,
-    TooManyLinks,
-}
-
-impl BotCheck {
-    pub fn label(self) -> &'static str {
-        match self {
-            BotCheck::Honeypot => "honeypot",
-            BotCheck::TokenMissing => "token_missing",
-            BotCheck::TokenInvalid => "token_invalid",
-            BotCheck::TokenTooFresh => "token_too_fresh",
-            BotCheck::TokenExpired => "token_expired",
-            BotCheck::TokenReplayed => "token_replayed",
-            BotCheck::TooManyLinks => "too_many_links",
-        }
-    }
-}
 
 /// Signs and checks form tokens.
 pub struct TokenKey {
@@ -157,6 +135,69 @@ impl TokenKey {
             return Err(BotCheck::TokenExpired);
         }
         Ok(())
+    }
+}
+
+/// The bot checks of every form, with what they need: the key tokens are
+/// signed with and the Redis that remembers used tokens. Called once per
+/// post, before the pipeline; the post then carries the verdict.
+pub struct BotChecks {
+    /// Signs form tokens; `None` without `[forms_security]`.
+    pub tokens: Option<TokenKey>,
+    /// Remembers used form tokens (the replay check); `None` in tests
+    /// without Redis.
+    pub redis: Option<RedisConnection>,
+    /// The key prefix (`redis.prefix`).
+    pub prefix: String,
+    /// The longest wait for Redis (`redis.timeout`).
+    pub timeout: Duration,
+}
+
+impl BotChecks {
+    /// Which check, if any, takes `post` for a bot: the checks without
+    /// I/O first, then the replay check of a presented token. Counted and
+    /// logged here, so a caller only sets the verdict on the post.
+    pub async fn check(&self, form: &FormConfig, post: &FormPost) -> Option<BotCheck> {
+        let check = match judge(form, self.tokens.as_ref(), post, unix_now()) {
+            Err(check) => Some(check),
+            Ok(None) => None,
+            Ok(Some(token)) => self.replayed(form, token).await,
+        }?;
+        metrics::counter!("intake_form_bot_checks_total", "check" => check.label()).increment(1);
+        tracing::info!(form = %form.id, check = check.label(), "form post taken for a bot");
+        Some(check)
+    }
+
+    /// Records a token as used; `Some(TokenReplayed)` when it already was.
+    async fn replayed(&self, form: &FormConfig, token: &str) -> Option<BotCheck> {
+        let mut redis = self.redis.clone()?;
+        let key = replay_key(&self.prefix, &form.id, token);
+        let ttl_ms =
+            u64::try_from(Duration::from(form.token_max_age).as_millis()).unwrap_or(u64::MAX);
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(&key).arg(1).arg("NX").arg("PX").arg(ttl_ms.max(1));
+        let set = cmd.query_async::<Option<String>>(&mut redis);
+        match tokio::time::timeout(self.timeout, set).await {
+            Ok(Ok(Some(_))) => None,
+            Ok(Ok(None)) => Some(BotCheck::TokenReplayed),
+            // Fail open: Redis being away is no sign of a bot, and storing the
+            // item needs Redis too, so the client hears 503 there if it stays away.
+            Ok(Err(e)) => {
+                tracing::warn!(form = %form.id, error = %e, "cannot record a form token; replay not checked");
+                None
+            }
+            Err(_) => {
+                tracing::warn!(form = %form.id, "recording a form token timed out; replay not checked");
+                None
+            }
+        }
+    }
+
+    /// The key that signs tokens for `form`, if the form uses them.
+    pub fn token_key(&self, form: &FormConfig) -> Option<&TokenKey> {
+        self.tokens
+            .as_ref()
+            .filter(|_| form.token != TokenMode::Off)
     }
 }
 
@@ -307,11 +348,7 @@ mod tests {
 
     #[test]
     fn a_honeypot_filled_in_a_second_value_is_still_filled() {
-        let config = crate::config::Config::from_toml(
-            "[redis]\nurl = \"redis://x\"\n[[form]]\nid = \"contact\"\n",
-        )
-        .unwrap();
-        let form = &config.forms[0];
+        let form: &FormConfig = &toml::from_str("id = \"contact\"").unwrap();
         let mut post = FormPost::default();
         post.add_field("email".into(), "ann@example.com".into());
         post.add_field("_gotcha".into(), "".into());

@@ -99,6 +99,10 @@ impl<'de> Deserialize<'de> for ByteSize {
     }
 }
 
+/// The longest grace a connection limit may give (longer is "never", and
+/// would overflow the clock arithmetic).
+pub const MAX_GRACE: Duration = Duration::from_secs(24 * 3600);
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -19,7 +19,41 @@ use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, Slot, Sl
 use redis::{Cmd, Pipeline, RedisError, RedisFuture, RedisResult, Value};
 use tokio::sync::Mutex;
 
-use crate::config::{RedisConfig, SecretValue};
+use serde::Deserialize;
+
+use crate::secret::{Secret, SecretValue};
+use crate::units::HumanDuration;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://host:port/db` or `rediss://` for TLS. Put the password in
+    /// `password`, not here.
+    pub url: String,
+    /// Redis password (ACL user from the URL, if any).
+    #[serde(default)]
+    pub password: Option<Secret>,
+    /// Prefix of every stream and key: `<prefix>:desk`, ...
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+    /// Longest wait for one Redis command (connect included); past it the
+    /// item is not acknowledged and the client is told to retry.
+    #[serde(default = "default_redis_timeout")]
+    pub timeout: HumanDuration,
+    /// `url` is one node of a Redis Cluster (the others are found from it).
+    #[serde(default)]
+    pub cluster: bool,
+    /// More cluster nodes to start from, should the one in `url` be down.
+    #[serde(default)]
+    pub cluster_nodes: Vec<String>,
+}
+
+fn default_prefix() -> String {
+    "intake".into()
+}
+fn default_redis_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(2))
+}
 
 /// A connection to Redis or to a Redis Cluster; cheap to clone, every clone
 /// shares the same sockets.
