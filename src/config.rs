@@ -389,7 +389,7 @@ mod tests {
         let text = std::fs::read_to_string(path).unwrap();
         let c = Config::from_toml(&text).expect("deploy/dev/intake.toml parses");
         assert_eq!(c.http.max_requests_per_ip, 32);
-        // DESIGN.md fixes the dev LMTP port.
+        // The dev LMTP port is fixed (README.md, "The dev stack").
         let lmtp = c.lmtp.as_ref().expect("the dev config has [lmtp]");
         assert_eq!(lmtp.listen.to_string(), "127.0.0.1:2424");
         assert!(lmtp.problems().is_empty(), "{:?}", lmtp.problems());

@@ -401,7 +401,7 @@ fn answer_disposition(answer: &GatewayAnswer) -> (Sysexit, &'static str, String,
             format!("refused by policy: {}", detail("forbidden")),
             said,
         ),
-        // 422 is how the gateway says "infected" (DESIGN.md, HTTP).
+        // 422 is how the gateway says "infected" (src/openapi.yaml, `Infected`).
         422 => (
             NoPerm,
             "5.7.1",

@@ -11,7 +11,7 @@ use crate::parse::Message;
 use crate::submission::ReceiptId;
 use crate::verdict::{GuardVerdict, RatePolicy, ScanVerdict};
 
-/// The streams of DESIGN.md, without their prefix.
+/// The streams (deploy/README.md, "Streams"), without their prefix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Stream {
     Desk,

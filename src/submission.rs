@@ -3,7 +3,7 @@
 //!
 //! A source acknowledges (HTTP 202, IMAP flag, mailgate exit 0) only after
 //! [`crate::pipeline::Pipeline::process`] returned `Ok`: that is the ack
-//! discipline, kept in one place.
+//! discipline the top-level README.md states, kept in one place.
 
 use std::collections::BTreeMap;
 

@@ -553,7 +553,7 @@ async fn what_the_dev_clamd_itself_answers_for_files_over_its_max_file_size() {
         .await,
         Reply::Clean,
         "clamd answers OK for a zip entry over MaxFileSize (if this changes, \
-         README \"Virus scanning\" says otherwise)"
+         deploy/README.md, \"Virus scanning\", says otherwise)"
     );
     let nest = ask("the 42.zip-style nest (64 TiB)", bombs::nest()).await;
     assert!(

@@ -3,7 +3,7 @@
 //! do (a form script retries with its `Idempotency-Key`, a mail server
 //! re-runs `intake mailgate` after exit 75), and at the end every item a
 //! source acknowledged is in exactly one stream, once: the one rule of
-//! DESIGN.md.
+//! README.md (its opening paragraph).
 
 mod support;
 

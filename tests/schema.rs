@@ -1107,7 +1107,7 @@ async fn message_id_header_values_keep_their_angle_brackets() {
     );
 }
 
-/// `mailbox_hash` is "the plus-address token of the recipient" (DESIGN.md):
+/// `mailbox_hash` is "the plus-address token of the recipient" (src/envelope.rs):
 /// when the mail server named the recipient and it has no token, a
 /// third party's plus address in Cc is not the shop mailbox's hash.
 #[tokio::test]

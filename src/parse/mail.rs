@@ -331,7 +331,7 @@ fn mailbox_hash(envelope: &Envelope) -> Option<String> {
 }
 
 /// Whether one header, by itself, marks a message as sent by a machine
-/// (the list in DESIGN.md, "Loops and auto-replies").
+/// (`Auto-Submitted`, `Precedence`, and the auto-reply and list headers below).
 pub fn is_auto_submitted_header(name: &str, value: &str) -> bool {
     // Asked of every header of every mail: nothing is allocated.
     let is = |expected: &str| name.eq_ignore_ascii_case(expected);

@@ -4,7 +4,7 @@
 //! `lmtp` (envelope sender and recipients), the same item whatever the
 //! number of recipients; after the final dot every accepted recipient gets
 //! the same reply, 250 only once the item is stored (ack discipline of
-//! DESIGN.md). `reply.rs` is where outcomes become reply codes.
+//! src/submission.rs). `reply.rs` is where outcomes become reply codes.
 //!
 //! | file | job |
 //! | --- | --- |
