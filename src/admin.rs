@@ -6,7 +6,7 @@
 //! details it leaves out (clamd's address and engine, failure texts, the
 //! rules in force); `GET /v1/quarantine` lists quarantined items and
 //! `POST /v1/quarantine/{entry_id}/release` moves one to the desk after a
-//! re-scan ([`crate::quarantine`]).
+//! re-scan ([`crate::pipeline::quarantine`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -57,7 +57,7 @@ pub struct AdminState {
     /// For `POST /v1/rules/reload` and `GET /v1/rules`.
     pub guard: crate::guard::Guard,
     /// For `GET /v1/quarantine` and its releases.
-    pub quarantine: crate::quarantine::Quarantine,
+    pub quarantine: crate::pipeline::quarantine::Quarantine,
     /// For `GET /status`: Redis, the rules and the scanner as the public
     /// listener's items meet them.
     pub pipeline: Arc<crate::pipeline::Pipeline>,
@@ -97,7 +97,7 @@ async fn route(
         if request.method() != Method::POST {
             return Err(ApiError::MethodNotAllowed { allow: "POST" });
         }
-        if !crate::quarantine::is_entry_id(entry_id) {
+        if !crate::pipeline::quarantine::is_entry_id(entry_id) {
             return Err(ApiError::NotFound);
         }
         return Ok(release(state, entry_id).await);
@@ -121,7 +121,7 @@ async fn route(
 
 /// `GET /v1/quarantine?count=N&after=ENTRY_ID`: one page, oldest first.
 async fn list(state: &AdminState, query: Option<&str>) -> Result<Response<Body>, Response<Body>> {
-    use crate::quarantine::{is_entry_id, DEFAULT_PAGE, MAX_PAGE};
+    use crate::pipeline::quarantine::{is_entry_id, DEFAULT_PAGE, MAX_PAGE};
     let mut count = DEFAULT_PAGE;
     let mut after = None;
     for (name, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
@@ -165,7 +165,7 @@ async fn list(state: &AdminState, query: Option<&str>) -> Result<Response<Body>,
 /// `POST /v1/quarantine/{entry_id}/release`: 200 when the item is on the
 /// desk; otherwise it stays in quarantine and the answer says why.
 async fn release(state: &AdminState, entry_id: &str) -> Response<Body> {
-    use crate::quarantine::ReleaseError;
+    use crate::pipeline::quarantine::ReleaseError;
     use crate::sources::http::respond::json_response;
     match state.quarantine.release(entry_id).await {
         Ok(released) => json_response(

@@ -64,7 +64,7 @@ pub struct Config {
     pub lmtp: Option<crate::sources::lmtp::LmtpConfig>,
     /// What is kept of items that do not reach the desk.
     #[serde(default)]
-    pub audit: crate::audit::AuditConfig,
+    pub audit: crate::pipeline::audit::AuditConfig,
     /// The memory budget for bodies in flight (forms, raw mail, LMTP).
     #[serde(default)]
     pub memory: crate::budget::MemoryConfig,

@@ -7,7 +7,6 @@
 //! their fixed order.
 
 pub mod admin;
-pub mod audit;
 pub mod backpressure;
 pub mod budget;
 pub mod cli;
@@ -17,7 +16,6 @@ pub mod guard;
 pub mod mailgate;
 pub mod parse;
 pub mod pipeline;
-pub mod quarantine;
 pub mod redis_connection;
 pub mod route;
 pub mod scan;

@@ -215,11 +215,11 @@ fn desk() -> Route {
 /// The route of an item the scanner could not decide on: held, to be
 /// re-scanned when the scanner answers again. The client's item is stored,
 /// so it is accepted.
-pub fn held(error: &crate::scan::ScanError) -> Route {
+pub fn held(why: &dyn fmt::Display) -> Route {
     Route {
         stream: Stream::Held,
         kind: "held",
-        reason: Some(format!("waiting for the virus scanner: {error}")),
+        reason: Some(format!("waiting for the virus scanner: {why}")),
         duplicate_of: None,
         answer: Answer::Accepted,
     }

@@ -148,11 +148,11 @@ pub async fn run_on(
     let backpressure = Arc::new(crate::backpressure::Backpressure::default());
     let replay_connection = redis_connection.clone();
     let sink: Arc<dyn crate::sink::Sink> = Arc::new(sink);
-    let quarantine = crate::quarantine::Quarantine {
+    let quarantine = crate::pipeline::quarantine::Quarantine {
         scanner: scanner.clone(),
         sink: sink.clone(),
     };
-    let audit = crate::audit::Audit::new(
+    let audit = crate::pipeline::audit::Audit::new(
         config.audit.clone(),
         Some(crate::guard::store::RedisStore::new(
             redis_connection.clone(),
@@ -234,7 +234,7 @@ pub async fn run_on(
     // Health checks of clamd and the re-drive of held items.
     let redrive = match config.scan.as_ref().filter(|_| scanner.is_enabled()) {
         Some(scan) => {
-            let redrive = crate::scan::held::Redrive {
+            let redrive = crate::pipeline::held::Redrive {
                 scanner,
                 sink,
                 keep_raw: config.messages.keep_raw,

@@ -7,12 +7,11 @@
 //! checked first ([`archive`]): an item with one beyond the archive limits
 //! is `unscannable` and nothing of it is sent. When clamd cannot answer
 //! the scan is an error, never a pass: the pipeline holds the item in
-//! `intake:held`, and [`held::Redrive`] re-scans it when clamd is back.
+//! `intake:held`, and the pipeline's `held::Redrive` re-scans it when clamd is back.
 
 pub mod archive;
 pub mod clamd;
 pub mod config;
-pub mod held;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};

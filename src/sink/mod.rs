@@ -141,6 +141,22 @@ pub struct KeyValue {
     pub digest: Option<String>,
 }
 
+/// The earlier entry a key's value names.
+impl From<KeyValue> for Appended {
+    fn from(value: KeyValue) -> Self {
+        let KeyValue {
+            receipt,
+            entry_id,
+            digest,
+        } = value;
+        Appended::AlreadyStored {
+            receipt,
+            entry_id,
+            digest,
+        }
+    }
+}
+
 impl KeyValue {
     pub fn parse(value: &str) -> KeyValue {
         let mut parts = value.split(' ');

@@ -148,20 +148,6 @@ fn first_seen(values: Vec<Option<String>>) -> Option<Seen> {
         })
 }
 
-/// The earlier entry a key's value names.
-pub(super) fn already_stored(value: &str) -> Appended {
-    let KeyValue {
-        receipt,
-        entry_id,
-        digest,
-    } = KeyValue::parse(value);
-    Appended::AlreadyStored {
-        receipt,
-        entry_id,
-        digest,
-    }
-}
-
 /// An envelope that cannot be encoded cannot be written: the item is not
 /// stored, as when Redis refuses it.
 fn not_encoded(e: serde_json::Error) -> SinkError {
@@ -275,7 +261,7 @@ impl Sink for RedisSink {
                     if written == 1 {
                         Ok(Appended::Written { entry_id: value })
                     } else {
-                        Ok(already_stored(&value))
+                        Ok(KeyValue::parse(&value).into())
                     }
                 }
             }

@@ -116,7 +116,7 @@ impl LargeWriter {
             conn.flush().await?;
             conn.expect_ok("WATCH").await?;
             if let Some(value) = conn.bulk("GET").await? {
-                return Ok(super::redis::already_stored(&value));
+                return Ok(super::KeyValue::parse(&value).into());
             }
             conn.send(&[b"MULTI"]).await?;
         }
@@ -189,7 +189,7 @@ impl LargeWriter {
                 conn.send(&[b"GET", once.key.as_bytes()]).await?;
                 conn.flush().await?;
                 let value = conn.bulk("GET").await?.unwrap_or_default();
-                Ok(super::redis::already_stored(&value))
+                Ok(super::KeyValue::parse(&value).into())
             }
             other => Err(unexpected("EXEC", &format!("{other:?}"))),
         }

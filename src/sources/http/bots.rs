@@ -19,38 +19,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use ring::hmac;
-use serde::Deserialize;
-
-use crate::secret::Secret;
 
 use super::config::FormConfig;
+pub use super::config::{FormsSecurityConfig, TokenMode};
 use crate::envelope::FieldValue;
 use crate::redis_connection::RedisConnection;
 use crate::submission::FormPost;
 pub use crate::verdict::BotCheck;
-
-/// `[forms_security]`: what the form tokens are signed with.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FormsSecurityConfig {
-    /// The key that signs form tokens (32 random bytes or more, say
-    /// `openssl rand -hex 32`). Required when any form uses tokens;
-    /// changing it voids every token handed out.
-    pub secret: Secret,
-}
-
-/// Whether a form asks for a token.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TokenMode {
-    /// No token is issued or checked.
-    #[default]
-    Off,
-    /// A post without a token passes; a bad one is trapped.
-    Optional,
-    /// A post without a valid token is trapped.
-    Required,
-}
 
 /// The field a post carries its token in.
 pub const TOKEN_FIELD: &str = "_token";

@@ -182,7 +182,7 @@ pub struct FormConfig {
     /// timestamp token (`GET /v1/forms/{id}/token`) in `_token`. Needs
     /// `[forms_security] secret`.
     #[serde(default)]
-    pub token: crate::sources::http::bots::TokenMode,
+    pub token: TokenMode,
     /// A token younger than this was posted faster than a person types:
     /// the post is trapped.
     #[serde(default = "default_token_min_age")]
@@ -277,6 +277,29 @@ fn default_token_min_age() -> HumanDuration {
 }
 fn default_true() -> bool {
     true
+}
+
+/// `[forms_security]`: what the form tokens are signed with.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FormsSecurityConfig {
+    /// The key that signs form tokens (32 random bytes or more, say
+    /// `openssl rand -hex 32`). Required when any form uses tokens;
+    /// changing it voids every token handed out.
+    pub secret: Secret,
+}
+
+/// Whether a form asks for a token.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenMode {
+    /// No token is issued or checked.
+    #[default]
+    Off,
+    /// A post without a token passes; a bad one is trapped.
+    Optional,
+    /// A post without a valid token is trapped.
+    Required,
 }
 
 impl FormConfig {

@@ -154,7 +154,7 @@ mod tests {
             entry_id: "1-0".into(),
             already_stored: false,
             answer,
-            kept: crate::audit::Kept::Whole,
+            kept: crate::pipeline::Kept::Whole,
         })
     }
 

@@ -12,11 +12,12 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+use super::write::{write, EntryKey, Purpose};
 use crate::envelope::{Channel, Envelope, ScanStatus};
 use crate::parse::{Message, ScanTarget};
 use crate::route::{self, Stream};
 use crate::scan::{ScanError, Scanner};
-use crate::sink::{Appended, Entry, Sink, SinkError, StoredEntry};
+use crate::sink::{Appended, Sink, SinkError, StoredEntry};
 use crate::verdict::{GuardVerdict, ScanVerdict};
 
 /// The tag a released item carries to the desk.
@@ -235,29 +236,19 @@ impl Quarantine {
         if !envelope.abuse.tags.iter().any(|t| t == RELEASED_TAG) {
             envelope.abuse.tags.push(RELEASED_TAG.to_string());
         }
-        let entry = Entry {
-            stream: Stream::Desk,
-            // The customer's receipt keeps matching the desk item.
-            id: envelope.id,
-            kind: route.kind,
-            envelope: serde_json::to_string(&envelope)?.into(),
-            reason: None,
-            duplicate_of: None,
-            count: None,
-            // The source's own key when it had one (an IMAP re-read then
-            // meets the released item), else one per receipt: a second
-            // release, or a retry after a crash, writes nothing new.
-            idempotency_key: Some(
-                stored
-                    .fields
-                    .get("idempotency_key")
-                    .cloned()
-                    .unwrap_or_else(|| format!("release:{}", envelope.id)),
-            ),
-            key_digest: stored.fields.get("idempotency_digest").cloned(),
-            key_ttl: None,
-        };
-        let (desk_entry_id, already_released) = match self.sink.append(&entry).await? {
+        let id = envelope.id;
+        // The customer's receipt keeps matching the desk item; a second
+        // release, or a retry after a crash, meets the first by its key.
+        let key = EntryKey::carried(stored, "release", id);
+        let (desk_entry_id, already_released) = match write(
+            &*self.sink,
+            message.envelope,
+            &route,
+            Some(key),
+            Purpose::Released,
+        )
+        .await?
+        {
             Appended::Written { entry_id } => (entry_id, false),
             Appended::AlreadyStored { entry_id, .. } => (entry_id, true),
         };
@@ -267,14 +258,14 @@ impl Quarantine {
             .remove(Stream::Quarantine, &stored.entry_id)
             .await?;
         tracing::info!(
-            id = %entry.id,
+            id = %id,
             quarantine_entry = %stored.entry_id,
             desk_entry = %desk_entry_id,
             already_released,
             "quarantined item released to the desk"
         );
         Ok(Released {
-            id: entry.id.to_string(),
+            id: id.to_string(),
             desk_entry_id,
             already_released,
         })
@@ -396,6 +387,7 @@ mod tests {
     use crate::envelope::Source;
     use crate::parse::{self, ParseOptions};
     use crate::sink::memory::MemorySink;
+    use crate::sink::Entry;
     use crate::submission::{Payload, Submission};
 
     async fn quarantined(sink: &MemorySink, kind: &'static str, key: Option<&str>) -> String {

@@ -16,11 +16,12 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{ScanError, Scanner};
+use super::write::{write, EntryKey, Purpose};
 use crate::envelope::Envelope;
 use crate::parse::Message;
 use crate::route::{self, Stream};
-use crate::sink::{Entry, Sink, SinkError, StoredEntry};
+use crate::scan::{self, ScanError, Scanner, ScannerState};
+use crate::sink::{Sink, SinkError, StoredEntry};
 use crate::verdict::GuardVerdict;
 
 /// The re-drive task's settings and handles.
@@ -42,8 +43,6 @@ pub enum RedriveError {
     Scan(#[from] ScanError),
     #[error("Redis failed")]
     Sink(#[from] SinkError),
-    #[error("the envelope could not be encoded")]
-    Encode(#[from] serde_json::Error),
 }
 
 /// What one drain did.
@@ -64,7 +63,7 @@ impl Redrive {
         let mut pause = self.interval;
         loop {
             let healthy = match self.scanner.check().await {
-                super::ScannerState::Up => match self.drain(&stop).await {
+                ScannerState::Up => match self.drain(&stop).await {
                     Ok(drained) => {
                         if drained.routed > 0 || drained.skipped > 0 {
                             tracing::info!(
@@ -128,7 +127,7 @@ impl Redrive {
                     // One item that cannot be scanned must not hold up the
                     // rest: if clamd still answers a PING, skip it for now.
                     Err(RedriveError::Scan(e))
-                        if self.scanner.check().await == super::ScannerState::Up =>
+                        if self.scanner.check().await == ScannerState::Up =>
                     {
                         tracing::warn!(entry = %entry.entry_id, error = %e, "held item could not be re-scanned; skipped until the next round");
                         drained.skipped += 1;
@@ -165,33 +164,17 @@ impl Redrive {
         if (!self.keep_raw && !unparsed) || redacted {
             envelope.raw = None;
         }
-        let entry = Entry {
-            stream: route.stream,
-            id: envelope.id,
-            kind: route.kind,
-            envelope: serde_json::to_string(&envelope)?.into(),
-            reason: route.reason,
-            duplicate_of: route.duplicate_of,
-            count: None,
-            // The source's own key when it had one (an IMAP re-read that was
-            // routed straight to the desk meanwhile is then recognised),
-            // else the receipt.
-            idempotency_key: Some(
-                held.fields
-                    .get("idempotency_key")
-                    .cloned()
-                    .unwrap_or_else(|| format!("held:{}", envelope.id)),
-            ),
-            // What the key stood for, so a client's retry with another
-            // payload is still told apart after the re-drive.
-            key_digest: held.fields.get("idempotency_digest").cloned(),
-            key_ttl: None,
-        };
-        self.sink.append(&entry).await?;
+        let id = envelope.id;
+        let key = EntryKey::carried(held, "held", id);
+        write(
+            &*self.sink,
+            message.envelope,
+            &route,
+            Some(key),
+            Purpose::Redriven,
+        )
+        .await?;
         self.sink.remove(Stream::Held, &held.entry_id).await?;
-        metrics::counter!("intake_redriven_items_total", "stream" => route.stream.name())
-            .increment(1);
-        tracing::info!(id = %entry.id, stream = %route.stream, kind = route.kind, "held item re-scanned and stored");
         Ok(true)
     }
 
@@ -200,7 +183,7 @@ impl Redrive {
     /// attachment or upload.
     fn message_of(&self, held: &StoredEntry) -> Option<Message> {
         let envelope: Envelope = serde_json::from_str(held.fields.get("envelope")?).ok()?;
-        let scan_targets = super::envelope_targets(&envelope);
+        let scan_targets = scan::envelope_targets(&envelope);
         Some(Message {
             envelope,
             scan_targets,
@@ -217,6 +200,7 @@ mod tests {
     use crate::envelope::Source;
     use crate::parse::{self, ParseOptions};
     use crate::sink::memory::MemorySink;
+    use crate::sink::Entry;
     use crate::submission::{Payload, Submission};
     use bytes::Bytes;
 
@@ -261,7 +245,7 @@ mod tests {
             },
         )
         .unwrap();
-        super::super::prepare_for_hold(&mut message);
+        crate::scan::prepare_for_hold(&mut message);
         let entry = Entry {
             stream: Stream::Held,
             id: message.envelope.id,

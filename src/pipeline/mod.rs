@@ -3,16 +3,23 @@
 //! acknowledges only when it returned `Ok`: the item is then stored in
 //! exactly one stream.
 
+pub mod audit;
+pub mod held;
+pub mod quarantine;
+mod write;
+
 use std::sync::Arc;
 
-use crate::audit::{Audit, Kept};
 use crate::guard::{Guard, GuardError, Ticket};
 use crate::parse::{self, ParseError, ParseOptions};
 use crate::route::{self, Answer, Route, Stream};
 use crate::scan::Scanner;
-use crate::sink::{Appended, Entry, Seen, Sink, SinkError};
+use crate::sink::{Appended, Seen, Sink, SinkError};
 use crate::submission::{IdempotencyKey, ReceiptId, Submission};
 use crate::verdict::{GuardVerdict, ScanVerdict};
+use audit::Audit;
+pub use audit::Kept;
+use write::{EntryKey, FoldUpdate, Purpose};
 
 /// The stages, shared by every source and request.
 pub struct Pipeline {
@@ -297,11 +304,10 @@ impl Pipeline {
             .await
     }
 
-    /// Writes the entry. Around the write, the guard's `ticket`: its
-    /// reservation is confirmed when the entry is written, released when it
-    /// certainly was not, and a fold is announced in `events`. A write
-    /// whose outcome is unknown (a timeout) is looked up by its key before
-    /// the answer: it may have landed.
+    /// Writes the item ([`write::write`]). Around the write, the guard's
+    /// `ticket`: its reservation is confirmed when the entry is written,
+    /// released when it certainly was not, and a fold is announced in
+    /// `events`.
     async fn store(
         &self,
         message: parse::Message,
@@ -310,68 +316,32 @@ impl Pipeline {
         ticket: Ticket,
         kept: Kept,
     ) -> Result<Stored, PipelineError> {
-        let Route {
-            stream,
-            kind,
-            reason,
-            duplicate_of,
-            answer,
-        } = route;
         let id = message.envelope.id;
-        let channel = message.envelope.channel;
-        let entry = Entry {
-            stream,
-            id,
-            kind,
-            // Encoded by the sink as it writes: a large mail's JSON (raw
-            // and attachments in base64) is never held whole.
-            envelope: message.envelope.into(),
-            reason,
-            duplicate_of,
-            count: None,
-            idempotency_key: key.as_ref().map(|k| k.key.clone()),
-            key_digest: key.as_ref().and_then(|k| k.digest.clone()),
-            key_ttl: key.as_ref().and_then(|k| k.ttl),
-        };
-        let appended = match self.sink.append(&entry).await {
+        let digest = key.as_ref().and_then(|k| k.digest.clone());
+        let written = write::write(
+            &*self.sink,
+            message.envelope,
+            &route,
+            key.map(EntryKey::from),
+            Purpose::New,
+        )
+        .await;
+        let appended = match written {
             Ok(appended) => appended,
-            Err(e) => match self.look_up_unknown_write(&entry, &e).await {
-                Some(seen) if seen.receipt == id.to_string() => Appended::Written {
-                    entry_id: seen.entry_id,
-                },
-                Some(seen) => Appended::AlreadyStored {
-                    receipt: seen.receipt,
-                    entry_id: seen.entry_id,
-                    digest: seen.digest,
-                },
-                None => {
-                    if matches!(e, SinkError::Refused(_)) {
-                        self.guard.not_stored(&ticket).await;
-                    }
-                    return Err(self.store_failed(e));
+            Err(e) => {
+                if matches!(e, SinkError::Refused(_)) {
+                    self.guard.not_stored(&ticket).await;
                 }
-            },
+                return Err(self.store_failed(e));
+            }
         };
+        let Route { stream, answer, .. } = route;
         match appended {
             Appended::Written { entry_id } => {
                 // 8. The stored item is remembered for dedupe; a folded
                 //    one updates its desk item through `events`.
                 self.guard.confirm(&ticket, id).await;
                 self.announce_fold(&ticket, id).await;
-                metrics::counter!(
-                    "intake_items_total",
-                    "stream" => stream.name(),
-                    "kind" => kind,
-                    "channel" => channel_label(channel)
-                )
-                .increment(1);
-                tracing::info!(
-                    id = %id,
-                    stream = %stream,
-                    kind,
-                    channel = ?channel,
-                    "item stored"
-                );
                 Ok(Stored {
                     id,
                     stream,
@@ -384,15 +354,12 @@ impl Pipeline {
             Appended::AlreadyStored {
                 receipt,
                 entry_id,
-                digest,
+                digest: stored_digest,
             } => {
                 // The key's first item is the one stored; this one's
                 // reservation is not needed.
                 self.guard.not_stored(&ticket).await;
-                reused(entry.key_digest.as_deref(), digest.as_deref())?;
-                metrics::counter!("intake_items_already_stored_total", "stream" => stream.name())
-                    .increment(1);
-                tracing::info!(id = %receipt, stream = %stream, "item was stored before; not written again");
+                reused(digest.as_deref(), stored_digest.as_deref())?;
                 Ok(Stored {
                     id: receipt.parse().unwrap_or(id),
                     stream,
@@ -401,32 +368,6 @@ impl Pipeline {
                     already_stored: true,
                     kept,
                 })
-            }
-        }
-    }
-
-    /// After a write that failed without a clear answer (a timeout, a
-    /// connection lost mid-command), whether the entry's key is stored
-    /// after all. `None`: not found, no key, or the look-up failed too.
-    async fn look_up_unknown_write(&self, entry: &Entry, error: &SinkError) -> Option<Seen> {
-        if matches!(error, SinkError::Refused(_)) {
-            return None;
-        }
-        let key = entry.idempotency_key.as_deref()?;
-        match self.sink.seen(key).await {
-            Ok(Some(seen)) => {
-                metrics::counter!("intake_unknown_writes_total", "result" => "stored").increment(1);
-                Some(seen)
-            }
-            Ok(None) => {
-                metrics::counter!("intake_unknown_writes_total", "result" => "not_found")
-                    .increment(1);
-                None
-            }
-            Err(_) => {
-                metrics::counter!("intake_unknown_writes_total", "result" => "unknown")
-                    .increment(1);
-                None
             }
         }
     }
@@ -522,28 +463,15 @@ impl Pipeline {
                 return;
             }
         };
-        let body = serde_json::json!({
-            "id": event.into,
-            "kind": "duplicates",
-            "count": event.count,
-            "latest": event.latest,
-            "rule": event.rule,
-        });
-        let entry = Entry {
-            stream: Stream::Events,
-            id: event.into,
-            kind: "duplicates",
-            envelope: body.to_string().into(),
-            reason: Some(format!("{} more like this from this customer", event.count)),
-            duplicate_of: None,
-            count: Some(event.count),
-            idempotency_key: None,
-            key_digest: None,
-            key_ttl: None,
+        let update = FoldUpdate {
+            into: event.into,
+            count: event.count,
+            latest: event.latest,
+            rule: event.rule,
         };
-        if let Err(e) = self.sink.append(&entry).await {
+        if let Err(e) = write::write_fold_update(&*self.sink, &update).await {
             metrics::counter!("intake_events_failures_total").increment(1);
-            tracing::warn!(error = %e, into = %event.into, "events update not written");
+            tracing::warn!(error = %e, into = %update.into, "events update not written");
         }
     }
 }
@@ -585,182 +513,9 @@ async fn parse_off_the_runtime(
     .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
 }
 
-fn channel_label(channel: crate::envelope::Channel) -> &'static str {
-    match channel {
-        crate::envelope::Channel::Email => "email",
-        crate::envelope::Channel::Form => "form",
-    }
-}
-
 fn heads_for_desk(verdict: &GuardVerdict) -> bool {
     matches!(verdict, GuardVerdict::Pass | GuardVerdict::Tag { .. })
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::envelope::Source;
-    use crate::sink::memory::MemorySink;
-    use crate::submission::Payload;
-    use bytes::Bytes;
-
-    fn pipeline(sink: Arc<MemorySink>) -> Pipeline {
-        Pipeline::new(Guard::without_rules(), Scanner::disabled(), sink)
-    }
-
-    fn mail() -> Submission {
-        mail_saying("hello")
-    }
-
-    fn mail_saying(text: &str) -> Submission {
-        let raw = format!("From: a@example.com\r\nSubject: hi\r\n\r\n{text}\r\n");
-        Submission::new(
-            Source::Mailgate {
-                sender: None,
-                recipients: vec![],
-                ip: "127.0.0.1".into(),
-            },
-            Payload::Mail(Bytes::from(raw)),
-        )
-    }
-
-    const OPTS: ParseOptions<'static> = ParseOptions {
-        form: None,
-        keep_raw: false,
-    };
-
-    #[tokio::test]
-    async fn clean_mail_lands_on_the_desk_with_its_receipt() {
-        let sink = Arc::new(MemorySink::default());
-        let submission = mail();
-        let id = submission.id;
-        let stored = pipeline(sink.clone())
-            .process(submission, OPTS)
-            .await
-            .unwrap();
-        assert_eq!(stored.id, id, "receipt id is the submission's");
-        assert_eq!(stored.stream, Stream::Desk);
-        let entries = sink.entries();
-        assert_eq!(entries.len(), 1, "exactly one entry written");
-        assert_eq!(entries[0].kind, "message");
-        let envelope: serde_json::Value =
-            serde_json::from_str(&entries[0].envelope.to_json().unwrap()).unwrap();
-        assert_eq!(envelope["id"], id.to_string());
-        assert_eq!(envelope["subject"], "hi");
-    }
-
-    #[tokio::test]
-    async fn same_idempotency_key_is_stored_once() {
-        let sink = Arc::new(MemorySink::default());
-        let pipeline = pipeline(sink.clone());
-        let mut first = mail();
-        first.idempotency_key = Some(IdempotencyKey::named("acct:1:42"));
-        let mut again = mail();
-        again.idempotency_key = Some(IdempotencyKey::named("acct:1:42"));
-        let a = pipeline.process(first, OPTS).await.unwrap();
-        let b = pipeline.process(again, OPTS).await.unwrap();
-        assert!(
-            !a.already_stored && b.already_stored,
-            "second read is recognised"
-        );
-        assert_eq!(a.id, b.id, "the re-read gets the first receipt");
-        assert_eq!(sink.entries().len(), 1, "one entry, not two");
-    }
-
-    #[tokio::test]
-    async fn a_batch_is_recognised_in_order_and_checked_keys_are_not_asked_again() {
-        let sink = Arc::new(MemorySink::default());
-        let pipeline = pipeline(sink.clone());
-        let mut first = mail();
-        first.idempotency_key = Some(IdempotencyKey::named("acct:1:1"));
-        let stored = pipeline.process(first, OPTS).await.unwrap();
-        let keys = ["acct:1:2".to_string(), "acct:1:1".to_string()];
-        let known = pipeline.recognise(&keys).await.unwrap();
-        assert!(known[0].is_none(), "a new key is not recognised");
-        let again = known[1].as_ref().expect("the stored key is recognised");
-        assert!(again.already_stored);
-        assert_eq!(again.id, stored.id, "with its first receipt");
-
-        // A source that has just looked the key up hands the item in as
-        // checked: it is not looked up again, and the sink's write-once
-        // still stores it only once.
-        let mut checked = mail();
-        checked.idempotency_key = Some(IdempotencyKey::named("acct:1:1"));
-        checked.idempotency_checked = true;
-        let written = pipeline.process(checked, OPTS).await.unwrap();
-        assert!(written.already_stored, "the write-once key still holds");
-        assert_eq!(sink.entries().len(), 1, "one entry, not two");
-    }
-
-    #[tokio::test]
-    async fn a_retried_refusal_is_judged_again_and_audited_once() {
-        use crate::guard::limiter::LimiterClock;
-        use crate::guard::rules::RuleSet;
-        let rules = "[[rule]]\nname = \"per-sender\"\nkey = [\"sender\"]\n\
-                     rate = \"1/h\"\nburst = 1\naction = \"reject\"\n";
-        let set = RuleSet::from_texts(&[("t.toml".into(), rules.into())]).expect("valid rules");
-        let clock = governor::clock::FakeRelativeClock::default();
-        let guard = Guard::new(set, None, None, LimiterClock::Fake(clock.clone()));
-        let sink = Arc::new(MemorySink::default());
-        let pipeline = Pipeline::new(guard, Scanner::disabled(), sink.clone());
-        let contact: crate::sources::http::config::FormConfig =
-            toml::from_str("id = \"contact\"").unwrap();
-        let form = ParseOptions {
-            form: Some(&contact.fields()),
-            keep_raw: false,
-        };
-        // A form post, as the HTTP source hands it in: a refusal is a 429.
-        let post = |text: &str| {
-            let mut fields = crate::submission::FormPost::default();
-            fields.add_field("email".into(), "ann@example.com".into());
-            fields.add_field("message".into(), text.into());
-            let source = Source::Form {
-                form: "contact".into(),
-                ip: "198.51.100.7".into(),
-                user_agent: None,
-                origin: None,
-                referer: None,
-            };
-            let mut submission = Submission::new(source, Payload::Form(fields));
-            submission.idempotency_key =
-                Some(IdempotencyKey::named(format!("form:contact:{text}")));
-            submission.refusal_judged_again = true;
-            submission
-        };
-        let first = pipeline.process(post("first"), form).await.unwrap();
-        assert_eq!(first.answer, Answer::Accepted);
-
-        // Over the limit: refused, and its retry (a client whose answer
-        // was lost) is refused again without a second audit entry.
-        let refused = pipeline.process(post("second"), form).await.unwrap();
-        assert!(matches!(refused.answer, Answer::Refused(_)), "{refused:?}");
-        assert_eq!(refused.stream, Stream::Suppressed);
-        let again = pipeline.process(post("second"), form).await.unwrap();
-        assert!(matches!(again.answer, Answer::Refused(_)), "still refused");
-        assert!(again.already_stored, "the refusal is not written twice");
-        let in_stream = |stream| sink.entries().iter().filter(|e| e.stream == stream).count();
-        assert_eq!(in_stream(Stream::Suppressed), 1, "one audit entry");
-
-        // Once the limit allows it, the same retry is accepted: the
-        // refusal's key does not answer it.
-        clock.advance(std::time::Duration::from_secs(3600));
-        let later = pipeline.process(post("second"), form).await.unwrap();
-        assert_eq!(later.answer, Answer::Accepted);
-        assert!(!later.already_stored);
-        assert_eq!(later.stream, Stream::Desk);
-        assert_eq!(in_stream(Stream::Desk), 2, "both posts on the desk");
-        assert_eq!(in_stream(Stream::Suppressed), 1);
-    }
-
-    #[tokio::test]
-    async fn failed_write_is_an_error_not_an_ack() {
-        let sink = Arc::new(MemorySink::default());
-        sink.set_down(true);
-        let result = pipeline(sink.clone()).process(mail(), OPTS).await;
-        assert!(
-            matches!(result, Err(PipelineError::Sink(_))),
-            "a failed write must surface as an error: {result:?}"
-        );
-        assert!(sink.entries().is_empty());
-    }
-}
+mod tests;
