@@ -49,6 +49,16 @@ fn default_admin_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 9090))
 }
 
+impl crate::validate::Validate for AdminConfig {
+    fn validate(&self, at: &str, problems: &mut Vec<String>) {
+        if let Some(secret) = &self.token {
+            if let Err(e) = secret.resolve() {
+                problems.push(format!("{at}.token: {e}"));
+            }
+        }
+    }
+}
+
 /// What the admin handler needs.
 pub struct AdminState {
     /// The bearer token every admin request must carry.

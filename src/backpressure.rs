@@ -46,20 +46,21 @@ impl Default for BackpressureConfig {
     }
 }
 
-impl BackpressureConfig {
-    /// Every problem, for Config::validate.
-    pub fn problems(&self) -> Vec<String> {
-        let mut problems = Vec::new();
+impl crate::validate::Validate for BackpressureConfig {
+    fn validate(&self, at: &str, problems: &mut Vec<String>) {
         if !(self.redis_memory_ratio > 0.0 && self.redis_memory_ratio <= 1.0) {
-            problems.push("backpressure.redis_memory_ratio: must be above 0 and at most 1".into());
+            problems.push(format!(
+                "{at}.redis_memory_ratio: must be above 0 and at most 1"
+            ));
         }
         if self.desk_high_water == Some(0) {
-            problems.push("backpressure.desk_high_water: must be at least 1 (or left out)".into());
+            problems.push(format!(
+                "{at}.desk_high_water: must be at least 1 (or left out)"
+            ));
         }
         if self.check_interval.0 < Duration::from_millis(10) {
-            problems.push("backpressure.check_interval: must be at least 10ms".into());
+            problems.push(format!("{at}.check_interval: must be at least 10ms"));
         }
-        problems
     }
 }
 
@@ -96,7 +97,9 @@ impl Backpressure {
             (None, true) => tracing::info!("backpressure off: taking new items again"),
             _ => {}
         }
-        metrics::gauge!("intake_backpressure").set(if reason.is_some() { 1.0 } else { 0.0 });
+        crate::telemetry::events::emit(crate::telemetry::events::pipeline::BackpressureState {
+            reason: reason.as_deref(),
+        });
         *self.reason.lock().expect("backpressure lock") = reason;
     }
 

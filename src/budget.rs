@@ -21,6 +21,8 @@ use tokio::io::{AsyncBufRead, AsyncRead, ReadBuf};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use crate::telemetry::events::emit;
+use crate::telemetry::events::scan::{BodiesInFlight, BodyRefused, BodyWaits};
 use crate::units::{ByteSize, HumanDuration};
 
 /// `[memory]`: how much body data the gateway holds at once.
@@ -50,22 +52,31 @@ impl Default for MemoryConfig {
 }
 
 impl MemoryConfig {
-    /// Every problem, for Config::validate; `limits` names each body limit
-    /// (`messages.max_size`, ...) with its size.
-    pub fn problems(&self, limits: &[(String, ByteSize)]) -> Vec<String> {
-        let mut problems = Vec::new();
+    /// Whether the budget fits every body limit (`limits` names each, like
+    /// `messages.max_size`, with its size): a body above the budget could
+    /// never be taken in. A check across sections, made by `config.rs`.
+    pub fn check_limits(
+        &self,
+        at: &str,
+        limits: &[(String, ByteSize)],
+        problems: &mut Vec<String>,
+    ) {
         for (key, size) in limits {
             if size.bytes() > self.body_budget.bytes() {
                 problems.push(format!(
-                    "memory.body_budget: {} is less than {key} ({size}); such a body could never be taken in",
+                    "{at}.body_budget: {} is less than {key} ({size}); such a body could never be taken in",
                     self.body_budget
                 ));
             }
         }
+    }
+}
+
+impl crate::validate::Validate for MemoryConfig {
+    fn validate(&self, at: &str, problems: &mut Vec<String>) {
         if self.body_wait.0 < Duration::from_millis(10) {
-            problems.push("memory.body_wait: must be at least 10ms".into());
+            problems.push(format!("{at}.body_wait: must be at least 10ms"));
         }
-        problems
     }
 }
 
@@ -134,19 +145,6 @@ impl std::fmt::Debug for BodyBudget {
 
 impl BodyBudget {
     pub fn new(capacity: u64, wait: Duration) -> Self {
-        metrics::describe_gauge!(
-            "intake_body_budget_in_flight_bytes",
-            metrics::Unit::Bytes,
-            "Body bytes held in memory now ([memory] body_budget)"
-        );
-        metrics::describe_counter!(
-            "intake_body_budget_waits_total",
-            "Bodies that had to wait for room in the body budget, by source"
-        );
-        metrics::describe_counter!(
-            "intake_body_budget_refusals_total",
-            "Bodies refused with 'retry later' because the body budget stayed full for memory.body_wait, by source"
-        );
         BodyBudget(Arc::new(Inner {
             capacity,
             wait,
@@ -192,14 +190,11 @@ impl BodyBudget {
                 },
             ));
         }
-        metrics::counter!("intake_body_budget_waits_total", "source" => source.label())
-            .increment(1);
-        tracing::debug!(
+        emit(BodyWaits {
+            source: source.label(),
             bytes,
-            in_flight = self.in_flight(),
-            source = source.label(),
-            "body waits for room in the budget"
-        );
+            in_flight: self.in_flight(),
+        });
         let deadline = Instant::now() + self.0.wait;
         let no_room = || BudgetError::NoRoom {
             wanted: bytes,
@@ -223,18 +218,12 @@ impl BodyBudget {
     }
 
     fn refused(&self, source: Source, error: BudgetError) -> BudgetError {
-        metrics::counter!("intake_body_budget_refusals_total", "source" => source.label())
-            .increment(1);
-        if let Some(suppressed) = crate::telemetry::log_limit::errors().check("body-budget") {
-            tracing::warn!(
-                source = source.label(),
-                in_flight = self.in_flight(),
-                budget = self.0.capacity,
-                %error,
-                suppressed,
-                "body refused with 'retry later': the memory budget for bodies stayed full"
-            );
-        }
+        emit(BodyRefused {
+            source: source.label(),
+            in_flight: self.in_flight(),
+            budget: self.0.capacity,
+            error: &error,
+        });
         error
     }
 
@@ -244,7 +233,7 @@ impl BodyBudget {
             return false;
         }
         *in_flight += bytes;
-        metrics::gauge!("intake_body_budget_in_flight_bytes").set(*in_flight as f64);
+        emit(BodiesInFlight { bytes: *in_flight });
         true
     }
 
@@ -255,7 +244,7 @@ impl BodyBudget {
         {
             let mut in_flight = self.lock();
             *in_flight = in_flight.saturating_sub(bytes);
-            metrics::gauge!("intake_body_budget_in_flight_bytes").set(*in_flight as f64);
+            emit(BodiesInFlight { bytes: *in_flight });
         }
         self.0.released.notify_waiters();
     }
@@ -581,10 +570,13 @@ mod tests {
             body_budget: ByteSize(10_000_000),
             body_wait: HumanDuration(Duration::ZERO),
         };
-        let problems = config.problems(&[
+        let mut problems = Vec::new();
+        let limits = [
             ("messages.max_size".into(), ByteSize(50_000_000)),
             ("form `contact`.max_size".into(), ByteSize(1_000_000)),
-        ]);
+        ];
+        config.check_limits("memory", &limits, &mut problems);
+        crate::validate::Validate::validate(&config, "memory", &mut problems);
         assert_eq!(problems.len(), 2, "{problems:?}");
         assert!(problems[0].contains("messages.max_size"), "{problems:?}");
         assert!(problems[1].contains("memory.body_wait"), "{problems:?}");

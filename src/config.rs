@@ -7,15 +7,15 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use serde::Deserialize;
 
 use crate::admin::AdminConfig;
 use crate::redis_connection::RedisConfig;
-use crate::sources::http::config::{FormConfig, HttpConfig, MessagesConfig};
+use crate::sources::http::config::{FormConfig, HttpConfig, MessagesConfig, TokenMode};
 use crate::telemetry::LogConfig;
-use crate::units::{ByteSize, MAX_GRACE};
+use crate::units::ByteSize;
+use crate::validate::Validate;
 
 /// The whole configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -152,146 +152,50 @@ impl Config {
         }
     }
 
-    /// Checks everything serde cannot; returns every problem found.
+    /// Checks everything serde cannot; returns every problem found. Each
+    /// section checks itself ([`Validate`]); what spans sections is
+    /// checked here.
     pub fn validate(&self) -> Result<(), Vec<String>> {
         let mut problems = Vec::new();
-        if !(self.redis.url.starts_with("redis://")
-            || self.redis.url.starts_with("rediss://")
-            || self.redis.url.starts_with("unix://"))
-        {
-            problems.push(format!(
-                "redis.url: `{}` must start with redis://, rediss:// or unix://",
-                self.redis.url
-            ));
-        }
-        if self.redis.prefix.is_empty() || self.redis.prefix.contains(['{', '}', ' ']) {
-            problems.push("redis.prefix: must be non-empty, without spaces or braces".into());
-        }
-        if self.redis.timeout.0 < Duration::from_millis(10) {
-            problems.push("redis.timeout: must be at least 10ms".into());
-        }
-        // hyper panics below 8KiB; above 1MiB a header is an attack, not a request.
-        if !(8 * 1024..=1024 * 1024).contains(&self.http.max_header_bytes.0) {
-            problems.push("http.max_header_bytes: must be between 8KiB and 1MiB".into());
-        }
-        if !(1..=1000).contains(&self.http.max_headers) {
-            problems.push("http.max_headers: must be between 1 and 1000".into());
-        }
-        if self.http.max_requests_per_ip == 0 {
-            problems.push("http.max_requests_per_ip: must be at least 1".into());
-        }
-        if self.http.max_connections_per_ip == 0 {
-            problems.push("http.max_connections_per_ip: must be at least 1".into());
-        }
-        if self.http.min_body_rate.bytes() > 0
-            && !(Duration::from_millis(100)..=MAX_GRACE).contains(&self.http.body_rate_grace.0)
-        {
-            problems.push("http.body_rate_grace: must be between 100ms and 24h".into());
-        }
-        if self.http.shed_grace.0 > MAX_GRACE {
-            problems.push("http.shed_grace: must be at most 24h".into());
-        }
-        if let Some(secret) = &self.redis.password {
-            if let Err(e) = secret.resolve() {
-                problems.push(format!("redis.password: {e}"));
-            }
-        }
+        self.redis.validate("redis", &mut problems);
+        self.http.validate("http", &mut problems);
+        self.messages.validate("messages", &mut problems);
+        self.admin.validate("admin", &mut problems);
         if let Some(lmtp) = &self.lmtp {
-            problems.extend(lmtp.problems());
+            lmtp.validate("lmtp", &mut problems);
         }
-        if let Some(secret) = &self.messages.token {
-            if let Err(e) = secret.resolve() {
-                problems.push(format!("messages.token: {e}"));
-            }
+        if let Some(security) = &self.forms_security {
+            security.validate("forms_security", &mut problems);
         }
-        if let Some(secret) = &self.admin.token {
-            if let Err(e) = secret.resolve() {
-                problems.push(format!("admin.token: {e}"));
-            }
+        if let Some(scan) = &self.scan {
+            scan.validate("scan", &mut problems);
         }
-        match &self.forms_security {
-            Some(security) => match security.secret.resolve() {
-                Ok(secret) if secret.expose().len() < 16 => problems.push(
-                    "forms_security.secret: use at least 16 characters (openssl rand -hex 32)"
-                        .into(),
-                ),
-                Ok(_) => {}
-                Err(e) => problems.push(format!("forms_security.secret: {e}")),
-            },
-            None => {
-                for form in &self.forms {
-                    if form.token != crate::sources::http::bots::TokenMode::Off {
-                        problems.push(format!(
-                            "form `{}`.token: needs [forms_security] secret to sign tokens",
-                            form.id
-                        ));
-                    }
+        self.rules.validate("rules", &mut problems);
+        self.mime.validate("mime", &mut problems);
+        self.audit.validate("audit", &mut problems);
+        self.backpressure.validate("backpressure", &mut problems);
+        self.memory.validate("memory", &mut problems);
+
+        // Across sections.
+        if self.forms_security.is_none() {
+            for form in &self.forms {
+                if form.token != TokenMode::Off {
+                    problems.push(format!(
+                        "form `{}`.token: needs [forms_security] secret to sign tokens",
+                        form.id
+                    ));
                 }
-            }
-        }
-        for form in &self.forms {
-            if form.token_min_age.0 >= form.token_max_age.0 {
-                problems.push(format!(
-                    "form `{}`.token_min_age: must be shorter than token_max_age",
-                    form.id
-                ));
             }
         }
         if self.admin.token.is_some() && self.admin.listen == self.http.listen {
             problems.push("admin.listen: must differ from http.listen".into());
         }
-        if let Some(scan) = &self.scan {
-            scan.validate(&mut problems);
-        }
-        if Duration::from(self.http.idle_timeout).is_zero() {
-            problems.push("http.idle_timeout: must be more than 0s".into());
-        }
-        if self.http.max_connections == 0 {
-            problems.push("http.max_connections: must be at least 1".into());
-        }
-        if let Some(tls) = &self.http.tls {
-            for (key, path) in [("http.tls.cert", &tls.cert), ("http.tls.key", &tls.key)] {
-                if !path.is_file() {
-                    problems.push(format!("{key}: {} is not a readable file", path.display()));
-                }
-            }
-        }
-        self.rules.validate(&mut problems);
-        self.mime.validate(&mut problems);
-        self.audit.validate(&mut problems);
         let mut seen = HashSet::new();
         for (i, form) in self.forms.iter().enumerate() {
             let at = format!("form[{i}] ({})", form.id);
-            if form.id.is_empty()
-                || !form
-                    .id
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-            {
-                problems.push(format!("{at}.id: use only letters, digits, `-` and `_`"));
-            }
+            form.validate(&at, &mut problems);
             if !seen.insert(form.id.as_str()) {
                 problems.push(format!("{at}.id: declared twice"));
-            }
-            if let Some(redirect) = &form.redirect {
-                if !(redirect.starts_with("http://") || redirect.starts_with("https://")) {
-                    problems.push(format!("{at}.redirect: must be an http(s) URL"));
-                }
-            }
-            for origin in &form.allowed_origins {
-                if !(origin.starts_with("http://") || origin.starts_with("https://"))
-                    || origin.trim_end_matches('/').matches('/').count() != 2
-                {
-                    problems.push(format!(
-                        "{at}.allowed_origins: `{origin}` must be scheme and host only, like https://shop.example"
-                    ));
-                }
-            }
-            if form.max_size.bytes() == 0 {
-                problems.push(format!("{at}.max_size: must be above 0"));
-            }
-            if form.retry_window.0 < Duration::from_secs(1) {
-                problems.push(format!("{at}.retry_window: must be at least 1s"));
             }
         }
         let mut watched = HashSet::new();
@@ -307,8 +211,8 @@ impl Config {
                 }
             }
         }
-        problems.extend(self.backpressure.problems());
-        problems.extend(self.memory.problems(&self.body_limits()));
+        self.memory
+            .check_limits("memory", &self.body_limits(), &mut problems);
         if problems.is_empty() {
             Ok(())
         } else {
@@ -341,6 +245,7 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     const MINIMAL: &str = "[redis]\nurl = \"redis://127.0.0.1:16379\"\n";
 
@@ -392,7 +297,8 @@ mod tests {
         // The dev LMTP port is fixed (README.md, "The dev stack").
         let lmtp = c.lmtp.as_ref().expect("the dev config has [lmtp]");
         assert_eq!(lmtp.listen.to_string(), "127.0.0.1:2424");
-        assert!(lmtp.problems().is_empty(), "{:?}", lmtp.problems());
+        let problems = crate::validate::problems_of(lmtp, "lmtp");
+        assert!(problems.is_empty(), "{problems:?}");
     }
 
     #[test]

@@ -27,4 +27,5 @@ pub mod submission;
 pub mod telemetry;
 pub mod tls_roots;
 pub mod units;
+pub mod validate;
 pub mod verdict;

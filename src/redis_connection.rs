@@ -55,6 +55,33 @@ fn default_redis_timeout() -> HumanDuration {
     HumanDuration(Duration::from_secs(2))
 }
 
+impl crate::validate::Validate for RedisConfig {
+    fn validate(&self, at: &str, problems: &mut Vec<String>) {
+        if !(self.url.starts_with("redis://")
+            || self.url.starts_with("rediss://")
+            || self.url.starts_with("unix://"))
+        {
+            problems.push(format!(
+                "{at}.url: `{}` must start with redis://, rediss:// or unix://",
+                self.url
+            ));
+        }
+        if self.prefix.is_empty() || self.prefix.contains(['{', '}', ' ']) {
+            problems.push(format!(
+                "{at}.prefix: must be non-empty, without spaces or braces"
+            ));
+        }
+        if self.timeout.0 < Duration::from_millis(10) {
+            problems.push(format!("{at}.timeout: must be at least 10ms"));
+        }
+        if let Some(secret) = &self.password {
+            if let Err(e) = secret.resolve() {
+                problems.push(format!("{at}.password: {e}"));
+            }
+        }
+    }
+}
+
 /// A connection to Redis or to a Redis Cluster; cheap to clone, every clone
 /// shares the same sockets.
 #[derive(Clone)]

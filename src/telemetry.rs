@@ -3,6 +3,8 @@
 //! listener renders them all. Names are `intake_*`; labels are bounded
 //! sets (stream, kind, endpoint, status), never customer data.
 
+pub mod catalogue;
+pub mod events;
 pub mod log_limit;
 
 use std::sync::OnceLock;
@@ -64,7 +66,7 @@ pub fn metrics() -> PrometheusHandle {
             // Fails only if another recorder was installed first, in which
             // case metrics go there; the handle still renders ours (empty).
             let _ = metrics::set_global_recorder(recorder);
-            describe();
+            catalogue::describe();
             handle
         })
         .clone()
@@ -90,164 +92,4 @@ pub async fn upkeep(handle: PrometheusHandle) {
         tick.tick().await;
         handle.run_upkeep();
     }
-}
-
-fn describe() {
-    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
-    describe_counter!(
-        "intake_http_requests_total",
-        "HTTP requests answered, by endpoint and status code"
-    );
-    describe_counter!(
-        "intake_form_bot_checks_total",
-        "Form posts taken for bots (answered 202, stored as trapped), by check"
-    );
-    describe_counter!(
-        "intake_http_limit_refusals_total",
-        "Requests or connections refused by an HTTP limit, by limit (requests_per_ip, connections_per_ip, connections, headers, header_timeout, min_body_rate)"
-    );
-    describe_counter!(
-        "intake_connections_shed_total",
-        "Connections closed to make room for a newcomer when every slot was taken, by listener (http, lmtp) and phase (idle, head, body)"
-    );
-
-    describe_counter!(
-        "intake_http_idle_closed_total",
-        "Kept-alive connections closed by the server after http.idle_timeout with no request in flight"
-    );
-    describe_histogram!(
-        "intake_http_request_duration_seconds",
-        Unit::Seconds,
-        "Time from request to answer, by endpoint"
-    );
-    describe_counter!(
-        "intake_cards_redacted_total",
-        "Payment card numbers masked before storing ([privacy] redact_cards)"
-    );
-    describe_counter!(
-        "intake_mime_limit_total",
-        "Mails quarantined for exceeding a [mime] limit"
-    );
-    describe_counter!(
-        "intake_items_total",
-        "Items stored, by stream, kind and channel"
-    );
-    describe_counter!(
-        "intake_items_already_stored_total",
-        "Items handed in again and recognised by their idempotency key"
-    );
-    describe_counter!(
-        "intake_store_failures_total",
-        "Items that could not be stored (the source did not acknowledge), by cause"
-    );
-    describe_counter!(
-        "intake_scans_total",
-        "Blobs scanned (raw messages and parts), by result: clean, infected, oversize, timeout, error, busy"
-    );
-    describe_histogram!(
-        "intake_scan_duration_seconds",
-        Unit::Seconds,
-        "Time clamd took for one blob, connect included"
-    );
-    describe_gauge!(
-        "intake_scanner_up",
-        "1 when clamd answered the last check or scan, else 0"
-    );
-    describe_gauge!(
-        "intake_held_items",
-        "Entries in the held stream, waiting for the scanner"
-    );
-    describe_counter!(
-        "intake_redriven_items_total",
-        "Held items re-scanned and stored, by the stream they went to"
-    );
-    describe_gauge!(
-        "intake_clamav_info",
-        "Always 1; labels give the ClamAV engine, signature version and date"
-    );
-    describe_counter!(
-        "intake_imap_mails_total",
-        "IMAP mails by outcome: fetched, stored, already_stored (re-read after a crash), oversize, unreadable"
-    );
-    describe_counter!(
-        "intake_imap_errors_total",
-        "IMAP failures by kind: connect, timeout, tls, auth, protocol, store, redis"
-    );
-    describe_counter!(
-        "intake_imap_reconnects_total",
-        "IMAP sessions given up and started again after a failure"
-    );
-    describe_counter!(
-        "intake_imap_wakeups_total",
-        "Looks for new mail after waiting, by how: idle or poll"
-    );
-    describe_counter!(
-        "intake_imap_uidvalidity_changes_total",
-        "Mailboxes found with a new UIDVALIDITY and read again from the start"
-    );
-    describe_gauge!(
-        "intake_imap_lease_held",
-        "1 while this replica holds the mailbox's lease and works it"
-    );
-    describe_gauge!(
-        "intake_imap_backlog",
-        "Mails in the mailbox not yet read, as of the last search"
-    );
-    describe_gauge!(
-        "intake_redis_up",
-        "1 when the last Redis check answered, else 0"
-    );
-    describe_gauge!(
-        "intake_backpressure",
-        "1 while new items are refused (desk past its high-water mark or Redis near maxmemory)"
-    );
-    describe_counter!(
-        "intake_backpressure_refusals_total",
-        "Items refused with 'retry later' under backpressure (nothing taken, nothing lost)"
-    );
-    describe_counter!(
-        "intake_rule_matches_total",
-        "Items a rule's match held for, by rule"
-    );
-    describe_counter!(
-        "intake_rule_actions_total",
-        "Items past a rule's quota (not in shadow), by rule and action; the strongest such action is the verdict. Block-list hits count as action block"
-    );
-    describe_counter!(
-        "intake_rule_shadow_hits_total",
-        "Items a shadow rule would have acted on, by rule and action"
-    );
-    describe_gauge!(
-        "intake_rule_keys",
-        "Keys tracked in memory by a local rule after evicting idle ones, by rule"
-    );
-    describe_counter!(
-        "intake_rule_keys_overflow_total",
-        "Checks that used a rule's shared overflow bucket because max_keys was reached"
-    );
-    describe_counter!(
-        "intake_rule_fast_path_total",
-        "Cluster-rule refusals answered from the local cache without a Redis round trip"
-    );
-    describe_counter!(
-        "intake_collapsed_total",
-        "Items folded into an earlier desk item, by rule (dedupe-exact, dedupe-near or a rate rule)"
-    );
-    describe_gauge!("intake_rules_loaded", "Rules in force");
-    describe_counter!(
-        "intake_rules_reloads_total",
-        "Rule reloads, by result (ok, failed)"
-    );
-    describe_gauge!(
-        "intake_rules_reload_failed",
-        "1 when the last reload failed and the previous rules are still in force"
-    );
-    describe_counter!(
-        "intake_quarantine_releases_total",
-        "Quarantine releases asked for on the admin listener, by result (released, already_released, infected, unscannable, not_releasable, scanner_off, scanner_unavailable, redis_unavailable, not_found)"
-    );
-    describe_counter!(
-        "intake_events_failures_total",
-        "Fold updates for intake:events that could not be written"
-    );
 }

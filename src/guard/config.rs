@@ -28,16 +28,15 @@ impl Default for RulesConfig {
     }
 }
 
-impl RulesConfig {
-    /// Every problem, as `rules.<key>: ...` lines.
-    pub fn validate(&self, problems: &mut Vec<String>) {
+impl crate::validate::Validate for RulesConfig {
+    fn validate(&self, at: &str, problems: &mut Vec<String>) {
         if let Some(dir) = &self.dir {
             if !dir.is_dir() {
-                problems.push(format!("rules.dir: {} is not a folder", dir.display()));
+                problems.push(format!("{at}.dir: {} is not a folder", dir.display()));
             }
         }
         if self.poll_interval.0 < Duration::from_millis(100) {
-            problems.push("rules.poll_interval: must be at least 100ms".into());
+            problems.push(format!("{at}.poll_interval: must be at least 100ms"));
         }
     }
 }

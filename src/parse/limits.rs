@@ -54,22 +54,6 @@ impl Default for MimeConfig {
 }
 
 impl MimeConfig {
-    /// Adds one line per unusable setting to `problems`.
-    pub fn validate(&self, problems: &mut Vec<String>) {
-        if self.max_depth == 0 {
-            problems.push("mime.max_depth: must be at least 1".into());
-        }
-        if self.max_parts == 0 {
-            problems.push("mime.max_parts: must be at least 1".into());
-        }
-        if self.max_header_line < 998 {
-            problems.push("mime.max_header_line: must be at least 998 (RFC 5322)".into());
-        }
-        if self.max_decoded_size.0 == 0 {
-            problems.push("mime.max_decoded_size: must be above 0".into());
-        }
-    }
-
     /// The first limit `stats` exceeds, as the reason an operator reads.
     pub fn exceeded(&self, stats: &MimeStats) -> Option<String> {
         if stats.depth > self.max_depth {
@@ -97,6 +81,25 @@ impl MimeConfig {
             ));
         }
         None
+    }
+}
+
+impl crate::validate::Validate for MimeConfig {
+    fn validate(&self, at: &str, problems: &mut Vec<String>) {
+        if self.max_depth == 0 {
+            problems.push(format!("{at}.max_depth: must be at least 1"));
+        }
+        if self.max_parts == 0 {
+            problems.push(format!("{at}.max_parts: must be at least 1"));
+        }
+        if self.max_header_line < 998 {
+            problems.push(format!(
+                "{at}.max_header_line: must be at least 998 (RFC 5322)"
+            ));
+        }
+        if self.max_decoded_size.0 == 0 {
+            problems.push(format!("{at}.max_decoded_size: must be above 0"));
+        }
     }
 }
 
@@ -305,7 +308,7 @@ mod tests {
             max_decoded_size: ByteSize(0),
         };
         let mut problems = Vec::new();
-        config.validate(&mut problems);
+        crate::validate::Validate::validate(&config, "mime", &mut problems);
         assert_eq!(problems.len(), 4, "{problems:#?}");
     }
 }

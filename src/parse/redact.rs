@@ -105,7 +105,9 @@ pub fn redact_envelope(envelope: &mut Envelope, config: &PrivacyConfig) -> usize
         one(filename);
     }
     if masked > 0 {
-        metrics::counter!("intake_cards_redacted_total").increment(masked as u64);
+        crate::telemetry::events::emit(crate::telemetry::events::pipeline::CardsRedacted {
+            count: masked,
+        });
         push_tag(envelope, TAG_REDACTED);
         if envelope.raw.take().is_some() {
             push_tag(envelope, TAG_RAW_DROPPED);

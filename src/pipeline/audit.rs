@@ -94,14 +94,15 @@ fn default_max_refused() -> u64 {
     100
 }
 
-impl AuditConfig {
-    /// Adds one line per unusable setting to `problems`.
-    pub fn validate(&self, problems: &mut Vec<String>) {
+impl crate::validate::Validate for AuditConfig {
+    fn validate(&self, at: &str, problems: &mut Vec<String>) {
         if self.excerpt.bytes() > self.keep_whole_up_to.bytes() {
-            problems.push("audit.excerpt: must not be larger than audit.keep_whole_up_to".into());
+            problems.push(format!(
+                "{at}.excerpt: must not be larger than audit.keep_whole_up_to"
+            ));
         }
         if self.window.0 < Duration::from_secs(1) {
-            problems.push("audit.window: must be at least 1s".into());
+            problems.push(format!("{at}.window: must be at least 1s"));
         }
     }
 }
@@ -173,7 +174,9 @@ impl Audit {
                 None => note,
             });
         }
-        metrics::counter!("intake_audit_copies_total", "kept" => kept.label()).increment(1);
+        crate::telemetry::events::emit(crate::telemetry::events::pipeline::AuditCopy {
+            kept: kept.label(),
+        });
         kept
     }
 

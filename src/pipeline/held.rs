@@ -22,6 +22,8 @@ use crate::parse::Message;
 use crate::route::{self, Stream};
 use crate::scan::{self, ScanError, Scanner, ScannerState};
 use crate::sink::{Sink, SinkError, StoredEntry};
+use crate::telemetry::events::emit;
+use crate::telemetry::events::pipeline::{HeldItems, HeldUnreadable};
 use crate::verdict::GuardVerdict;
 
 /// The re-drive task's settings and handles.
@@ -87,7 +89,7 @@ impl Redrive {
                 _ => false,
             };
             if let Ok(held) = self.sink.len(Stream::Held).await {
-                metrics::gauge!("intake_held_items").set(held as f64);
+                emit(HeldItems { count: held });
             }
             let wait = if healthy {
                 pause = self.interval;
@@ -144,8 +146,9 @@ impl Redrive {
     /// operator.
     async fn redrive_one(&self, held: &StoredEntry) -> Result<bool, RedriveError> {
         let Some(mut message) = self.message_of(held) else {
-            metrics::counter!("intake_redriven_items_total", "stream" => "unreadable").increment(1);
-            tracing::error!(entry = %held.entry_id, "held entry cannot be read back; left in held for an operator");
+            emit(HeldUnreadable {
+                entry: &held.entry_id,
+            });
             return Ok(false);
         };
         let verdict = self.scanner.scan(&message).await?;

@@ -16,6 +16,11 @@ use crate::route::{self, Answer, Route, Stream};
 use crate::scan::Scanner;
 use crate::sink::{Appended, Seen, Sink, SinkError};
 use crate::submission::{IdempotencyKey, ReceiptId, Submission};
+use crate::telemetry::events::emit;
+use crate::telemetry::events::pipeline::{
+    BackpressureRefused, FoldNotAnnounced, ItemHeld, ItemRecognised, KeyReused, MimeLimitExceeded,
+    StoreFailed,
+};
 use crate::verdict::{GuardVerdict, ScanVerdict};
 use audit::Audit;
 pub use audit::Kept;
@@ -157,7 +162,7 @@ impl Pipeline {
         // Under backpressure nothing new is taken: the source keeps the item
         // and its client retries (503, mailgate 75, IMAP leaves the mail).
         if let Some(reason) = self.backpressure.as_ref().and_then(|bp| bp.active()) {
-            metrics::counter!("intake_backpressure_refusals_total").increment(1);
+            emit(BackpressureRefused);
             return Err(PipelineError::Busy(reason));
         }
         let key = submission.idempotency_key.clone();
@@ -197,8 +202,10 @@ impl Pipeline {
             // 4. Route: which stream, and what the client hears.
             route::route(&mut message, verdict, scan)
         } else if let Some(reason) = beyond_mime_limits {
-            metrics::counter!("intake_mime_limit_total").increment(1);
-            tracing::warn!(id = %message.envelope.id, %reason, "item quarantined: beyond a MIME limit");
+            emit(MimeLimitExceeded {
+                id: &message.envelope.id,
+                reason: &reason,
+            });
             route::beyond_mime_limits(reason)
         } else {
             match self.scanner.scan(&message).await {
@@ -211,11 +218,10 @@ impl Pipeline {
                         message.envelope.abuse.tags.extend(tags);
                     }
                     crate::scan::prepare_for_hold(&mut message);
-                    if let Some(suppressed) =
-                        crate::telemetry::log_limit::errors().check("scanner-held")
-                    {
-                        tracing::warn!(id = %message.envelope.id, error = %err, suppressed, "item held: the virus scanner could not decide");
-                    }
+                    emit(ItemHeld {
+                        id: &message.envelope.id,
+                        error: &err,
+                    });
                     route::held(&err)
                 }
             }
@@ -378,7 +384,7 @@ impl Pipeline {
 fn reused(wanted: Option<&str>, stored: Option<&str>) -> Result<(), PipelineError> {
     match (wanted, stored) {
         (Some(wanted), Some(stored)) if wanted != stored => {
-            metrics::counter!("intake_idempotency_key_reused_total").increment(1);
+            emit(KeyReused);
             Err(PipelineError::KeyReused)
         }
         _ => Ok(()),
@@ -422,9 +428,10 @@ impl Pipeline {
     /// written again; or, when the key came with another payload, a refusal.
     fn recognised(&self, seen: Seen, digest: Option<&str>) -> Result<Stored, PipelineError> {
         reused(digest, seen.digest.as_deref())?;
-        metrics::counter!("intake_items_already_stored_total", "stream" => seen.stream.name())
-            .increment(1);
-        tracing::info!(id = %seen.receipt, stream = %seen.stream, "item was stored before; not written again");
+        emit(ItemRecognised {
+            id: &seen.receipt,
+            stream: seen.stream.name(),
+        });
         Ok(Stored {
             id: seen.receipt.parse().unwrap_or_default(),
             stream: seen.stream,
@@ -436,7 +443,7 @@ impl Pipeline {
     }
 
     fn lookup_failed(&self, e: SinkError) -> PipelineError {
-        metrics::counter!("intake_store_failures_total", "cause" => "lookup").increment(1);
+        emit(StoreFailed { cause: "lookup" });
         PipelineError::Lookup(e)
     }
 
@@ -446,7 +453,7 @@ impl Pipeline {
             SinkError::Timeout(_) => "timeout",
             SinkError::Refused(_) => "refused",
         };
-        metrics::counter!("intake_store_failures_total", "cause" => cause).increment(1);
+        emit(StoreFailed { cause });
         PipelineError::Sink(e)
     }
 
@@ -458,8 +465,10 @@ impl Pipeline {
             Ok(Some(event)) => event,
             Ok(None) => return,
             Err(e) => {
-                metrics::counter!("intake_events_failures_total").increment(1);
-                tracing::warn!(error = %e, %id, "fold not counted");
+                emit(FoldNotAnnounced {
+                    into: &id,
+                    error: &e,
+                });
                 return;
             }
         };
@@ -470,8 +479,10 @@ impl Pipeline {
             rule: event.rule,
         };
         if let Err(e) = write::write_fold_update(&*self.sink, &update).await {
-            metrics::counter!("intake_events_failures_total").increment(1);
-            tracing::warn!(error = %e, into = %update.into, "events update not written");
+            emit(FoldNotAnnounced {
+                into: &update.into,
+                error: &e,
+            });
         }
     }
 }

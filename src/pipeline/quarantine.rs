@@ -180,7 +180,9 @@ impl Quarantine {
             Ok(_) => "released",
             Err(e) => e.label(),
         };
-        metrics::counter!("intake_quarantine_releases_total", "result" => label).increment(1);
+        crate::telemetry::events::emit(crate::telemetry::events::pipeline::QuarantineRelease {
+            result: label,
+        });
         result
     }
 

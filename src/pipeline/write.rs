@@ -11,6 +11,8 @@ use crate::envelope::{Channel, Envelope, ReceiptId};
 use crate::route::{Route, Stream};
 use crate::sink::{Appended, Entry, Seen, Sink, SinkError, StoredEntry};
 use crate::submission::IdempotencyKey;
+use crate::telemetry::events::emit;
+use crate::telemetry::events::pipeline::{ItemRecognised, ItemStored, Redriven, UnknownWrite};
 
 /// The key an entry is written under: a second write with it returns the
 /// first one's receipt instead of a new entry.
@@ -121,26 +123,21 @@ fn report(appended: &Appended, route: &Route, id: ReceiptId, channel: Channel, p
     let stream = route.stream;
     let kind = route.kind;
     match (purpose, appended) {
-        (Purpose::New, Appended::Written { .. }) => {
-            metrics::counter!(
-                "intake_items_total",
-                "stream" => stream.name(),
-                "kind" => kind,
-                "channel" => channel_label(channel)
-            )
-            .increment(1);
-            tracing::info!(id = %id, stream = %stream, kind, channel = ?channel, "item stored");
-        }
-        (Purpose::New, Appended::AlreadyStored { receipt, .. }) => {
-            metrics::counter!("intake_items_already_stored_total", "stream" => stream.name())
-                .increment(1);
-            tracing::info!(id = %receipt, stream = %stream, "item was stored before; not written again");
-        }
-        (Purpose::Redriven, _) => {
-            metrics::counter!("intake_redriven_items_total", "stream" => stream.name())
-                .increment(1);
-            tracing::info!(id = %id, stream = %stream, kind, "held item re-scanned and stored");
-        }
+        (Purpose::New, Appended::Written { .. }) => emit(ItemStored {
+            id: &id,
+            stream: stream.name(),
+            kind,
+            channel: channel_label(channel),
+        }),
+        (Purpose::New, Appended::AlreadyStored { receipt, .. }) => emit(ItemRecognised {
+            id: receipt,
+            stream: stream.name(),
+        }),
+        (Purpose::Redriven, _) => emit(Redriven {
+            id: &id,
+            stream: stream.name(),
+            kind,
+        }),
         (Purpose::Released, _) => {}
     }
 }
@@ -158,7 +155,7 @@ async fn look_up_unknown_write(sink: &dyn Sink, entry: &Entry, error: &SinkError
         Ok(None) => (None, "not_found"),
         Err(_) => (None, "unknown"),
     };
-    metrics::counter!("intake_unknown_writes_total", "result" => result).increment(1);
+    emit(UnknownWrite { result });
     seen
 }
 

@@ -84,46 +84,6 @@ pub enum OversizePolicy {
 }
 
 impl ScanConfig {
-    /// Adds every problem of this section to `problems`.
-    pub fn validate(&self, problems: &mut Vec<String>) {
-        if let Err(e) = self.clamd.parse::<ClamdAddress>() {
-            problems.push(format!("scan.clamd: {e}"));
-        }
-        if self.max_concurrent == 0 {
-            problems.push("scan.max_concurrent: must be at least 1".into());
-        }
-        if self.timeout.0 < Duration::from_millis(100) {
-            problems.push("scan.timeout: must be at least 100ms".into());
-        }
-        if self.max_size.bytes() == 0 {
-            problems.push("scan.max_size: must be more than 0".into());
-        }
-        if self.redrive_interval.0 < Duration::from_millis(10) {
-            problems.push("scan.redrive_interval: must be at least 10ms".into());
-        }
-        if self.redrive_max_backoff < self.redrive_interval {
-            problems
-                .push("scan.redrive_max_backoff: must be at least scan.redrive_interval".into());
-        }
-        if self.redrive_batch == 0 {
-            problems.push("scan.redrive_batch: must be at least 1".into());
-        }
-        if !(1..=MAX_ARCHIVE_DEPTH).contains(&self.archive_max_depth) {
-            problems.push(format!(
-                "scan.archive_max_depth: must be from 1 to {MAX_ARCHIVE_DEPTH}"
-            ));
-        }
-        if self.archive_max_expanded.bytes() == 0 {
-            problems.push("scan.archive_max_expanded: must be more than 0".into());
-        }
-        if self.archive_max_ratio == 0 {
-            problems.push("scan.archive_max_ratio: must be at least 1".into());
-        }
-        if self.archive_max_files == 0 {
-            problems.push("scan.archive_max_files: must be at least 1".into());
-        }
-    }
-
     /// The archive limits of one check that must end by `deadline`.
     pub fn archive_limits(&self, deadline: Option<std::time::Instant>) -> super::archive::Limits {
         super::archive::Limits {
@@ -135,6 +95,48 @@ impl ScanConfig {
             // larger than the largest blob clamd is sent is not.
             max_nested: self.max_size.as_usize(),
             deadline,
+        }
+    }
+}
+
+impl crate::validate::Validate for ScanConfig {
+    fn validate(&self, at: &str, problems: &mut Vec<String>) {
+        if let Err(e) = self.clamd.parse::<ClamdAddress>() {
+            problems.push(format!("{at}.clamd: {e}"));
+        }
+        if self.max_concurrent == 0 {
+            problems.push(format!("{at}.max_concurrent: must be at least 1"));
+        }
+        if self.timeout.0 < Duration::from_millis(100) {
+            problems.push(format!("{at}.timeout: must be at least 100ms"));
+        }
+        if self.max_size.bytes() == 0 {
+            problems.push(format!("{at}.max_size: must be more than 0"));
+        }
+        if self.redrive_interval.0 < Duration::from_millis(10) {
+            problems.push(format!("{at}.redrive_interval: must be at least 10ms"));
+        }
+        if self.redrive_max_backoff < self.redrive_interval {
+            problems.push(format!(
+                "{at}.redrive_max_backoff: must be at least scan.redrive_interval"
+            ));
+        }
+        if self.redrive_batch == 0 {
+            problems.push(format!("{at}.redrive_batch: must be at least 1"));
+        }
+        if !(1..=MAX_ARCHIVE_DEPTH).contains(&self.archive_max_depth) {
+            problems.push(format!(
+                "{at}.archive_max_depth: must be from 1 to {MAX_ARCHIVE_DEPTH}"
+            ));
+        }
+        if self.archive_max_expanded.bytes() == 0 {
+            problems.push(format!("{at}.archive_max_expanded: must be more than 0"));
+        }
+        if self.archive_max_ratio == 0 {
+            problems.push(format!("{at}.archive_max_ratio: must be at least 1"));
+        }
+        if self.archive_max_files == 0 {
+            problems.push(format!("{at}.archive_max_files: must be at least 1"));
         }
     }
 }
@@ -205,7 +207,7 @@ mod tests {
         assert_eq!(config.archive_max_ratio, 100);
         assert_eq!(config.archive_max_files, 1000);
         let mut problems = Vec::new();
-        config.validate(&mut problems);
+        crate::validate::Validate::validate(&config, "scan", &mut problems);
         assert!(problems.is_empty(), "defaults are valid: {problems:?}");
     }
 
@@ -227,7 +229,7 @@ archive_max_files = 0
         )
         .unwrap();
         let mut problems = Vec::new();
-        config.validate(&mut problems);
+        crate::validate::Validate::validate(&config, "scan", &mut problems);
         let all = problems.join("\n");
         for key in [
             "scan.clamd",

@@ -21,6 +21,10 @@ use futures_util::future::try_join_all;
 use tokio::sync::{Semaphore, SemaphorePermit};
 
 use crate::parse::{Message, ScanTarget};
+use crate::telemetry::events::emit;
+use crate::telemetry::events::scan::{
+    ArchiveBeyond, ArchiveChecked, ClamavVersion, Scanned, ScannerDown, ScannerUp,
+};
 use crate::verdict::ScanVerdict;
 use clamd::{ClamVersion, Clamd, ClamdAddress, ClamdError, Reply};
 pub use config::{OversizePolicy, ScanConfig};
@@ -262,41 +266,31 @@ impl Inner {
 
     fn set_up(&self) {
         let mut health = self.health_mut();
-        if health.state != ScannerState::Up {
-            tracing::info!(clamd = %self.clamd.address(), "virus scanner is up");
-        }
+        emit(ScannerUp {
+            clamd: &self.clamd.address(),
+            was_down: health.state != ScannerState::Up,
+        });
         health.state = ScannerState::Up;
-        metrics::gauge!("intake_scanner_up").set(1.0);
     }
 
     fn set_down(&self, error: &ClamdError) {
         let mut health = self.health_mut();
-        if health.state != ScannerState::Down(error.to_string()) {
-            tracing::warn!(
-                clamd = %self.clamd.address(),
-                error = %error,
-                cause = ?std::error::Error::source(error).map(ToString::to_string),
-                "virus scanner is down; items are held until it is back"
-            );
-        }
-        health.state = ScannerState::Down(error.to_string());
-        metrics::gauge!("intake_scanner_up").set(0.0);
+        let down = ScannerState::Down(error.to_string());
+        emit(ScannerDown {
+            clamd: &self.clamd.address(),
+            error,
+            cause: std::error::Error::source(error).map(ToString::to_string),
+            changed: health.state != down,
+        });
+        health.state = down;
     }
 
     fn set_version(&self, version: ClamVersion) {
-        tracing::info!(
-            engine = %version.engine,
-            signatures = version.database.as_deref().unwrap_or("unknown"),
-            signature_date = version.signature_date.as_deref().unwrap_or("unknown"),
-            "ClamAV version"
-        );
-        metrics::gauge!(
-            "intake_clamav_info",
-            "engine" => version.engine.clone(),
-            "signatures" => version.database.clone().unwrap_or_else(|| "unknown".into()),
-            "signature_date" => version.signature_date.clone().unwrap_or_else(|| "unknown".into())
-        )
-        .set(1.0);
+        emit(ClamavVersion {
+            engine: &version.engine,
+            signatures: version.database.as_deref().unwrap_or("unknown"),
+            signature_date: version.signature_date.as_deref().unwrap_or("unknown"),
+        });
         self.health_mut().version = Some(version);
     }
 
@@ -317,7 +311,10 @@ impl Inner {
         };
         let first = first.clone();
         let _permit = self.permit().await.inspect_err(|_| {
-            metrics::counter!("intake_archive_checks_total", "result" => "busy").increment(1);
+            emit(ArchiveChecked {
+                result: "busy",
+                took: None,
+            });
         })?;
         let started = Instant::now();
         let mut limits = self.archives.clone();
@@ -339,27 +336,21 @@ impl Inner {
                 })
             }
         };
-        metrics::histogram!("intake_archive_check_duration_seconds")
-            .record(started.elapsed().as_secs_f64());
-        let label = match &outcome {
-            Ok(()) => "within",
-            Err(beyond) => beyond.problem.label(),
-        };
-        metrics::counter!("intake_archive_checks_total", "result" => label).increment(1);
+        emit(ArchiveChecked {
+            result: match &outcome {
+                Ok(()) => "within",
+                Err(beyond) => beyond.problem.label(),
+            },
+            took: Some(started.elapsed()),
+        });
         match outcome {
             Ok(()) => Ok(None),
             Err(beyond) => {
-                if let Some(suppressed) =
-                    crate::telemetry::log_limit::errors().check("archive-beyond")
-                {
-                    tracing::warn!(
-                        archive = %beyond.path,
-                        limit = label,
-                        reason = %beyond,
-                        suppressed,
-                        "archive beyond a limit: the item is quarantined unscanned, clamd never sees it"
-                    );
-                }
+                emit(ArchiveBeyond {
+                    archive: &beyond.path,
+                    limit: beyond.problem.label(),
+                    reason: &beyond,
+                });
                 Ok(Some(beyond))
             }
         }
@@ -369,7 +360,10 @@ impl Inner {
     /// anything is sent.
     async fn scan_one(&self, target: &ScanTarget) -> Result<Reply, ScanError> {
         if target.data.len() > self.max_size {
-            metrics::counter!("intake_scans_total", "result" => "oversize").increment(1);
+            emit(Scanned {
+                result: "oversize",
+                took: None,
+            });
             return Ok(Reply::LimitExceeded(format!(
                 "{} bytes, above scan.max_size ({} bytes)",
                 target.data.len(),
@@ -377,19 +371,23 @@ impl Inner {
             )));
         }
         let _permit = self.permit().await.inspect_err(|_| {
-            metrics::counter!("intake_scans_total", "result" => "busy").increment(1);
+            emit(Scanned {
+                result: "busy",
+                took: None,
+            });
         })?;
         let started = Instant::now();
         let result = self.clamd.scan(&target.data).await;
-        metrics::histogram!("intake_scan_duration_seconds").record(started.elapsed().as_secs_f64());
-        let label = match &result {
-            Ok(Reply::Clean) => "clean",
-            Ok(Reply::Found(_)) => "infected",
-            Ok(Reply::LimitExceeded(_)) => "oversize",
-            Err(ClamdError::Timeout(_)) => "timeout",
-            Err(_) => "error",
-        };
-        metrics::counter!("intake_scans_total", "result" => label).increment(1);
+        emit(Scanned {
+            result: match &result {
+                Ok(Reply::Clean) => "clean",
+                Ok(Reply::Found(_)) => "infected",
+                Ok(Reply::LimitExceeded(_)) => "oversize",
+                Err(ClamdError::Timeout(_)) => "timeout",
+                Err(_) => "error",
+            },
+            took: Some(started.elapsed()),
+        });
         match result {
             Ok(reply) => {
                 if self.health().state != ScannerState::Up {

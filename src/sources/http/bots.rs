@@ -138,8 +138,10 @@ impl BotChecks {
             Ok(None) => None,
             Ok(Some(token)) => self.replayed(form, token).await,
         }?;
-        metrics::counter!("intake_form_bot_checks_total", "check" => check.label()).increment(1);
-        tracing::info!(form = %form.id, check = check.label(), "form post taken for a bot");
+        crate::telemetry::events::emit(crate::telemetry::events::http::BotTaken {
+            form: &form.id,
+            check: check.label(),
+        });
         Some(check)
     }
 

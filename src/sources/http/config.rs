@@ -10,7 +10,8 @@ use serde::Deserialize;
 
 use crate::parse::FormFields;
 use crate::secret::Secret;
-use crate::units::{ByteSize, HumanDuration};
+use crate::units::{ByteSize, HumanDuration, MAX_GRACE};
+use crate::validate::Validate;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -311,6 +312,112 @@ impl FormConfig {
             name_field: self.name_field.clone(),
             message_field: self.message_field.clone(),
             subject: self.subject.clone(),
+        }
+    }
+}
+
+impl Validate for HttpConfig {
+    fn validate(&self, at: &str, problems: &mut Vec<String>) {
+        // hyper panics below 8KiB; above 1MiB a header is an attack, not a request.
+        if !(8 * 1024..=1024 * 1024).contains(&self.max_header_bytes.0) {
+            problems.push(format!(
+                "{at}.max_header_bytes: must be between 8KiB and 1MiB"
+            ));
+        }
+        if !(1..=1000).contains(&self.max_headers) {
+            problems.push(format!("{at}.max_headers: must be between 1 and 1000"));
+        }
+        if self.max_requests_per_ip == 0 {
+            problems.push(format!("{at}.max_requests_per_ip: must be at least 1"));
+        }
+        if self.max_connections_per_ip == 0 {
+            problems.push(format!("{at}.max_connections_per_ip: must be at least 1"));
+        }
+        if self.min_body_rate.bytes() > 0
+            && !(Duration::from_millis(100)..=MAX_GRACE).contains(&self.body_rate_grace.0)
+        {
+            problems.push(format!(
+                "{at}.body_rate_grace: must be between 100ms and 24h"
+            ));
+        }
+        if self.shed_grace.0 > MAX_GRACE {
+            problems.push(format!("{at}.shed_grace: must be at most 24h"));
+        }
+        if Duration::from(self.idle_timeout).is_zero() {
+            problems.push(format!("{at}.idle_timeout: must be more than 0s"));
+        }
+        if self.max_connections == 0 {
+            problems.push(format!("{at}.max_connections: must be at least 1"));
+        }
+        if let Some(tls) = &self.tls {
+            for (key, path) in [("cert", &tls.cert), ("key", &tls.key)] {
+                if !path.is_file() {
+                    problems.push(format!(
+                        "{at}.tls.{key}: {} is not a readable file",
+                        path.display()
+                    ));
+                }
+            }
+        }
+    }
+}
+
+impl Validate for MessagesConfig {
+    fn validate(&self, at: &str, problems: &mut Vec<String>) {
+        if let Some(secret) = &self.token {
+            if let Err(e) = secret.resolve() {
+                problems.push(format!("{at}.token: {e}"));
+            }
+        }
+    }
+}
+
+impl Validate for FormsSecurityConfig {
+    fn validate(&self, at: &str, problems: &mut Vec<String>) {
+        match self.secret.resolve() {
+            Ok(secret) if secret.expose().len() < 16 => problems.push(format!(
+                "{at}.secret: use at least 16 characters (openssl rand -hex 32)"
+            )),
+            Ok(_) => {}
+            Err(e) => problems.push(format!("{at}.secret: {e}")),
+        }
+    }
+}
+
+impl Validate for FormConfig {
+    fn validate(&self, at: &str, problems: &mut Vec<String>) {
+        if self.id.is_empty()
+            || !self
+                .id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            problems.push(format!("{at}.id: use only letters, digits, `-` and `_`"));
+        }
+        if let Some(redirect) = &self.redirect {
+            if !(redirect.starts_with("http://") || redirect.starts_with("https://")) {
+                problems.push(format!("{at}.redirect: must be an http(s) URL"));
+            }
+        }
+        for origin in &self.allowed_origins {
+            if !(origin.starts_with("http://") || origin.starts_with("https://"))
+                || origin.trim_end_matches('/').matches('/').count() != 2
+            {
+                problems.push(format!(
+                    "{at}.allowed_origins: `{origin}` must be scheme and host only, like https://shop.example"
+                ));
+            }
+        }
+        if self.max_size.bytes() == 0 {
+            problems.push(format!("{at}.max_size: must be above 0"));
+        }
+        if self.retry_window.0 < Duration::from_secs(1) {
+            problems.push(format!("{at}.retry_window: must be at least 1s"));
+        }
+        if self.token_min_age.0 >= self.token_max_age.0 {
+            problems.push(format!(
+                "{at}.token_min_age: must be shorter than token_max_age"
+            ));
         }
     }
 }

@@ -26,6 +26,8 @@ use hyper::body::Body as HttpBody;
 
 use crate::pipeline::Pipeline;
 use crate::secret::SecretValue;
+use crate::telemetry::events::emit;
+use crate::telemetry::events::http::{RequestAnswered, TooManyInFlight};
 use config::{FormConfig, HttpConfig, MessagesConfig};
 use respond::{json_response, ApiError, Body};
 
@@ -89,9 +91,7 @@ where
     };
     let response = match admitted {
         None => {
-            metrics::counter!("intake_http_limit_refusals_total", "limit" => "requests_per_ip")
-                .increment(1);
-            tracing::info!(%peer, "too many requests in flight from this address");
+            emit(TooManyInFlight { peer });
             ApiError::TooManyInFlight.into_response()
         }
         Some(_in_flight) => match route(&state, request, peer).await {
@@ -99,12 +99,14 @@ where
             Err(error) => error.into_response(),
         },
     };
-    let status = response.status().as_u16();
-    metrics::counter!("intake_http_requests_total", "endpoint" => endpoint, "status" => status.to_string())
-        .increment(1);
-    metrics::histogram!("intake_http_request_duration_seconds", "endpoint" => endpoint)
-        .record(started.elapsed().as_secs_f64());
-    tracing::debug!(%method, %path, status, %peer, "request answered");
+    emit(RequestAnswered {
+        endpoint,
+        method: &method,
+        path: &path,
+        status: response.status().as_u16(),
+        peer,
+        took: started.elapsed(),
+    });
     response
 }
 

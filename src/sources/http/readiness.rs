@@ -30,7 +30,9 @@ impl Health {
     /// Pings Redis (bounded by `redis.timeout`) and reads the rest.
     pub async fn check(sink: &dyn Sink, guard: &Guard, scanner: &Scanner) -> Health {
         let redis = sink.ping().await.map_err(|e| e.to_string());
-        metrics::gauge!("intake_redis_up").set(if redis.is_ok() { 1.0 } else { 0.0 });
+        crate::telemetry::events::emit(crate::telemetry::events::http::RedisUp {
+            up: redis.is_ok(),
+        });
         let rules = guard.rules();
         Health {
             redis,

@@ -175,13 +175,10 @@ impl Body for RequestBody {
                     return Poll::Pending;
                 }
                 if !this.request.too_slow.swap(true, Ordering::SeqCst) {
-                    metrics::counter!("intake_http_limit_refusals_total", "limit" => "min_body_rate")
-                        .increment(1);
-                    tracing::debug!(
-                        received = clock.received,
-                        elapsed = ?clock.started.elapsed(),
-                        "request body slower than http.min_body_rate; answering 408"
-                    );
+                    crate::telemetry::events::emit(crate::telemetry::events::http::BodyTooSlow {
+                        received: clock.received,
+                        elapsed: clock.started.elapsed(),
+                    });
                 }
                 Poll::Ready(Some(Err(BodyError::TooSlow)))
             }

@@ -30,6 +30,8 @@ use super::request_body::{MinBodyRate, RequestBody, RequestProgress};
 use super::respond::Body;
 use super::{handle, AppState};
 use crate::sources::connections::{self, Admission, Counted, Refusal, Registry, Slot};
+use crate::telemetry::events::emit;
+use crate::telemetry::events::http::{ConnectionRefused, HeadRefused, IdleClosed};
 
 /// Why TLS could not be set up; start-up stops with this.
 #[derive(Debug, thiserror::Error)]
@@ -253,20 +255,17 @@ pub async fn serve<H: Handler>(
 
 /// Counts and logs a newcomer closed without being served.
 fn refused(why: Refusal, peer: SocketAddr) {
-    let (limit, what) = match why {
+    let (limit, why) = match why {
         Refusal::PerClient => (
             "connections_per_ip",
-            "connection closed: http.max_connections_per_ip reached for this address",
+            "http.max_connections_per_ip reached for this address",
         ),
         Refusal::Full => (
             "connections",
-            "connection closed: every slot taken, none could be shed in time",
+            "every slot taken, none could be shed in time",
         ),
     };
-    metrics::counter!("intake_http_limit_refusals_total", "limit" => limit).increment(1);
-    if let Some(suppressed) = crate::telemetry::log_limit::errors().check(limit) {
-        tracing::info!(%peer, suppressed, "{what}");
-    }
+    emit(ConnectionRefused { limit, peer, why });
 }
 
 /// Serves one connection to its end, or until the registry sheds it.
@@ -341,8 +340,7 @@ async fn connection<H: Handler>(
             }
             () = &mut idle, if !shutting_down => {
                 shutting_down = true;
-                metrics::counter!("intake_http_idle_closed_total").increment(1);
-                tracing::debug!(%peer, "idle connection closed");
+                emit(IdleClosed { peer });
                 conn_future.as_mut().graceful_shutdown();
             }
         }
@@ -429,7 +427,7 @@ fn count_connection_error(error: &(dyn std::error::Error + 'static)) {
             } else {
                 return;
             };
-            metrics::counter!("intake_http_limit_refusals_total", "limit" => limit).increment(1);
+            emit(HeadRefused { limit });
             return;
         }
         source = e.source();

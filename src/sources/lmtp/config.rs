@@ -69,52 +69,6 @@ pub struct LmtpConfig {
 }
 
 impl LmtpConfig {
-    /// Every problem at once, each naming its key.
-    pub fn problems(&self) -> Vec<String> {
-        let mut problems = Vec::new();
-        if self.max_size.bytes() == 0 {
-            problems.push("lmtp.max_size: must be more than 0".into());
-        }
-        if self.max_recipients == 0 {
-            problems.push("lmtp.max_recipients: must be at least 1".into());
-        }
-        if self.max_connections == 0 || self.max_connections > u32::MAX as usize {
-            problems.push("lmtp.max_connections: must be at least 1".into());
-        }
-        if self.max_connections_per_ip == 0 {
-            problems.push("lmtp.max_connections_per_ip: must be at least 1".into());
-        }
-        let graces = Duration::from_millis(100)..=crate::units::MAX_GRACE;
-        if self.min_data_rate.bytes() > 0 && !graces.contains(&self.data_rate_grace.0) {
-            problems.push("lmtp.data_rate_grace: must be between 100ms and 24h".into());
-        }
-        if self.shed_grace.0 > crate::units::MAX_GRACE {
-            problems.push("lmtp.shed_grace: must be at most 24h".into());
-        }
-        if self.command_timeout.0 < Duration::from_millis(100) {
-            problems.push("lmtp.command_timeout: must be at least 100ms".into());
-        }
-        if self.data_timeout.0 < Duration::from_millis(100) {
-            problems.push("lmtp.data_timeout: must be at least 100ms".into());
-        }
-        if self.hostname.is_empty()
-            || !self
-                .hostname
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
-        {
-            problems.push("lmtp.hostname: must be a host name (letters, digits, `.`, `-`)".into());
-        }
-        for domain in &self.domains {
-            if domain.is_empty() || domain.contains(['@', ' ']) {
-                problems.push(format!(
-                    "lmtp.domains: `{domain}` is not a domain (write `shop.example`, no `@`)"
-                ));
-            }
-        }
-        problems
-    }
-
     /// Whether mail for `recipient` is taken: any when `domains` is empty,
     /// `postmaster` always (RFC 5321 4.5.1).
     pub fn accepts(&self, recipient: &str) -> bool {
@@ -125,6 +79,55 @@ impl LmtpConfig {
             return false;
         };
         self.domains.iter().any(|d| d.eq_ignore_ascii_case(domain))
+    }
+}
+
+impl crate::validate::Validate for LmtpConfig {
+    fn validate(&self, at: &str, problems: &mut Vec<String>) {
+        if self.max_size.bytes() == 0 {
+            problems.push(format!("{at}.max_size: must be more than 0"));
+        }
+        if self.max_recipients == 0 {
+            problems.push(format!("{at}.max_recipients: must be at least 1"));
+        }
+        if self.max_connections == 0 || self.max_connections > u32::MAX as usize {
+            problems.push(format!("{at}.max_connections: must be at least 1"));
+        }
+        if self.max_connections_per_ip == 0 {
+            problems.push(format!("{at}.max_connections_per_ip: must be at least 1"));
+        }
+        let graces = Duration::from_millis(100)..=crate::units::MAX_GRACE;
+        if self.min_data_rate.bytes() > 0 && !graces.contains(&self.data_rate_grace.0) {
+            problems.push(format!(
+                "{at}.data_rate_grace: must be between 100ms and 24h"
+            ));
+        }
+        if self.shed_grace.0 > crate::units::MAX_GRACE {
+            problems.push(format!("{at}.shed_grace: must be at most 24h"));
+        }
+        if self.command_timeout.0 < Duration::from_millis(100) {
+            problems.push(format!("{at}.command_timeout: must be at least 100ms"));
+        }
+        if self.data_timeout.0 < Duration::from_millis(100) {
+            problems.push(format!("{at}.data_timeout: must be at least 100ms"));
+        }
+        if self.hostname.is_empty()
+            || !self
+                .hostname
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
+        {
+            problems.push(format!(
+                "{at}.hostname: must be a host name (letters, digits, `.`, `-`)"
+            ));
+        }
+        for domain in &self.domains {
+            if domain.is_empty() || domain.contains(['@', ' ']) {
+                problems.push(format!(
+                    "{at}.domains: `{domain}` is not a domain (write `shop.example`, no `@`)"
+                ));
+            }
+        }
     }
 }
 
@@ -174,7 +177,11 @@ mod tests {
     #[test]
     fn defaults_are_sane_and_valid() {
         let c = config(&[]);
-        assert!(c.problems().is_empty(), "{:?}", c.problems());
+        assert!(
+            crate::validate::problems_of(&c, "lmtp").is_empty(),
+            "{:?}",
+            crate::validate::problems_of(&c, "lmtp")
+        );
         assert_eq!(c.max_size.bytes(), 50_000_000);
         assert_eq!(
             c.min_data_rate.bytes(),
@@ -192,7 +199,7 @@ mod tests {
              shed_grace = \"2d\"",
         )
         .unwrap();
-        let problems = c.problems();
+        let problems = crate::validate::problems_of(&c, "lmtp");
         for key in [
             "lmtp.max_connections_per_ip",
             "lmtp.data_rate_grace",

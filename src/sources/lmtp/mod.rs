@@ -32,6 +32,8 @@ pub use config::LmtpConfig;
 
 use crate::pipeline::Pipeline;
 use crate::sources::connections::{self, Admission, Refusal, Registry};
+use crate::telemetry::events::emit;
+use crate::telemetry::events::lmtp::{ConnectionAccepted, ConnectionRefused};
 
 /// What every session shares.
 pub struct Shared {
@@ -87,8 +89,7 @@ pub async fn serve(
         };
         let (result, reply, why) = match registry.admit(peer.ip()) {
             Admission::Admitted(slot) => {
-                metrics::counter!("intake_lmtp_connections_total", "result" => "accepted")
-                    .increment(1);
+                emit(ConnectionAccepted);
                 let _ = stream.set_nodelay(true);
                 let shared = shared.clone();
                 let stop = stop.clone();
@@ -106,10 +107,7 @@ pub async fn serve(
                 "lmtp.max_connections reached and no session could be shed",
             ),
         };
-        metrics::counter!("intake_lmtp_connections_total", "result" => result).increment(1);
-        if let Some(suppressed) = crate::telemetry::log_limit::errors().check(result) {
-            tracing::info!(%peer, suppressed, "LMTP connection refused: {why}");
-        }
+        emit(ConnectionRefused { result, peer, why });
         tokio::spawn(farewell(stream, reply));
     }
     drop(listener);

@@ -26,6 +26,8 @@ use crate::envelope::Source;
 use crate::parse::ParseOptions;
 use crate::sources::connections::{Conn, Counted, Phase, Slot};
 use crate::submission::{Payload, Submission};
+use crate::telemetry::events::emit;
+use crate::telemetry::events::lmtp::{CommandError, Message, MessageHandled, Recipient, TimedOut};
 
 /// The longest command line (RFC 5321 4.5.3.1.4 says 512 with CRLF; MAIL
 /// parameters may extend it, RFC 1869, so some room above).
@@ -131,8 +133,11 @@ impl Session<'_> {
             };
             let line = match line {
                 Err(_) => {
-                    metrics::counter!("intake_lmtp_timeouts_total", "phase" => "command")
-                        .increment(1);
+                    emit(TimedOut {
+                        phase: "command",
+                        peer: self.peer,
+                        min_rate: 0,
+                    });
                     self.send(&Reply::new(421, "4.4.2", "timed out waiting for a command"))
                         .await?;
                     return Ok(());
@@ -207,8 +212,9 @@ impl Session<'_> {
                 }
                 let limit = config.max_size.bytes();
                 if size.is_some_and(|size| size > limit) {
-                    metrics::counter!("intake_lmtp_messages_total", "outcome" => "rejected")
-                        .increment(1);
+                    emit(Message {
+                        outcome: "rejected",
+                    });
                     Reply::new(
                         552,
                         "5.3.4",
@@ -233,12 +239,10 @@ impl Session<'_> {
                         "too many recipients; send the rest in another transaction",
                     )
                 } else if !config.accepts(&recipient) {
-                    metrics::counter!("intake_lmtp_recipients_total", "result" => "refused")
-                        .increment(1);
+                    emit(Recipient { accepted: false });
                     Reply::new(550, "5.1.1", format!("<{recipient}> is not a mailbox here"))
                 } else {
-                    metrics::counter!("intake_lmtp_recipients_total", "result" => "accepted")
-                        .increment(1);
+                    emit(Recipient { accepted: true });
                     let reply = Reply::new(250, "2.1.5", format!("<{recipient}> ok"));
                     self.transaction.recipients.push(recipient);
                     reply
@@ -311,8 +315,9 @@ impl Session<'_> {
             Ok(held) => held,
             Err(e) => {
                 tracing::info!(peer = %self.peer, error = %e, "LMTP message deferred: no room in the memory budget");
-                metrics::counter!("intake_lmtp_messages_total", "outcome" => "deferred")
-                    .increment(1);
+                emit(Message {
+                    outcome: "deferred",
+                });
                 self.send(&Reply::new(
                     451,
                     "4.3.1",
@@ -342,8 +347,11 @@ impl Session<'_> {
         let read = tokio::select! {
             read = read => read,
             () = conn.below_rate(min_rate, rate_grace), if min_rate > 0 => {
-                metrics::counter!("intake_lmtp_timeouts_total", "phase" => "data_rate").increment(1);
-                tracing::info!(peer = %self.peer, min_rate, "LMTP message slower than lmtp.min_data_rate; closing");
+                emit(TimedOut {
+                    phase: "data_rate",
+                    peer: self.peer,
+                    min_rate,
+                });
                 self.farewell(&Reply::new(421, "4.4.2", "the message is coming too slowly; closing"))
                     .await;
                 return Ok(Next::Close);
@@ -355,7 +363,11 @@ impl Session<'_> {
         };
         let data = match read {
             Err(_) => {
-                metrics::counter!("intake_lmtp_timeouts_total", "phase" => "data").increment(1);
+                emit(TimedOut {
+                    phase: "data",
+                    peer: self.peer,
+                    min_rate: 0,
+                });
                 self.send(&Reply::new(421, "4.4.2", "timed out receiving the message"))
                     .await?;
                 return Ok(Next::Close);
@@ -364,8 +376,9 @@ impl Session<'_> {
                 // Mid-message: the rest cannot be read to its dot without
                 // room for it, so the connection ends and the client retries.
                 tracing::info!(peer = %self.peer, error = %e, "LMTP message deferred mid-data: no room in the memory budget");
-                metrics::counter!("intake_lmtp_messages_total", "outcome" => "deferred")
-                    .increment(1);
+                emit(Message {
+                    outcome: "deferred",
+                });
                 self.send(&Reply::new(
                     421,
                     "4.3.1",
@@ -389,7 +402,9 @@ impl Session<'_> {
                 self.store(&transaction, message).await
             }
         };
-        metrics::counter!("intake_lmtp_messages_total", "outcome" => verdict.outcome).increment(1);
+        emit(Message {
+            outcome: verdict.outcome,
+        });
         // RFC 2033 4.2: one reply per recipient that RCPT accepted, in
         // order. The message is one item, so every recipient hears the same.
         for recipient in &transaction.recipients {
@@ -437,15 +452,16 @@ impl Session<'_> {
             pipeline.process(submission, options).await
         })
         .await;
-        metrics::histogram!("intake_lmtp_message_duration_seconds")
-            .record(started.elapsed().as_secs_f64());
+        emit(MessageHandled {
+            took: started.elapsed(),
+        });
         reply::verdict(&result)
     }
 
     /// Sends a refusal of a command and counts it against the session.
     async fn refuse(&mut self, reply: Reply) -> std::io::Result<Next> {
         self.errors += 1;
-        metrics::counter!("intake_lmtp_command_errors_total").increment(1);
+        emit(CommandError);
         self.send(&reply).await?;
         Ok(Next::Continue)
     }
