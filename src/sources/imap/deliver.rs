@@ -3,11 +3,15 @@
 //! `max_size` recorded by its headers in quarantine instead. What comes
 //! back says which server folder the mail goes to ([`Dest`]).
 
+use std::sync::Arc;
+
 use bytes::Bytes;
+use futures_util::StreamExt;
 use sha2::Digest;
 
 use super::error::ImapError;
 use super::fetch;
+use super::settle::Settled;
 use super::{Dest, Worker};
 use crate::envelope::Source;
 use crate::parse::ParseOptions;
@@ -16,10 +20,40 @@ use crate::route::{Answer, Refusal, Stream};
 use crate::submission::{IdempotencyKey, Payload, Submission};
 
 impl Worker {
+    /// Delivers `fresh` mails (UID, mail, idempotency key) and records each
+    /// stored one in `done`. In order, a bounded number at once, each on
+    /// its own task so parsing uses every core: the first failure stops the
+    /// batch, and only what came before it is acknowledged. (A task still
+    /// running then may store its mail; it is read again later and
+    /// recognised by its idempotency key.) Returns that failure.
+    pub(super) async fn deliver_all(
+        self: &Arc<Self>,
+        uidvalidity: u32,
+        fresh: Vec<(u32, Bytes, String)>,
+        done: &mut Settled,
+    ) -> Option<ImapError> {
+        let mut results = futures_util::stream::iter(fresh)
+            .map(|(uid, raw, key)| {
+                let worker = self.clone();
+                let task =
+                    tokio::spawn(async move { worker.deliver(uidvalidity, uid, raw, key).await });
+                async move { (uid, task.await) }
+            })
+            .buffered(self.config.concurrency);
+        while let Some((uid, result)) = results.next().await {
+            match result {
+                Ok(Ok(dest)) => done.add(uid, dest),
+                Ok(Err(e)) => return Some(e),
+                Err(e) => return Some(ImapError::Task(e.to_string())),
+            }
+        }
+        None
+    }
+
     /// One mail through the pipeline. `Ok` means stored (or stored before)
     /// and says where the mail goes on the server; `Err` means not stored.
     /// `key` was just looked up and is not stored yet.
-    pub(super) async fn deliver(
+    async fn deliver(
         &self,
         uidvalidity: u32,
         uid: u32,

@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use super::config::Processed;
@@ -20,16 +19,13 @@ use super::deliver::destination;
 use super::error::{bounded, ImapError};
 use super::fetch;
 use super::recover::Fingerprint;
-use super::settle::Settled;
+use super::settle::{Behind, Settled};
 use super::{Dest, Worker};
 
 impl Worker {
     /// Reads every mail above `after`, batch by batch, until none is left.
-    /// A batch's acknowledgement runs while the next batch is read: on a
-    /// second connection when the backlog is longer than one batch (the
-    /// server moves one batch while it sends the next), else on this
-    /// session while the next batch's mails are in the pipeline. The last
-    /// one is settled before returning.
+    /// The last batch is settled before returning; when `lost` stops the
+    /// drain, what is stored and not settled is read again later.
     pub(super) async fn drain(
         self: &Arc<Self>,
         session: &mut Session,
@@ -41,9 +37,9 @@ impl Worker {
         let timeout = self.config.command_timeout.0;
         let unseen_only = self.config.processed == Processed::Seen;
         let backlog = metrics::gauge!("intake_imap_backlog", "mailbox" => self.label.clone());
-        let mut pending: Option<Settled> = None;
         let mut second: Option<Session> = None;
         let drained: Result<(), ImapError> = async {
+            let mut behind = Behind::default();
             loop {
                 let uids = bounded(
                     "UID SEARCH",
@@ -53,10 +49,7 @@ impl Worker {
                 .await?;
                 backlog.set(uids.len() as f64);
                 let Some(&last) = uids.last() else {
-                    if let Some(settled) = pending.take() {
-                        self.settle(session, features, uidvalidity, settled).await?;
-                    }
-                    return Ok(());
+                    return behind.settle(self, session, features, uidvalidity).await;
                 };
                 if second.is_none()
                     && self.config.second_connection
@@ -68,17 +61,16 @@ impl Worker {
                     if lost.is_cancelled() {
                         return Ok(());
                     }
-                    pending = Some(
-                        self.batch(
+                    behind = self
+                        .batch(
                             session,
                             second.as_mut(),
                             features,
                             uidvalidity,
                             chunk,
-                            pending.take(),
+                            behind,
                         )
-                        .await?,
-                    );
+                        .await?;
                     let left = uids.len() - (i * self.config.batch_size + chunk.len());
                     backlog.set(left as f64);
                 }
@@ -97,11 +89,14 @@ impl Worker {
         drained
     }
 
-    /// One batch read and delivered, with `earlier` (the batch before)
-    /// settled meanwhile: on `second` when there is one, else inside
-    /// [`Self::read`] on the same session. Returns what was stored, for
-    /// the caller to settle later. On a failure everything stored so far is
-    /// settled at once, and the rest stays for the next try.
+    /// One batch read and delivered while `behind`, the batch before it, is
+    /// settled: where the two overlap. With a second connection, `behind`
+    /// is settled there over the whole read (the server moves one batch
+    /// while it sends the next); without one, on this session while this
+    /// batch's mails are in the pipeline, the only time the session is
+    /// free ([`Self::read`] takes `behind` for that). Returns this batch,
+    /// stored, as the next one behind. On a failure everything stored so
+    /// far is settled at once, and the rest stays for the next try.
     async fn batch(
         self: &Arc<Self>,
         session: &mut Session,
@@ -109,51 +104,45 @@ impl Worker {
         features: Features,
         uidvalidity: u32,
         chunk: &[u32],
-        earlier: Option<Settled>,
-    ) -> Result<Settled, ImapError> {
-        let (done, failure) = match second {
+        mut behind: Behind,
+    ) -> Result<Behind, ImapError> {
+        let (read, settled) = match second {
             Some(second) => {
-                let settling = async {
-                    match earlier {
-                        Some(settled) => self.settle(second, features, uidvalidity, settled).await,
-                        None => Ok(()),
-                    }
-                };
-                let (read, settled) = tokio::join!(
-                    self.read(session, features, uidvalidity, chunk, None),
-                    settling
-                );
-                // On an error, what this batch stored is read again on the
-                // next session and recognised by its idempotency key.
-                settled?;
-                read?
+                let read = self.read(session, features, uidvalidity, chunk, Behind::default());
+                behind
+                    .alongside(self, second, features, uidvalidity, read)
+                    .await
             }
             None => {
-                self.read(session, features, uidvalidity, chunk, earlier)
-                    .await?
+                let read = self.read(session, features, uidvalidity, chunk, behind);
+                (read.await, Ok(()))
             }
         };
+        // On an error, what this batch stored is read again on the next
+        // session and recognised by its idempotency key.
+        settled?;
+        let (done, failure) = read?;
         match failure {
             Some(e) => {
                 self.settle(session, features, uidvalidity, done).await?;
                 Err(e)
             }
-            None => Ok(done),
+            None => Ok(Behind::new(done)),
         }
     }
 
     /// Reads one batch: sizes, then headers of the oversized and whole
     /// mails of the rest, each mail through the pipeline. Returns what was
-    /// stored and the failure that stopped the batch, if one did; `earlier`
-    /// is settled on this session while the batch's mails go through the
-    /// pipeline.
+    /// stored and the failure that stopped the batch, if one did. `behind`
+    /// is settled on this session while the batch's first mails go through
+    /// the pipeline, or at the end when none does.
     async fn read(
         self: &Arc<Self>,
         session: &mut Session,
         features: Features,
         uidvalidity: u32,
         chunk: &[u32],
-        mut earlier: Option<Settled>,
+        mut behind: Behind,
     ) -> Result<(Settled, Option<ImapError>), ImapError> {
         let timeout = self.config.command_timeout.0;
         let max_size = self.config.max_size.bytes();
@@ -263,54 +252,26 @@ impl Worker {
                         None => fresh.push((uid, raw, key)),
                     }
                 }
-                // In order, a bounded number at once, each on its own task
-                // so parsing uses every core: the first failure stops the
-                // batch, and only what came before it is acknowledged. (A
-                // task still running then may store its mail; it is read
-                // again later and recognised by its idempotency key.)
-                let deliveries = async {
-                    let mut results = futures_util::stream::iter(fresh)
-                        .map(|(uid, raw, key)| {
-                            let worker = self.clone();
-                            let task = tokio::spawn(async move {
-                                worker.deliver(uidvalidity, uid, raw, key).await
-                            });
-                            async move { (uid, task.await) }
-                        })
-                        .buffered(self.config.concurrency);
-                    while let Some((uid, result)) = results.next().await {
-                        match result {
-                            Ok(Ok(dest)) => done.add(uid, dest),
-                            Ok(Err(e)) => return Some(e),
-                            Err(e) => return Some(ImapError::Task(e.to_string())),
-                        }
-                    }
-                    None
-                };
                 // The session is free while the pipeline works: settle the
-                // batch before on it meanwhile.
-                let settling = async {
-                    match earlier.take() {
-                        Some(settled) => self.settle(session, features, uidvalidity, settled).await,
-                        None => Ok(()),
-                    }
-                };
-                let (delivered, settled_earlier) = tokio::join!(deliveries, settling);
+                // batch behind on it meanwhile (the first group only; after
+                // that nothing is behind).
+                let deliveries = self.deliver_all(uidvalidity, fresh, &mut done);
+                let (delivered, settled) = behind
+                    .alongside(self, session, features, uidvalidity, deliveries)
+                    .await;
                 failure = delivered;
                 // On an error, what this batch stored is read again on the
                 // next session and recognised by its idempotency key.
-                settled_earlier?;
+                settled?;
                 if failure.is_some() {
                     break;
                 }
             }
         }
 
-        if let Some(settled) = earlier.take() {
-            // No mail of this batch went through the pipeline (all too big,
-            // or gone): nothing to overlap with.
-            self.settle(session, features, uidvalidity, settled).await?;
-        }
+        // No mail of this batch went through the pipeline (all too big, or
+        // gone): nothing to overlap with.
+        behind.settle(self, session, features, uidvalidity).await?;
         let finished: HashSet<u32> = done.uids().chain(vanished).collect();
         done.through = chunk
             .iter()

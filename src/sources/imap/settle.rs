@@ -3,8 +3,13 @@
 //! checkpoint moved past it. Mail stored before and read again is first
 //! looked for in its folder, in case a move the server did not finish has
 //! copied it there already (see `recover.rs`).
+//!
+//! A batch is settled while the next one is read: [`Behind`] is the batch
+//! waiting for that, and [`Behind::alongside`] the one place where the two
+//! overlap.
 
 use std::collections::HashSet;
+use std::future::Future;
 
 use super::config::Processed;
 use super::connect::{Features, Session};
@@ -46,6 +51,48 @@ impl Settled {
             .chain(&self.quarantined)
             .copied()
             .chain(self.again.iter().map(|(_, c)| c.uid))
+    }
+}
+
+/// The batch behind the one being read: stored, and acknowledged while the
+/// next batch is read. Empty before a drain's first batch and once settled,
+/// so settling it again does nothing.
+#[derive(Default)]
+pub(super) struct Behind(Option<Settled>);
+
+impl Behind {
+    pub(super) fn new(settled: Settled) -> Self {
+        Behind(Some(settled))
+    }
+
+    /// Runs `work` and, at the same time, settles the batch behind on
+    /// `session`, which `work` must leave alone: the one place where
+    /// reading one batch and settling the one before overlap. Nothing is
+    /// behind afterwards. Returns what `work` returned and how settling
+    /// went.
+    pub(super) async fn alongside<T>(
+        &mut self,
+        worker: &Worker,
+        session: &mut Session,
+        features: Features,
+        uidvalidity: u32,
+        work: impl Future<Output = T>,
+    ) -> (T, Result<(), ImapError>) {
+        tokio::join!(work, self.settle(worker, session, features, uidvalidity))
+    }
+
+    /// Settles the batch behind now, on `session`, if there is one.
+    pub(super) async fn settle(
+        &mut self,
+        worker: &Worker,
+        session: &mut Session,
+        features: Features,
+        uidvalidity: u32,
+    ) -> Result<(), ImapError> {
+        match self.0.take() {
+            Some(settled) => worker.settle(session, features, uidvalidity, settled).await,
+            None => Ok(()),
+        }
     }
 }
 
