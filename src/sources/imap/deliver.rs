@@ -63,11 +63,11 @@ impl Worker {
         let mut submission = Submission::new(self.source(uidvalidity, uid), Payload::Mail(raw));
         submission.idempotency_key = Some(IdempotencyKey::named(key));
         submission.idempotency_checked = true;
-        let options = ParseOptions {
-            form: None,
-            keep_raw: self.config.keep_raw,
-        };
-        match self.pipeline.process(submission, options).await {
+        match self
+            .pipeline
+            .process(submission, self.parse_options())
+            .await
+        {
             Ok(stored) => {
                 let outcome = if stored.already_stored {
                     "already_stored"
@@ -106,13 +106,15 @@ impl Worker {
             "mail of {size} bytes is over imap.max_size ({}); not downloaded, moved to folder {}",
             self.config.max_size, self.config.quarantine_folder
         );
-        let options = ParseOptions {
-            form: None,
-            keep_raw: self.config.keep_raw,
-        };
         match self
             .pipeline
-            .set_aside(submission, options, Stream::Quarantine, "oversize", reason)
+            .set_aside(
+                submission,
+                self.parse_options(),
+                Stream::Quarantine,
+                "oversize",
+                reason,
+            )
             .await
         {
             Ok(stored) => {
@@ -125,6 +127,15 @@ impl Worker {
                 Ok(false)
             }
             Err(e) => Err(ImapError::Store(e)),
+        }
+    }
+
+    /// Mail is parsed as mail (never as a form), its original kept only
+    /// when the account says so.
+    fn parse_options(&self) -> ParseOptions<'_> {
+        ParseOptions {
+            form: None,
+            keep_raw: self.config.keep_raw,
         }
     }
 

@@ -121,6 +121,16 @@ struct Worker {
     store: MailboxStore,
 }
 
+impl Worker {
+    /// `Some(repeats left out)` when a line about `topic` (`session`,
+    /// `store`, ...) for this mailbox may be logged now: during an outage
+    /// the same failure comes back at every retry, and one line a minute
+    /// says enough.
+    fn log_now(&self, topic: &str) -> Option<u64> {
+        crate::telemetry::log_limit::errors().check(&format!("imap-{topic}:{}", self.label))
+    }
+}
+
 /// Where an acknowledged mail goes on the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Dest {

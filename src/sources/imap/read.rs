@@ -8,7 +8,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
@@ -19,6 +18,7 @@ use super::deliver::destination;
 use super::error::{bounded, ImapError};
 use super::fetch;
 use super::recover::Fingerprint;
+use super::session::logout;
 use super::settle::{Behind, Settled};
 use super::{Dest, Worker};
 
@@ -80,11 +80,8 @@ impl Worker {
         .await;
         // Only while a backlog is read: an idle second connection would
         // just be logged out by the server.
-        if let Some(mut second) = second {
-            let _ = bounded("LOGOUT", Duration::from_secs(2), async {
-                second.logout().await.map_err(ImapError::protocol("LOGOUT"))
-            })
-            .await;
+        if let Some(second) = second {
+            logout(second).await;
         }
         drained
     }

@@ -67,9 +67,7 @@ impl Worker {
                     metrics::counter!("intake_imap_errors_total", "kind" => error.kind())
                         .increment(1);
                     let wait = backoff.next();
-                    if let Some(suppressed) = crate::telemetry::log_limit::errors()
-                        .check(&format!("imap-store:{}", self.label))
-                    {
+                    if let Some(suppressed) = self.log_now("store") {
                         tracing::warn!(
                             mailbox = %self.label,
                             error = %error_chain(&error),
@@ -86,13 +84,7 @@ impl Worker {
                 Err(e) => return Err(e),
             }
             if lost.is_cancelled() {
-                let _ = bounded("LOGOUT", Duration::from_secs(2), async {
-                    session
-                        .logout()
-                        .await
-                        .map_err(ImapError::protocol("LOGOUT"))
-                })
-                .await;
+                logout(session).await;
                 return Ok(());
             }
             if features.idle && self.config.idle {
@@ -171,9 +163,7 @@ impl Worker {
             // Changed between the two SELECTs: the next round sees it.
             Ok(None) => None,
             Err(e) => {
-                if let Some(suppressed) = crate::telemetry::log_limit::errors()
-                    .check(&format!("imap-second:{}", self.label))
-                {
+                if let Some(suppressed) = self.log_now("second") {
                     tracing::warn!(
                         mailbox = %self.label,
                         error = %error_chain(&e),
@@ -227,4 +217,16 @@ impl Worker {
         .await?;
         Ok((session, woke))
     }
+}
+
+/// Says goodbye, briefly and without caring for the answer: the session is
+/// done with either way.
+pub(super) async fn logout(mut session: Session) {
+    let _ = bounded("LOGOUT", Duration::from_secs(2), async {
+        session
+            .logout()
+            .await
+            .map_err(ImapError::protocol("LOGOUT"))
+    })
+    .await;
 }

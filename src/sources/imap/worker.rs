@@ -97,9 +97,7 @@ impl Worker {
                     .auth_backoff
                     .0
                     .mul_f64(0.8 + 0.2 * random_fraction());
-                if let Some(suppressed) = crate::telemetry::log_limit::errors()
-                    .check(&format!("imap-auth:{}", self.label))
-                {
+                if let Some(suppressed) = self.log_now("auth") {
                     tracing::error!(
                         mailbox = %self.label,
                         error = %error_chain(&error),
@@ -111,9 +109,7 @@ impl Worker {
                 wait
             } else {
                 let wait = backoff.next();
-                if let Some(suppressed) = crate::telemetry::log_limit::errors()
-                    .check(&format!("imap-session:{}", self.label))
-                {
+                if let Some(suppressed) = self.log_now("session") {
                     tracing::warn!(
                         mailbox = %self.label,
                         error = %error_chain(&error),
