@@ -11,10 +11,10 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{LazyLock, Mutex};
 
+use super::error::GuardError;
 use super::facts::Facts;
 use super::rules::Dedupe;
 use super::store::{short_digest, RedisStore};
-use super::GuardError;
 use crate::submission::ReceiptId;
 
 /// Fewer words than this and near-duplicate comparison is skipped: short

@@ -22,9 +22,9 @@ use governor::clock::{Clock as _, DefaultClock, FakeRelativeClock};
 use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota, RateLimiter};
 
+use super::error::GuardError;
 use super::rules::{Rate, Rule, Scope};
 use super::store::RedisStore;
-use super::GuardError;
 
 /// What a limiter decided for one item.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -9,6 +9,7 @@
 
 pub mod config;
 pub mod dedupe;
+mod error;
 pub mod facts;
 pub mod limiter;
 pub mod normalize;
@@ -26,19 +27,11 @@ use limiter::{Decision, LimiterClock, Limiters};
 use rules::{Action, RuleSet};
 use store::RedisStore;
 
+pub use error::GuardError;
+
 use crate::parse::Message;
 use crate::submission::ReceiptId;
 use crate::verdict::{GuardVerdict, RatePolicy};
-
-/// Why the guard could not decide (its shared state in Redis was
-/// unreachable, say). Not a verdict: the pipeline answers "retry later".
-#[derive(Debug, thiserror::Error)]
-pub enum GuardError {
-    #[error("the rate-limit store is unavailable")]
-    StoreUnavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
-    #[error("the rate-limit store did not answer within {0:?}")]
-    StoreTimeout(Duration),
-}
 
 /// The abuse checks, shared by every request (cheap to clone).
 #[derive(Clone)]
