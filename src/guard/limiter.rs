@@ -23,7 +23,8 @@ use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota, RateLimiter};
 
 use super::error::GuardError;
-use super::rules::{Rate, Rule, Scope};
+use super::rules::format::{Rate, Scope};
+use super::rules::types::Rule;
 use super::store::RedisStore;
 
 /// What a limiter decided for one item.
