@@ -22,9 +22,10 @@ use governor::clock::{Clock as _, DefaultClock, FakeRelativeClock};
 use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota, RateLimiter};
 
-use super::rules::{Rate, Rule, Scope};
+use super::error::GuardError;
+use super::rules::format::{Rate, Scope};
+use super::rules::types::Rule;
 use super::store::RedisStore;
-use super::GuardError;
 
 /// What a limiter decided for one item.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::redis_connection::RedisConnection;
 use redis::RedisError;
 
-use super::GuardError;
+use super::error::GuardError;
 
 #[derive(Clone)]
 pub struct RedisStore {

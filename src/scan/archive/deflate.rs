@@ -5,7 +5,8 @@
 
 use std::time::Instant;
 
-use super::{is_nested_archive, u16_at};
+use super::bytes::u16_at;
+use super::magic::is_nested_archive;
 
 /// The length of a gzip member's header (RFC 1952), if it is all there.
 pub(super) fn gzip_header_len(data: &[u8]) -> Option<usize> {

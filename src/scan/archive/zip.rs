@@ -2,7 +2,7 @@
 //! too), the central directory and each entry's local header, all from
 //! the bytes in memory, every offset checked before it is used.
 
-use super::{printable, u16_at, u32_at, u64_at};
+use super::bytes::{printable, u16_at, u32_at, u64_at};
 
 pub(super) const LOCAL_SIG: u32 = 0x0403_4b50;
 pub(super) const CENTRAL_SIG: u32 = 0x0201_4b50;

@@ -15,7 +15,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
-use super::Held;
+use super::client::Held;
 
 /// When a connection is too slow: it gets `grace` plus one second per
 /// `per_second` bytes it has sent since `since` (Apache mod_reqtimeout's
