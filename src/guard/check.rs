@@ -14,6 +14,8 @@ use super::store;
 use super::{Checked, Guard, RuleOutcome, Ticket};
 use crate::parse::Message;
 use crate::submission::ReceiptId;
+use crate::telemetry::events::emit;
+use crate::telemetry::events::guard::{Collapsed, RuleActed, RuleMatched, ShadowHit};
 use crate::verdict::{GuardVerdict, RatePolicy};
 
 /// One rule past its quota for this item.
@@ -59,7 +61,10 @@ impl Guard {
             //    (or its lookalike) or the client network is listed.
             if let Some(list) = set.block.iter().find(|l| l.blocks(&facts)) {
                 matched.push(format!("block:{}", list.name));
-                metrics::counter!("intake_rule_actions_total", "rule" => list.name.clone(), "action" => "block").increment(1);
+                emit(RuleActed {
+                    rule: &list.name,
+                    action: "block",
+                });
                 break 'decide GuardVerdict::Block {
                     reason: format!("sender is on block list {}", list.name),
                 };
@@ -116,8 +121,7 @@ impl Guard {
                     continue;
                 }
                 matched.push(rule.name.clone());
-                metrics::counter!("intake_rule_matches_total", "rule" => rule.name.clone())
-                    .increment(1);
+                emit(RuleMatched { rule: &rule.name });
                 let keys = rule.keys_of(&facts);
                 let decision = self.inner.limiters.check_all(rule, &keys).await?;
                 outcomes.push(RuleOutcome {
@@ -128,12 +132,17 @@ impl Guard {
                 });
                 if let Decision::Limited { retry_after } = decision {
                     if rule.shadow {
-                        metrics::counter!("intake_rule_shadow_hits_total", "rule" => rule.name.clone(), "action" => rule.action.name()).increment(1);
-                        // Debug, not info: a flood past a shadow rule would be a log line per item.
-                        tracing::debug!(rule = %rule.name, action = rule.action.name(), id = %message.envelope.id, "shadow rule would act");
+                        emit(ShadowHit {
+                            rule: &rule.name,
+                            action: rule.action.name(),
+                            id: &message.envelope.id,
+                        });
                         continue;
                     }
-                    metrics::counter!("intake_rule_actions_total", "rule" => rule.name.clone(), "action" => rule.action.name()).increment(1);
+                    emit(RuleActed {
+                        rule: &rule.name,
+                        action: rule.action.name(),
+                    });
                     if rule.action == Action::Tag {
                         tags.push(rule.tag.clone());
                     }
@@ -176,7 +185,7 @@ impl Guard {
         ticket.now_ms = now_ms;
         if let GuardVerdict::Collapse { into, rule } = &verdict {
             ticket.fold = Some((*into, rule.clone()));
-            metrics::counter!("intake_collapsed_total", "rule" => rule.clone()).increment(1);
+            emit(Collapsed { rule });
         }
         let abuse = &mut message.envelope.abuse;
         abuse.matched_rules = matched;

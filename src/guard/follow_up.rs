@@ -10,6 +10,8 @@ use super::dedupe;
 use super::error::GuardError;
 use super::{FoldEvent, Guard, Ticket};
 use crate::submission::ReceiptId;
+use crate::telemetry::events::emit;
+use crate::telemetry::events::guard::{Collapsed, ConfirmFailed, ReservationGaveUp};
 
 impl Guard {
     /// Called once the item is stored: counts a fold and returns the
@@ -74,8 +76,7 @@ impl Guard {
                 dedupe::Reserve::Folded(into) => {
                     let rule = dedupe::Kind::Exact.rule().to_string();
                     ticket.fold = Some((into, rule.clone()));
-                    metrics::counter!("intake_collapsed_total", "rule" => rule.clone())
-                        .increment(1);
+                    emit(Collapsed { rule: &rule });
                     return Ok(Some((into, rule)));
                 }
                 dedupe::Reserve::Pending if std::time::Instant::now() < deadline => {
@@ -86,9 +87,7 @@ impl Guard {
                     // Its writer is stuck or gone and Redis has not expired
                     // it yet: store this item unreserved (at worst a second
                     // desk item, never a fold into nothing).
-                    metrics::counter!("intake_dedupe_reservation_waits_total", "result" => "gave_up")
-                        .increment(1);
-                    tracing::warn!(%receipt, "a duplicate's reservation did not resolve in time; stored without one");
+                    emit(ReservationGaveUp { receipt: &receipt });
                     return Ok(None);
                 }
             }
@@ -124,8 +123,10 @@ impl Guard {
                 )
                 .await
             {
-                metrics::counter!("intake_dedupe_confirm_failures_total").increment(1);
-                tracing::warn!(error = %e, %receipt, "a stored item could not be recorded for dedupe");
+                emit(ConfirmFailed {
+                    receipt: &receipt,
+                    error: &e,
+                });
                 return;
             }
         }

@@ -13,6 +13,8 @@
 //! past the rule's quota when any of them is, so rotating one address
 //! does not reset the others.
 
+use crate::telemetry::events::emit;
+use crate::telemetry::events::guard::{FastPath, KeysOverflowed, RuleKeys};
 use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
@@ -97,8 +99,7 @@ impl LocalLimiter {
         let key = if self.len() >= self.max_keys {
             self.housekeep();
             if self.len() >= self.max_keys {
-                metrics::counter!("intake_rule_keys_overflow_total", "rule" => self.rule.clone())
-                    .increment(1);
+                emit(KeysOverflowed { rule: &self.rule });
                 OVERFLOW_KEY.to_string()
             } else {
                 key.to_string()
@@ -234,8 +235,7 @@ impl ClusterLimiter {
             .get(&cache_key)
         {
             if *until > now {
-                metrics::counter!("intake_rule_fast_path_total", "rule" => rule.name.clone())
-                    .increment(1);
+                emit(FastPath { rule: &rule.name });
                 return Ok(Decision::Limited {
                     retry_after: *until - now,
                 });
@@ -392,7 +392,7 @@ impl Limiters {
             .collect();
         for (name, limiter) in limiters {
             let keys = limiter.housekeep();
-            metrics::gauge!("intake_rule_keys", "rule" => name).set(keys as f64);
+            emit(RuleKeys { rule: name, keys });
         }
         if let Some(cluster) = &self.cluster {
             cluster.housekeep();

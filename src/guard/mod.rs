@@ -179,7 +179,9 @@ impl Guard {
 }
 
 fn export_rule_count(set: &RuleSet) {
-    metrics::gauge!("intake_rules_loaded").set(set.rules.len() as f64);
+    crate::telemetry::events::emit(crate::telemetry::events::guard::RulesLoaded {
+        rules: set.rules.len(),
+    });
 }
 
 #[cfg(test)]

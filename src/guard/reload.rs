@@ -4,6 +4,8 @@
 //! does not load is never applied: the old rules stay, and every problem
 //! is logged and exported (`intake_rules_reload_failed`).
 
+use crate::telemetry::events::emit;
+use crate::telemetry::events::guard::{RulesReloadFailed, RulesReloaded};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -42,14 +44,14 @@ impl Guard {
                 super::export_rule_count(&set);
                 *self.inner.rules.write().expect("rules lock") = Arc::new(set);
                 *self.inner.last_error.lock().expect("error lock") = None;
-                metrics::counter!("intake_rules_reloads_total", "result" => "ok").increment(1);
-                metrics::gauge!("intake_rules_reload_failed").set(0.0);
-                tracing::info!(why, rules = report.rules, "rules reloaded");
+                emit(RulesReloaded {
+                    why,
+                    rules: report.rules,
+                });
                 Ok(report)
             }
             Err(error) => {
-                metrics::counter!("intake_rules_reloads_total", "result" => "failed").increment(1);
-                metrics::gauge!("intake_rules_reload_failed").set(1.0);
+                emit(RulesReloadFailed);
                 for problem in &error.0 {
                     tracing::error!(why, file = %problem.file.display(), line = problem.line, key = problem.key.as_deref(), "rule file rejected, old rules stay: {}", problem.message);
                 }

@@ -73,20 +73,13 @@ impl Registry {
         };
         let p = conn.snapshot();
         conn.shed.cancel();
-        metrics::counter!(
-            "intake_connections_shed_total",
-            "listener" => self.listener,
-            "phase" => p.phase.label()
-        )
-        .increment(1);
-        tracing::debug!(
-            listener = self.listener,
-            client = %conn.client,
-            phase = p.phase.label(),
-            age = ?now.saturating_duration_since(p.since),
-            bytes = conn.bytes().saturating_sub(p.bytes_at),
-            "connection shed to make room"
-        );
+        crate::telemetry::events::emit(crate::telemetry::events::http::ConnectionShed {
+            listener: self.listener,
+            client: &conn.client,
+            phase: p.phase.label(),
+            age: now.saturating_duration_since(p.since),
+            bytes: conn.bytes().saturating_sub(p.bytes_at),
+        });
     }
 }
 

@@ -3,6 +3,8 @@
 //! `max_size` recorded by its headers in quarantine instead. What comes
 //! back says which server folder the mail goes to ([`Dest`]).
 
+use crate::telemetry::events::emit;
+use crate::telemetry::events::imap::Mails;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -74,14 +76,16 @@ impl Worker {
                 } else {
                     "stored"
                 };
-                metrics::counter!("intake_imap_mails_total", "outcome" => outcome).increment(1);
+                emit(Mails { outcome, count: 1 });
                 Ok(destination(&stored))
             }
             // Only an empty mail fails to parse: nothing to store, so it is
             // kept in the quarantine folder for a person to look at.
             Err(PipelineError::Parse(e)) => {
-                metrics::counter!("intake_imap_mails_total", "outcome" => "unreadable")
-                    .increment(1);
+                emit(Mails {
+                    outcome: "unreadable",
+                    count: 1,
+                });
                 tracing::warn!(mailbox = %self.label, uid, error = %e, folder = %self.config.quarantine_folder, "unreadable mail moved to the quarantine folder");
                 Ok(Dest::Quarantine)
             }
@@ -118,7 +122,10 @@ impl Worker {
             .await
         {
             Ok(stored) => {
-                metrics::counter!("intake_imap_mails_total", "outcome" => "oversize").increment(1);
+                emit(Mails {
+                    outcome: "oversize",
+                    count: 1,
+                });
                 tracing::warn!(mailbox = %self.label, uid, size, limit = %self.config.max_size, "mail over the size limit recorded in quarantine by its headers");
                 Ok(stored.already_stored)
             }

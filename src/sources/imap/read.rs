@@ -6,6 +6,8 @@
 //! ([`Worker::batch`] shows where), so the server acknowledges one batch
 //! while it sends the next.
 
+use crate::telemetry::events::emit;
+use crate::telemetry::events::imap::Mails;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
@@ -204,8 +206,10 @@ impl Worker {
                             break;
                         }
                     };
-                metrics::counter!("intake_imap_mails_total", "outcome" => "fetched")
-                    .increment(mails.len() as u64);
+                emit(Mails {
+                    outcome: "fetched",
+                    count: mails.len() as u64,
+                });
                 let present: Vec<(u32, Bytes)> = group
                     .iter()
                     .filter_map(|uid| match mails.get(uid) {
@@ -237,8 +241,10 @@ impl Worker {
                 {
                     match known {
                         Some(stored) => {
-                            metrics::counter!("intake_imap_mails_total", "outcome" => "already_stored")
-                                .increment(1);
+                            emit(Mails {
+                                outcome: "already_stored",
+                                count: 1,
+                            });
                             self.stored_before(
                                 &mut done,
                                 uid,

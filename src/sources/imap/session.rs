@@ -4,6 +4,8 @@
 //! polling. Also the second connection that acknowledges while the first
 //! reads a long backlog.
 
+use crate::telemetry::events::emit;
+use crate::telemetry::events::imap::{Failed, UidValidityChanged, WokeUp};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -64,8 +66,10 @@ impl Worker {
                 // keep the session, wait, and read the same mails again.
                 Err(ImapError::Store(e)) => {
                     let error = ImapError::Store(e);
-                    metrics::counter!("intake_imap_errors_total", "kind" => error.kind())
-                        .increment(1);
+                    emit(Failed {
+                        kind: error.kind(),
+                        reconnect: false,
+                    });
                     let wait = backoff.next();
                     if let Some(suppressed) = self.log_now("store") {
                         tracing::warn!(
@@ -91,13 +95,13 @@ impl Worker {
                 let (back, woke) = self.idle(session, lost).await?;
                 session = back;
                 if woke {
-                    metrics::counter!("intake_imap_wakeups_total", "via" => "idle").increment(1);
+                    emit(WokeUp { via: "idle" });
                 }
             } else {
                 if sleep_or_stop(self.config.poll_interval.0, lost).await {
                     continue;
                 }
-                metrics::counter!("intake_imap_wakeups_total", "via" => "poll").increment(1);
+                emit(WokeUp { via: "poll" });
             }
         }
     }
@@ -124,13 +128,11 @@ impl Worker {
         match self.store.load().await? {
             Some(cp) if cp.uidvalidity == uidvalidity => Ok(cp.last_uid),
             Some(cp) => {
-                metrics::counter!("intake_imap_uidvalidity_changes_total").increment(1);
-                tracing::warn!(
-                    mailbox = %self.label,
-                    old = cp.uidvalidity,
-                    new = uidvalidity,
-                    "UIDVALIDITY changed (mailbox re-created or restored): reading it again from the start; mail already acknowledged is not in it"
-                );
+                emit(UidValidityChanged {
+                    mailbox: &self.label,
+                    old: cp.uidvalidity,
+                    new: uidvalidity,
+                });
                 self.store
                     .save(Checkpoint {
                         uidvalidity,

@@ -8,6 +8,8 @@
 //! waiting for that, and [`Behind::alongside`] the one place where the two
 //! overlap.
 
+use crate::telemetry::events::emit;
+use crate::telemetry::events::imap::Mails;
 use std::collections::HashSet;
 use std::future::Future;
 
@@ -211,8 +213,10 @@ impl Worker {
         if !copied.is_empty() {
             let uids: Vec<u32> = copied.iter().copied().collect();
             bounded("EXPUNGE", timeout, fetch::expunge(session, features, &uids)).await?;
-            metrics::counter!("intake_imap_mails_total", "outcome" => "half_moved")
-                .increment(uids.len() as u64);
+            emit(Mails {
+                outcome: "half_moved",
+                count: uids.len() as u64,
+            });
             tracing::warn!(mailbox = %self.label, mails = uids.len(), "mail already copied to its folder by a move the server did not finish (it stopped mid-command) was expunged here, not moved a second time");
         }
         for (dest, candidate) in again {

@@ -3,6 +3,8 @@
 //! at shutdown. The lease is renewed beside the work and work stops while
 //! it is still ours, so two replicas never work one mailbox.
 
+use crate::telemetry::events::emit;
+use crate::telemetry::events::imap::{Failed, LeaseHeld};
 use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -38,7 +40,10 @@ impl Worker {
                     continue;
                 }
                 Err(e) => {
-                    metrics::counter!("intake_imap_errors_total", "kind" => e.kind()).increment(1);
+                    emit(Failed {
+                        kind: e.kind(),
+                        reconnect: false,
+                    });
                     tracing::warn!(mailbox = %self.label, error = %error_chain(&e), "cannot claim the mailbox lease; retrying");
                     if sleep_or_stop(retry, &stop).await {
                         break;
@@ -48,7 +53,10 @@ impl Worker {
             }
             waiting_logged = false;
             tracing::info!(mailbox = %self.label, owner = self.store.owner(), "lease taken: working the mailbox");
-            metrics::gauge!("intake_imap_lease_held", "mailbox" => self.label.clone()).set(1.0);
+            emit(LeaseHeld {
+                mailbox: &self.label,
+                held: true,
+            });
             let lost = stop.child_token();
             let keeper = tokio::spawn(keep_lease(
                 self.store.clone(),
@@ -63,7 +71,10 @@ impl Worker {
             }
             lost.cancel();
             let _ = keeper.await;
-            metrics::gauge!("intake_imap_lease_held", "mailbox" => self.label.clone()).set(0.0);
+            emit(LeaseHeld {
+                mailbox: &self.label,
+                held: false,
+            });
             if stop.is_cancelled() {
                 match self.store.release().await {
                     Ok(()) => tracing::info!(mailbox = %self.label, "stopped; lease released"),
@@ -89,8 +100,10 @@ impl Worker {
                 Ok(()) => return,
                 Err(e) => e,
             };
-            metrics::counter!("intake_imap_errors_total", "kind" => error.kind()).increment(1);
-            metrics::counter!("intake_imap_reconnects_total").increment(1);
+            emit(Failed {
+                kind: error.kind(),
+                reconnect: true,
+            });
             let wait = if error.is_auth() {
                 let wait = self
                     .config

@@ -127,3 +127,27 @@ impl Event for RedisUp {
         metrics::gauge!("intake_redis_up").set(if self.up { 1.0 } else { 0.0 });
     }
 }
+
+/// A connection closed to make room for a newcomer.
+pub struct ConnectionShed<'a> {
+    pub listener: &'static str,
+    pub client: &'a dyn Display,
+    pub phase: &'static str,
+    pub age: Duration,
+    pub bytes: u64,
+}
+
+impl Event for ConnectionShed<'_> {
+    fn emit(self) {
+        metrics::counter!("intake_connections_shed_total", "listener" => self.listener, "phase" => self.phase)
+            .increment(1);
+        tracing::debug!(
+            listener = self.listener,
+            client = %self.client,
+            phase = self.phase,
+            age = ?self.age,
+            bytes = self.bytes,
+            "connection shed to make room"
+        );
+    }
+}

@@ -8,7 +8,9 @@
 //! types: telemetry sits below every stage. The metrics they record are
 //! described once, in [`super::catalogue`].
 
+pub mod guard;
 pub mod http;
+pub mod imap;
 pub mod lmtp;
 pub mod pipeline;
 pub mod scan;
