@@ -56,7 +56,7 @@ enum Command {
     },
     /// Read one message on stdin and hand it to a running gateway
     /// (for a mail server's pipe transport). Exit codes follow sysexits.h.
-    Mailgate(Box<intake::mailgate::MailgateArgs>),
+    Mailgate(Box<intake::cli::mailgate::MailgateArgs>),
     /// Check rule files, or explain what they do to an item.
     #[command(subcommand)]
     Rules(intake::cli::rules::RulesCommand),
@@ -88,7 +88,7 @@ fn main() -> ExitCode {
             intake::budget::set_memory_return(return_memory);
             intake::serve::main(&config)
         }
-        Command::Mailgate(args) => intake::mailgate::main(*args),
+        Command::Mailgate(args) => intake::cli::mailgate::main(*args),
         Command::Rules(command) => intake::cli::rules::main(command),
         Command::Replay(args) => intake::cli::replay::main(args),
         Command::Desk(command) => intake::cli::desk::main(command),

@@ -1,9 +1,11 @@
-//! Commands beside the daemon: `intake rules check|explain`,
+//! Commands beside the daemon: `intake mailgate` (the client a mail
+//! server's pipe transport runs), `intake rules check|explain`,
 //! `intake replay` (offline, for sysadmins) and `intake desk tail` (the
 //! reference desk consumer). Exit codes: 0 ok, 1 the rules are invalid, 64 usage,
 //! 66 input missing or unreadable (EX_NOINPUT), 69 Redis unreachable.
 
 pub mod desk;
+pub mod mailgate;
 pub mod replay;
 pub mod rules;
 
