@@ -1,10 +1,14 @@
 //! The `intake` command line: the daemon (`serve`), the mail server's
-//! pipe client (`mailgate`) and the rule tools (`rules`, `replay`). Errors become exit codes here and nowhere else.
+//! pipe client (`mailgate`), the rule tools (`rules`, `replay`) and the
+//! reference desk consumer (`desk`). Every command ends in an
+//! [`Exit`](intake::cli::exit::Exit), the one set of exit codes; this is the
+//! only place that hands one to the process.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use intake::cli::exit::Exit;
 
 /// mimalloc, not the C library's allocator: every item allocates many
 /// small, short-lived buffers on several threads, and glibc's malloc, free
@@ -74,16 +78,20 @@ fn main() -> ExitCode {
         Err(err) => {
             // Usage errors exit 64 (EX_USAGE), which a mail server treats as
             // permanent; --help and --version are not errors.
-            let code = if err.use_stderr() { 64 } else { 0 };
+            let exit = if err.use_stderr() {
+                Exit::Usage
+            } else {
+                Exit::Ok
+            };
             // A mail server's pipe reads an RFC 3463 status first on stdout.
-            if code == 64 && std::env::args().nth(1).as_deref() == Some("mailgate") {
+            if exit == Exit::Usage && std::env::args().nth(1).as_deref() == Some("mailgate") {
                 println!("5.3.5 intake mailgate: bad usage (see stderr)");
             }
             let _ = err.print();
-            return ExitCode::from(code);
+            return exit.into();
         }
     };
-    match cli.command {
+    let exit = match cli.command {
         Command::Serve { config } => {
             intake::budget::set_memory_return(return_memory);
             intake::serve::main(&config)
@@ -92,5 +100,6 @@ fn main() -> ExitCode {
         Command::Rules(command) => intake::cli::rules::main(command),
         Command::Replay(args) => intake::cli::replay::main(args),
         Command::Desk(command) => intake::cli::desk::main(command),
-    }
+    };
+    exit.into()
 }

@@ -6,6 +6,7 @@
 
 use super::answer::GatewayAnswer;
 use super::error::MailgateError;
+use crate::cli::exit::Exit;
 use crate::telemetry::error_chain;
 use crate::units::ByteSize;
 
@@ -33,7 +34,7 @@ pub enum Outcome {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Disposition {
     /// The process exit code (sysexits.h).
-    pub exit: Sysexit,
+    pub exit: Exit,
     /// The RFC 3463 enhanced status code, e.g. `4.3.0`. Its class (2, 4, 5)
     /// always agrees with `exit`.
     pub dsn: &'static str,
@@ -50,38 +51,14 @@ impl Disposition {
     }
 }
 
-/// The exit codes of sysexits.h that mailgate uses. Mail servers know them:
-/// Postfix and Exim defer on 75 and bounce on the others.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Sysexit {
-    /// Stored by the gateway.
-    Ok,
-    /// EX_DATAERR (65): the message was rejected for good.
-    DataErr,
-    /// EX_TEMPFAIL (75): keep the mail and retry later.
-    TempFail,
-    /// EX_NOPERM (77): refused by policy (blocked sender, virus).
-    NoPerm,
-}
-
-impl Sysexit {
-    /// The numeric exit code.
-    pub fn code(self) -> u8 {
-        match self {
-            Sysexit::Ok => 0,
-            Sysexit::DataErr => 65,
-            Sysexit::TempFail => 75,
-            Sysexit::NoPerm => 77,
-        }
-    }
-
-    /// What the mail server will do with the mail, in words for the log.
-    pub(super) fn consequence(self) -> &'static str {
-        match self {
-            Sysexit::Ok => "stored",
-            Sysexit::TempFail => "the mail server keeps the mail and retries",
-            Sysexit::DataErr | Sysexit::NoPerm => "the mail server returns the mail to its sender",
-        }
+/// What the mail server will do with the mail after `exit`, in words for
+/// the log. mailgate exits 0, 65, 75 or 77 (64 comes from `main.rs`).
+pub(super) fn consequence(exit: Exit) -> &'static str {
+    match exit {
+        Exit::Ok => "stored",
+        Exit::TempFail => "the mail server keeps the mail and retries",
+        // Postfix and Exim bounce on every code but 0 and 75.
+        _ => "the mail server returns the mail to its sender",
     }
 }
 
@@ -95,7 +72,7 @@ impl Outcome {
     /// reason. When in doubt it keeps the mail: a bounce is final, a
     /// deferral costs only a retry.
     pub fn disposition(&self) -> Disposition {
-        use Sysexit::{DataErr, TempFail};
+        use Exit::{DataErr, TempFail};
         let (exit, dsn, text, reason) = match self {
             Outcome::TooBig { limit, size } => (
                 DataErr,
@@ -168,8 +145,8 @@ impl Outcome {
 }
 
 /// The status-code half of [`Outcome::disposition`].
-fn answer_disposition(answer: &GatewayAnswer) -> (Sysexit, &'static str, String, String) {
-    use Sysexit::{DataErr, NoPerm, TempFail};
+fn answer_disposition(answer: &GatewayAnswer) -> (Exit, &'static str, String, String) {
+    use Exit::{DataErr, NoPerm, TempFail};
     let status = answer.status;
     // What the gateway said about itself, for stderr: "HTTP 503 Service
     // Unavailable (storage_unavailable: Redis is down)".
@@ -187,7 +164,7 @@ fn answer_disposition(answer: &GatewayAnswer) -> (Sysexit, &'static str, String,
                 Some(id) => format!("stored as {id}"),
                 None => "stored (the gateway gave no receipt id)".to_owned(),
             };
-            (Sysexit::Ok, "2.0.0", text, format!("stored: {said}"))
+            (Exit::Ok, "2.0.0", text, format!("stored: {said}"))
         }
         // A wrong token is our configuration, not the customer's fault: keep
         // the mail until the operator fixes the token, then the queue drains.
@@ -309,9 +286,10 @@ mod tests {
         for status in [200, 301, 400, 401, 403, 404, 413, 415, 422, 429, 500, 503] {
             let disposition = Outcome::Answered(answer(status, "")).disposition();
             let class = match disposition.exit {
-                Sysexit::Ok => '2',
-                Sysexit::TempFail => '4',
-                Sysexit::DataErr | Sysexit::NoPerm => '5',
+                Exit::Ok => '2',
+                Exit::TempFail => '4',
+                Exit::DataErr | Exit::NoPerm => '5',
+                other => panic!("HTTP {status}: mailgate never exits {other:?}"),
             };
             assert!(
                 disposition.status_line().starts_with(class),
@@ -352,7 +330,7 @@ mod tests {
         let disposition = Outcome::Answered(answer(202, "not json")).disposition();
         assert_eq!(
             disposition.exit,
-            Sysexit::Ok,
+            Exit::Ok,
             "a 2xx is stored even with a garbled body"
         );
     }

@@ -12,6 +12,8 @@
 //! Every run prints an RFC 3463 enhanced status line first on stdout (Postfix
 //! puts it in its log and in any bounce) and, unless the mail was stored, one
 //! plain line on stderr saying why. The token never appears in either.
+//! The codes are those of [`Exit`], which says what a mail server does with
+//! each.
 //!
 //! | outcome | exit | status |
 //! | --- | --- | --- |
@@ -45,37 +47,38 @@ mod stdin;
 mod token;
 
 use std::io::{self, Write};
-use std::process::ExitCode;
 
 use tokio::time::Instant;
 
 pub use answer::GatewayAnswer;
 pub use args::{GatewayScheme, GatewayUrl, MailgateArgs, TOKEN_ENV};
-pub use disposition::{Disposition, Outcome, Sysexit};
+pub use disposition::{Disposition, Outcome};
 pub use error::MailgateError;
 
+use crate::cli::exit::Exit;
+use disposition::consequence;
 use exchange::{build_request, deliver, tls_connector};
 use stdin::{read_message, Message};
 use token::load_token;
 
 /// Runs `intake mailgate` and turns its outcome into the process exit code,
 /// after printing the status line (stdout) and the reason (stderr).
-pub fn main(args: MailgateArgs) -> ExitCode {
+pub fn main(args: MailgateArgs) -> Exit {
     let outcome = run(&args);
     let disposition = outcome.disposition();
     // A closed stdout or stderr must not change the exit code: the mail
     // server decides on the code, the lines only explain it.
     let _ = writeln!(io::stdout().lock(), "{}", disposition.status_line());
-    if disposition.exit != Sysexit::Ok {
+    if disposition.exit != Exit::Ok {
         let _ = writeln!(
             io::stderr().lock(),
             "intake mailgate: {}; {} (exit {})",
             disposition.reason,
-            disposition.exit.consequence(),
+            consequence(disposition.exit),
             disposition.exit.code()
         );
     }
-    ExitCode::from(disposition.exit.code())
+    disposition.exit
 }
 
 /// Does the work in a fixed order; each step can end the run early with
