@@ -1,8 +1,8 @@
 //! The `intake` command line: the daemon (`serve`), the mail server's
 //! pipe client (`mailgate`), the rule tools (`rules`, `replay`) and the
-//! reference desk consumer (`desk`). Every command ends in an
-//! [`Exit`](intake::cli::exit::Exit), the one set of exit codes; this is the
-//! only place that hands one to the process.
+//! reference desk consumer (`desk`). Every command ends in an [`Exit`],
+//! the one set of exit codes (src/cli/exit.rs); this is the only place that
+//! hands one to the process.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
