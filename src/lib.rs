@@ -13,7 +13,6 @@ pub mod cli;
 pub mod config;
 pub mod envelope;
 pub mod guard;
-pub mod mailgate;
 pub mod parse;
 pub mod pipeline;
 pub mod redis_connection;

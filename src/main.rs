@@ -1,10 +1,14 @@
 //! The `intake` command line: the daemon (`serve`), the mail server's
-//! pipe client (`mailgate`) and the rule tools (`rules`, `replay`). Errors become exit codes here and nowhere else.
+//! pipe client (`mailgate`), the rule tools (`rules`, `replay`) and the
+//! reference desk consumer (`desk`). Every command ends in an [`Exit`],
+//! the one set of exit codes (src/cli/exit.rs); this is the only place that
+//! hands one to the process.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use intake::cli::exit::Exit;
 
 /// mimalloc, not the C library's allocator: every item allocates many
 /// small, short-lived buffers on several threads, and glibc's malloc, free
@@ -56,7 +60,7 @@ enum Command {
     },
     /// Read one message on stdin and hand it to a running gateway
     /// (for a mail server's pipe transport). Exit codes follow sysexits.h.
-    Mailgate(Box<intake::mailgate::MailgateArgs>),
+    Mailgate(Box<intake::cli::mailgate::MailgateArgs>),
     /// Check rule files, or explain what they do to an item.
     #[command(subcommand)]
     Rules(intake::cli::rules::RulesCommand),
@@ -74,23 +78,28 @@ fn main() -> ExitCode {
         Err(err) => {
             // Usage errors exit 64 (EX_USAGE), which a mail server treats as
             // permanent; --help and --version are not errors.
-            let code = if err.use_stderr() { 64 } else { 0 };
+            let exit = if err.use_stderr() {
+                Exit::Usage
+            } else {
+                Exit::Ok
+            };
             // A mail server's pipe reads an RFC 3463 status first on stdout.
-            if code == 64 && std::env::args().nth(1).as_deref() == Some("mailgate") {
+            if exit == Exit::Usage && std::env::args().nth(1).as_deref() == Some("mailgate") {
                 println!("5.3.5 intake mailgate: bad usage (see stderr)");
             }
             let _ = err.print();
-            return ExitCode::from(code);
+            return exit.into();
         }
     };
-    match cli.command {
+    let exit = match cli.command {
         Command::Serve { config } => {
             intake::budget::set_memory_return(return_memory);
             intake::serve::main(&config)
         }
-        Command::Mailgate(args) => intake::mailgate::main(*args),
+        Command::Mailgate(args) => intake::cli::mailgate::main(*args),
         Command::Rules(command) => intake::cli::rules::main(command),
         Command::Replay(args) => intake::cli::replay::main(args),
         Command::Desk(command) => intake::cli::desk::main(command),
-    }
+    };
+    exit.into()
 }

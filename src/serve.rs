@@ -5,7 +5,6 @@
 //! deadline, then force; each step is logged.
 
 use std::path::Path;
-use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,6 +12,7 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::cli::exit::Exit;
 use crate::config::Config;
 
 use crate::guard::Guard;
@@ -23,17 +23,15 @@ use crate::sources::http::{self, AppState};
 use crate::sources::imap::ImapSource;
 use crate::telemetry::LogFormat;
 
-/// Exit code for a configuration the daemon cannot run with (EX_CONFIG).
-const EX_CONFIG: u8 = 78;
 /// How long open requests get to finish after a shutdown signal.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(20);
 
-pub fn main(config_path: &Path) -> ExitCode {
+pub fn main(config_path: &Path) -> Exit {
     let config = match Config::load(config_path) {
         Ok(config) => config,
         Err(e) => {
             eprintln!("intake: {e}");
-            return ExitCode::from(EX_CONFIG);
+            return Exit::Config;
         }
     };
     // Rules that do not load are a configuration problem, named like one.
@@ -43,7 +41,7 @@ pub fn main(config_path: &Path) -> ExitCode {
                 "intake: rules.dir: the rules in {} do not load:\n{e}",
                 dir.display()
             );
-            return ExitCode::from(EX_CONFIG);
+            return Exit::Config;
         }
     }
     init_tracing(&config);
@@ -51,7 +49,7 @@ pub fn main(config_path: &Path) -> ExitCode {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("intake: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
+            return Exit::Failure;
         }
     };
     // Large items run here, their threads behind the workers for the CPU.
@@ -59,18 +57,18 @@ pub fn main(config_path: &Path) -> ExitCode {
         Ok(bulk) => bulk,
         Err(e) => {
             eprintln!("intake: cannot start the runtime for large items: {e}");
-            return ExitCode::FAILURE;
+            return Exit::Failure;
         }
     };
     crate::sources::offload::set_bulk_runtime(bulk.handle().clone());
     let result = runtime.block_on(run(config, shutdown_signal()));
     bulk.shutdown_timeout(DRAIN_DEADLINE);
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => Exit::Ok,
         Err(e) => {
             tracing::error!("{e:#}");
             eprintln!("intake: {e:#}");
-            ExitCode::FAILURE
+            Exit::Failure
         }
     }
 }

@@ -13,7 +13,6 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
@@ -22,17 +21,11 @@ use redis::streams::{StreamAutoClaimOptions, StreamAutoClaimReply, StreamId, Str
 use redis::{AsyncCommands, Value};
 use serde_json::json;
 
-use super::{fail, EXIT_UNAVAILABLE};
+use super::exit::Exit;
+use super::fail;
 use crate::config::Config;
 use crate::redis_connection::connection_info;
 use crate::secret::SecretValue;
-
-/// EX_USAGE: the arguments contradict each other.
-const EXIT_USAGE: u8 = 64;
-/// EX_IOERR: the output could not be written; nothing was acknowledged.
-const EXIT_IOERR: u8 = 74;
-/// EX_CONFIG: the gateway's config file does not load.
-const EXIT_CONFIG: u8 = 78;
 
 #[derive(Subcommand)]
 pub enum DeskCommand {
@@ -92,7 +85,7 @@ pub struct TailArgs {
     drain: bool,
 }
 
-pub fn main(command: DeskCommand) -> ExitCode {
+pub fn main(command: DeskCommand) -> Exit {
     match command {
         DeskCommand::Tail(args) => tail_main(args),
     }
@@ -105,11 +98,11 @@ struct Target {
     stream: String,
 }
 
-fn target(args: &TailArgs) -> Result<Target, ExitCode> {
+fn target(args: &TailArgs) -> Result<Target, Exit> {
     let stream_names = ["desk", "quarantine", "suppressed", "held", "events"];
     if !stream_names.contains(&args.stream.as_str()) {
         return Err(fail(
-            EXIT_USAGE,
+            Exit::Usage,
             format!(
                 "--stream {}: must be one of {}",
                 args.stream,
@@ -126,7 +119,7 @@ fn target(args: &TailArgs) -> Result<Target, ExitCode> {
     }
     let config = Config::load(&args.config).map_err(|e| {
         fail(
-            EXIT_CONFIG,
+            Exit::Config,
             format!("{e}\n(give --redis-url to read a stream without the gateway's config)"),
         )
     })?;
@@ -134,7 +127,7 @@ fn target(args: &TailArgs) -> Result<Target, ExitCode> {
         Some(secret) => Some(
             secret
                 .resolve()
-                .map_err(|e| fail(EXIT_CONFIG, format!("redis.password: {e}")))?,
+                .map_err(|e| fail(Exit::Config, format!("redis.password: {e}")))?,
         ),
         None => None,
     };
@@ -145,9 +138,9 @@ fn target(args: &TailArgs) -> Result<Target, ExitCode> {
     })
 }
 
-fn tail_main(args: TailArgs) -> ExitCode {
+fn tail_main(args: TailArgs) -> Exit {
     if args.batch == 0 || args.batch > 10_000 {
-        return fail(EXIT_USAGE, "--batch: must be between 1 and 10000");
+        return fail(Exit::Usage, "--batch: must be between 1 and 10000");
     }
     let target = match target(&args) {
         Ok(t) => t,
@@ -155,7 +148,7 @@ fn tail_main(args: TailArgs) -> ExitCode {
     };
     if let Some(dir) = &args.out {
         if let Err(e) = std::fs::create_dir_all(dir) {
-            return fail(EXIT_IOERR, format!("--out {}: {e}", dir.display()));
+            return fail(Exit::IoErr, format!("--out {}: {e}", dir.display()));
         }
     }
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -167,7 +160,7 @@ fn tail_main(args: TailArgs) -> ExitCode {
             Ok(c) => c,
             Err(e) => {
                 return fail(
-                    EXIT_UNAVAILABLE,
+                    Exit::Unavailable,
                     format!("Redis at {} does not answer: {e}", target.url),
                 )
             }
@@ -191,15 +184,15 @@ fn tail_main(args: TailArgs) -> ExitCode {
         };
         tokio::select! {
             result = tail.run(&mut connection, &args) => match result {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(TailError::Redis(e)) => fail(EXIT_UNAVAILABLE, format!("Redis: {e} (unacknowledged items stay pending and are delivered again)")),
-                Err(TailError::Output(e)) => fail(EXIT_IOERR, format!("cannot write an item, so it was not acknowledged: {e}")),
+                Ok(()) => Exit::Ok,
+                Err(TailError::Redis(e)) => fail(Exit::Unavailable, format!("Redis: {e} (unacknowledged items stay pending and are delivered again)")),
+                Err(TailError::Output(e)) => fail(Exit::IoErr, format!("cannot write an item, so it was not acknowledged: {e}")),
             },
             // The signal wins only between commands of the loop below: an
             // item is either written and acknowledged, or left pending.
             _ = stop => {
                 eprintln!("intake desk tail: stopped; every item handed on was acknowledged");
-                ExitCode::SUCCESS
+                Exit::Ok
             }
         }
     })

@@ -1,22 +1,19 @@
-//! Commands beside the daemon: `intake rules check|explain`,
+//! Commands beside the daemon: `intake mailgate` (the client a mail
+//! server's pipe transport runs), `intake rules check|explain`,
 //! `intake replay` (offline, for sysadmins) and `intake desk tail` (the
-//! reference desk consumer). Exit codes: 0 ok, 1 the rules are invalid, 64 usage,
-//! 66 input missing or unreadable (EX_NOINPUT), 69 Redis unreachable.
+//! reference desk consumer). Every command ends in an [`exit::Exit`], the
+//! one set of exit codes (and of what a mail server does with each).
 
 pub mod desk;
+pub mod exit;
+pub mod mailgate;
 pub mod replay;
 pub mod rules;
 
-use std::process::ExitCode;
+use exit::Exit;
 
-/// The rules are invalid.
-pub const EXIT_INVALID: u8 = 1;
-/// EX_NOINPUT: the archive or message cannot be read.
-pub const EXIT_NOINPUT: u8 = 66;
-/// EX_UNAVAILABLE: Redis was asked for and did not answer.
-pub const EXIT_UNAVAILABLE: u8 = 69;
-
-fn fail(code: u8, message: impl std::fmt::Display) -> ExitCode {
+/// Says why on stderr and ends the command with `exit`.
+fn fail(exit: Exit, message: impl std::fmt::Display) -> Exit {
     eprintln!("intake: {message}");
-    ExitCode::from(code)
+    exit
 }

@@ -8,7 +8,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -16,7 +15,8 @@ use clap::Args;
 use governor::clock::FakeRelativeClock;
 use time::OffsetDateTime;
 
-use super::{fail, EXIT_INVALID, EXIT_NOINPUT};
+use super::exit::Exit;
+use super::fail;
 use crate::envelope::Source;
 use crate::guard::facts::Facts;
 use crate::guard::limiter::LimiterClock;
@@ -48,14 +48,14 @@ struct RuleTally {
     shadow: u64,
 }
 
-pub fn main(args: ReplayArgs) -> ExitCode {
+pub fn main(args: ReplayArgs) -> Exit {
     let set = match RuleSet::load_dir(&args.rules) {
         Ok(set) => set,
-        Err(e) => return fail(EXIT_INVALID, format!("the rules do not load:\n{e}")),
+        Err(e) => return fail(Exit::Failure, format!("the rules do not load:\n{e}")),
     };
     let messages = match read_archive(&args.archive) {
         Ok(m) => m,
-        Err(e) => return fail(EXIT_NOINPUT, format!("{}: {e}", args.archive.display())),
+        Err(e) => return fail(Exit::NoInput, format!("{}: {e}", args.archive.display())),
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -63,7 +63,7 @@ pub fn main(args: ReplayArgs) -> ExitCode {
         .expect("runtime");
     let report = runtime.block_on(replay(set, messages));
     print!("{}", report.render(&args.archive, args.top));
-    ExitCode::SUCCESS
+    Exit::Ok
 }
 
 /// One replay's results.

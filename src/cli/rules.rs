@@ -5,12 +5,12 @@
 
 use std::io::Read as _;
 use std::path::PathBuf;
-use std::process::ExitCode;
 
 use bytes::Bytes;
 use clap::{Args, Subcommand};
 
-use super::{fail, EXIT_INVALID, EXIT_NOINPUT, EXIT_UNAVAILABLE};
+use super::exit::Exit;
+use super::fail;
 use crate::envelope::Source;
 use crate::guard::facts::Facts;
 use crate::guard::limiter::LimiterClock;
@@ -64,14 +64,14 @@ pub struct ExplainArgs {
     prefix: String,
 }
 
-pub fn main(command: RulesCommand) -> ExitCode {
+pub fn main(command: RulesCommand) -> Exit {
     match command {
         RulesCommand::Check { dir } => check(&dir),
         RulesCommand::Explain(args) => explain(args),
     }
 }
 
-fn check(dir: &std::path::Path) -> ExitCode {
+fn check(dir: &std::path::Path) -> Exit {
     match RuleSet::load_dir(dir) {
         Ok(set) => {
             println!(
@@ -96,14 +96,14 @@ fn check(dir: &std::path::Path) -> ExitCode {
                     if rule.shadow { " (shadow)" } else { "" }
                 );
             }
-            ExitCode::SUCCESS
+            Exit::Ok
         }
         Err(error) => {
             for problem in &error.0 {
                 eprintln!("{problem}");
             }
             eprintln!("{} problem(s); nothing was loaded", error.0.len());
-            ExitCode::from(EXIT_INVALID)
+            Exit::Failure
         }
     }
 }
@@ -166,14 +166,14 @@ fn message(args: &ExplainArgs) -> Result<Message, String> {
     .map_err(|e| e.to_string())
 }
 
-fn explain(args: ExplainArgs) -> ExitCode {
+fn explain(args: ExplainArgs) -> Exit {
     let set = match RuleSet::load_dir(&args.rules) {
         Ok(set) => set,
-        Err(e) => return fail(EXIT_INVALID, format!("the rules do not load:\n{e}")),
+        Err(e) => return fail(Exit::Failure, format!("the rules do not load:\n{e}")),
     };
     let message = match message(&args) {
         Ok(m) => m,
-        Err(e) => return fail(EXIT_NOINPUT, e),
+        Err(e) => return fail(Exit::NoInput, e),
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -193,9 +193,9 @@ fn explain(args: ExplainArgs) -> ExitCode {
                         &args.prefix,
                         std::time::Duration::from_secs(2),
                     )),
-                    _ => return fail(EXIT_UNAVAILABLE, format!("Redis at {url} does not answer")),
+                    _ => return fail(Exit::Unavailable, format!("Redis at {url} does not answer")),
                 },
-                Err(e) => return fail(EXIT_UNAVAILABLE, format!("--redis: {e}")),
+                Err(e) => return fail(Exit::Unavailable, format!("--redis: {e}")),
             },
             None => None,
         };
@@ -241,14 +241,14 @@ fn explain(args: ExplainArgs) -> ExitCode {
                 "\nblock list {}: refused (forms 403; mail kept in suppressed)",
                 list.name
             );
-            return ExitCode::SUCCESS;
+            return Exit::Ok;
         }
         if let Some(list) = set.allow.iter().find(|l| l.allows(&facts)) {
             println!(
                 "\nallow list {}: no rate limits, no collapse; goes to the desk",
                 list.name
             );
-            return ExitCode::SUCCESS;
+            return Exit::Ok;
         }
         println!("\nrules:");
         let mut strongest: Option<&crate::guard::rules::Rule> = None;
@@ -285,7 +285,7 @@ fn explain(args: ExplainArgs) -> ExitCode {
                         "local bucket (in each gateway process; not readable here)".into()
                     }
                     Ok(None) => "unknown (give --redis to read cluster buckets)".into(),
-                    Err(e) => return fail(EXIT_UNAVAILABLE, e),
+                    Err(e) => return fail(Exit::Unavailable, e),
                 };
                 println!("    key    {key}\n    bucket {state}");
             }
@@ -304,6 +304,6 @@ fn explain(args: ExplainArgs) -> ExitCode {
             ),
             None => println!("\nresult: passes to the desk (unless it duplicates an earlier item)"),
         }
-        ExitCode::SUCCESS
+        Exit::Ok
     })
 }
