@@ -1,6 +1,6 @@
 //! Replies, and the one place that turns what happened to a message into
 //! the reply each recipient gets. It mirrors `intake mailgate`'s exit codes
-//! (src/mailgate.rs): what mailgate exits 75 for is a 4xx here (the mail
+//! (src/cli/mailgate/): what mailgate exits 75 for is a 4xx here (the mail
 //! server keeps the mail and retries), 65 and 77 are 5xx (it bounces).
 //! Internal error text never reaches the client; it is logged here.
 

@@ -11,11 +11,12 @@
 use std::sync::OnceLock;
 
 use bytes::Bytes;
-use intake::config::{Config, FormConfig};
+use intake::config::Config;
 use intake::envelope::{FieldValue, Source};
-use intake::sources::http::bots::{judge, unix_now, TokenKey};
 use intake::parse::redact::{redact_envelope, PrivacyConfig};
 use intake::parse::{parse, ParseOptions};
+use intake::sources::http::bots::{judge, unix_now, TokenKey};
+use intake::sources::http::config::FormConfig;
 use intake::sources::http::form_body::{decode, BodyKind};
 use intake::sources::http::forms::check_fields;
 use intake::submission::{Payload, Submission};
@@ -118,9 +119,7 @@ fn check_form(kind: BodyKind, body: Bytes) {
     }
 
     let key = TokenKey::new(b"fuzz secret of the form tokens");
-    let bot_check = judge(form, Some(&key), &post, unix_now())
-        .err()
-        .map(|check| check.label().to_string());
+    let bot_check = judge(form, Some(&key), &post, unix_now()).err();
 
     let mut post = post;
     post.bot_check = bot_check;
@@ -133,8 +132,9 @@ fn check_form(kind: BodyKind, body: Bytes) {
         referer: None,
     };
     let submission = Submission::new(source, Payload::Form(post));
+    let fields = form.fields();
     let options = ParseOptions {
-        form: Some(form),
+        form: Some(&fields),
         keep_raw: false,
     };
     let message = parse(submission, options).expect("a decoded form post always parses");

@@ -4,12 +4,12 @@
 #![no_main]
 
 use bytes::Bytes;
-use intake::config::ByteSize;
 use intake::envelope::Source;
 use intake::parse::limits::{MimeConfig, MimeStats};
 use intake::parse::redact::{redact_envelope, PrivacyConfig, TAG_REDACTED};
 use intake::parse::{parse, ParseError, ParseOptions};
 use intake::submission::{Payload, Submission};
+use intake::units::ByteSize;
 use intake_fuzz::{check_envelope, check_masked, on_worker_stack};
 use libfuzzer_sys::fuzz_target;
 

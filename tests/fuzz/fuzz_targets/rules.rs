@@ -168,7 +168,7 @@ fn samples() -> &'static [Message] {
             Payload::Form(post),
         );
         let options = ParseOptions {
-            form: Some(&config.forms[0]),
+            form: Some(&config.forms[0].fields()),
             keep_raw: false,
         };
         let form = parse(form, options).expect("the sample post parses");
