@@ -16,7 +16,10 @@ async fn post(gw: &Gateway, n: usize) -> reqwest::Response {
         .post(gw.form_url("contact"))
         .form(&[
             ("email", "ann@example.com"),
-            ("message", &format!("note {n}")),
+            // Unique: the same post again within the form's retry window
+            // would get its first receipt without being judged, and a 202
+            // would no longer show that the gateway takes new items.
+            ("message", &format!("note {n} {}", ulid::Ulid::new())),
         ])
         .send()
         .await
@@ -46,7 +49,8 @@ async fn post_until(gw: &Gateway, status: u16) -> usize {
     unreachable!()
 }
 
-fn mailgate(url: &str) -> i32 {
+/// mailgate's exit code and what it wrote to stderr (for the failure message).
+fn mailgate(url: &str) -> (i32, String) {
     let token_file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(token_file.path(), TOKEN).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_intake"))
@@ -54,7 +58,7 @@ fn mailgate(url: &str) -> i32 {
         .arg(token_file.path())
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     child
@@ -63,7 +67,11 @@ fn mailgate(url: &str) -> i32 {
         .unwrap()
         .write_all(b"From: ann@example.com\r\nSubject: busy\r\n\r\nhello\r\n")
         .unwrap();
-    child.wait().unwrap().code().unwrap_or(-1)
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[tokio::test]
@@ -93,7 +101,11 @@ async fn full_desk_refuses_new_items_until_it_drains() {
     let code = tokio::task::spawn_blocking(move || mailgate(&url))
         .await
         .unwrap();
-    assert_eq!(code, 75, "mailgate keeps the mail while the desk is full");
+    assert_eq!(
+        code.0, 75,
+        "mailgate keeps the mail while the desk is full: {}",
+        code.1
+    );
     assert_eq!(
         gw.entries("desk").await.len(),
         stored_before,
@@ -112,7 +124,11 @@ async fn full_desk_refuses_new_items_until_it_drains() {
     let code = tokio::task::spawn_blocking(move || mailgate(&url))
         .await
         .unwrap();
-    assert_eq!(code, 0, "mailgate delivers again once the desk drained");
+    assert_eq!(
+        code.0, 0,
+        "mailgate delivers again once the desk drained: {}",
+        code.1
+    );
 }
 
 #[test]
