@@ -165,9 +165,11 @@ impl ImapConfig {
             fix(file);
         }
     }
+}
 
+impl crate::validate::Validate for ImapConfig {
     /// Adds every problem of this table to `problems`; `at` names it.
-    pub fn validate(&self, at: &str, problems: &mut Vec<String>) {
+    fn validate(&self, at: &str, problems: &mut Vec<String>) {
         if self.host.trim().is_empty() {
             problems.push(format!("{at}.host: must not be empty"));
         }
@@ -328,6 +330,7 @@ fn default_true() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::validate::Validate;
 
     fn parse(extra: &str) -> ImapConfig {
         toml::from_str(&format!(
