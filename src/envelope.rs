@@ -103,6 +103,10 @@ pub struct Envelope {
     /// The new part of a reply: quoted history and signature removed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stripped_text: Option<String>,
+    /// The customer's signature or their client's sign-off (`-- ` block,
+    /// `Enviado desde mi iPhone`), moved out of `stripped_text`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stripped_signature: Option<String>,
     /// Form fields as posted, reserved `_` fields removed. Empty for mail.
     #[serde(default)]
     pub fields: BTreeMap<String, FieldValue>,

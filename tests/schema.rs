@@ -138,6 +138,7 @@ fn every_source_variant_and_optional_field_matches_the_schema() {
         text: Some("Where is it?\n> quoted".into()),
         html: Some("<p>Where is it?</p>".into()),
         stripped_text: Some("Where is it?".into()),
+        stripped_signature: Some("Ann\nShop Example".into()),
         fields: [
             ("order".to_string(), FieldValue::One("1234".into())),
             (
@@ -238,6 +239,7 @@ fn every_source_variant_and_optional_field_matches_the_schema() {
             text: None,
             html: None,
             stripped_text: None,
+            stripped_signature: None,
             fields: Default::default(),
             attachments: vec![],
             scan: ScanReport::unscanned(),

@@ -37,6 +37,7 @@ pub fn form_envelope(email: &str, ip: &str) -> Envelope {
         text: Some("hello".into()),
         html: None,
         stripped_text: Some("hello".into()),
+        stripped_signature: None,
         fields: Default::default(),
         attachments: vec![],
         scan: ScanReport::unscanned(),

@@ -87,7 +87,27 @@ pub(super) fn fill(
     {
         envelope.html = message.body_html(0).map(Cow::into_owned);
     }
-    envelope.stripped_text = envelope.text.as_deref().map(reply::strip);
+    // HTML-only mail: `text` is the HTML read as text, and the reply is
+    // found by its markup (mail-parser's own conversion drops the breaks
+    // between blocks).
+    let has_text_part = message
+        .text_bodies()
+        .any(|p| matches!(p.body, PartType::Text(_)));
+    let reply = match (&envelope.text, &envelope.html) {
+        (Some(text), _) if has_text_part => Some(reply::from_text(text)),
+        (_, Some(html)) => {
+            let readable = reply::html::to_text(html);
+            let found = reply::from_html(html, &readable);
+            envelope.text = Some(readable);
+            Some(found)
+        }
+        (Some(text), None) => Some(reply::from_text(text)),
+        (None, None) => None,
+    };
+    if let Some(reply) = reply {
+        envelope.stripped_text = Some(reply.text);
+        envelope.stripped_signature = reply.signature;
+    }
 
     // Indices, not `message.attachments()`: each part's decoded buffer is
     // moved out of the parsed message below instead of copied. mail-parser

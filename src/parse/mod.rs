@@ -12,7 +12,7 @@ pub use form::FormFields;
 pub mod limits;
 mod mail;
 pub mod redact;
-mod reply;
+pub mod reply;
 
 use bytes::Bytes;
 
@@ -100,6 +100,7 @@ pub fn parse(submission: Submission, options: ParseOptions<'_>) -> Result<Messag
         text: None,
         html: None,
         stripped_text: None,
+        stripped_signature: None,
         fields: Default::default(),
         attachments: Vec::new(),
         scan: ScanReport::unscanned(),

@@ -71,6 +71,7 @@ pub fn redact_envelope(envelope: &mut Envelope, config: &PrivacyConfig) -> usize
         envelope.text.as_mut(),
         envelope.html.as_mut(),
         envelope.stripped_text.as_mut(),
+        envelope.stripped_signature.as_mut(),
     ]
     .into_iter()
     .flatten()

@@ -323,10 +323,15 @@ pub fn content_size(envelope: &Envelope) -> u64 {
         .iter()
         .map(|a| a.content_base64.bytes().len() as u64)
         .sum();
-    let text = [&envelope.text, &envelope.html, &envelope.stripped_text]
-        .iter()
-        .map(|t| t.as_ref().map_or(0, |t| t.len() as u64))
-        .sum::<u64>();
+    let text = [
+        &envelope.text,
+        &envelope.html,
+        &envelope.stripped_text,
+        &envelope.stripped_signature,
+    ]
+    .iter()
+    .map(|t| t.as_ref().map_or(0, |t| t.len() as u64))
+    .sum::<u64>();
     let fields: u64 = envelope
         .fields
         .values()
@@ -349,6 +354,7 @@ pub fn slim(envelope: &mut Envelope, excerpt: usize) {
     for text in [
         &mut envelope.text,
         &mut envelope.stripped_text,
+        &mut envelope.stripped_signature,
         &mut envelope.html,
     ]
     .into_iter()

@@ -148,10 +148,15 @@ fn counted(envelope: &Envelope) -> serde_json::Result<u64> {
 
 /// About the bytes an envelope's clone copies (its strings).
 fn text_len(envelope: &Envelope) -> usize {
-    let text = [&envelope.text, &envelope.html, &envelope.stripped_text]
-        .into_iter()
-        .map(|t| t.as_ref().map_or(0, String::len))
-        .sum::<usize>();
+    let text = [
+        &envelope.text,
+        &envelope.html,
+        &envelope.stripped_text,
+        &envelope.stripped_signature,
+    ]
+    .into_iter()
+    .map(|t| t.as_ref().map_or(0, String::len))
+    .sum::<usize>();
     let headers = envelope
         .headers
         .iter()
