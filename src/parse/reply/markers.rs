@@ -95,6 +95,11 @@ fn opens_like_attribution(lower: &str) -> bool {
 /// separator with a history word, or a forward head.
 pub(super) fn is_separator(text: &str) -> bool {
     let line = strip_emphasis(text.trim());
+    // Every body line comes here: only short or dashed ones are worth
+    // lower-casing.
+    if line.len() > 120 && !line.starts_with("--") {
+        return false;
+    }
     let lower = line.to_lowercase();
     let head = lower.trim_end_matches([':', ' ', '\u{a0}']);
     if FORWARD_HEADS.contains(&head) {

@@ -46,6 +46,10 @@ pub(super) fn start(lines: &[&Line]) -> Option<usize> {
 
 /// A client's automatic sign-off line.
 pub(super) fn is_sign_off(text: &str) -> bool {
+    // Sign-offs are short; a long line is not lower-cased to find out.
+    if text.len() > 160 {
+        return false;
+    }
     let lower = text.trim().to_lowercase();
     let words = lower.split_whitespace().count();
     if words > 12 || lower.ends_with('?') {
