@@ -1,5 +1,7 @@
 //! Raw RFC 5322 mail to envelope, with mail-parser. Charsets are decoded by
-//! mail-parser (`full_encoding`); what it cannot read is kept in `raw`.
+//! mail-parser (`full_encoding`), corrected where it is known to be wrong
+//! (`words.rs` for headers, `charset.rs` for the mislabels); what it cannot
+//! read is kept in `raw`.
 
 use std::borrow::Cow;
 
@@ -32,6 +34,10 @@ pub(super) fn fill(
         envelope.text = Some(String::from_utf8_lossy(raw).into_owned());
         return targets;
     };
+    // mail-parser decodes encoded-words one by one and trusts a latin-1
+    // label on UTF-8; the headers intake reads are read again where that
+    // went wrong.
+    super::words::repair_headers(&mut message);
     *stats = super::limits::measure(&message);
 
     for header in message.headers() {
