@@ -5,6 +5,7 @@
 //! mail-parser cannot make sense of is still stored with its `raw` bytes,
 //! and what could be read (headers, text) is filled in.
 
+mod bodies;
 mod charset;
 pub mod filename;
 mod form;
