@@ -15,7 +15,10 @@
 //! the broken bytes: one stray byte does not turn a UTF-8 text into
 //! mojibake.
 
+use std::borrow::Cow;
+
 use encoding_rs::{Encoding, UTF_8, WINDOWS_1252};
+use mail_parser::{Encoding as TransferEncoding, Message, MessagePart, MimeHeaders, PartType};
 
 /// How bytes under a label are to be read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,6 +106,59 @@ pub(super) fn decode(bytes: &[u8], label: Option<&str>) -> String {
             Some(decoder) => decoder(bytes),
             None => String::from_utf8_lossy(bytes).into_owned(),
         },
+    }
+}
+
+/// Decodes again, from the raw message, every text part of `message`
+/// (nested messages aside: intake keeps only their raw bytes) that
+/// mail-parser decoded otherwise than this module's rules say.
+pub(super) fn repair_texts(message: &mut Message<'_>) {
+    let raw = message.raw_message.clone();
+    for part in &mut message.parts {
+        let (PartType::Text(text) | PartType::Html(text)) = &part.body else {
+            continue;
+        };
+        // The fast path: only a non-ASCII text can have been misread, and
+        // under a UTF-8 reading only one with U+FFFD in it.
+        if text.is_ascii() {
+            continue;
+        }
+        let label = part
+            .content_type()
+            .and_then(|ct| ct.attribute("charset"))
+            .map(|l| clean(l).to_string());
+        let label = label.as_deref().filter(|l| !l.is_empty());
+        let suspect = match label {
+            Some(l) if is_windows_1252_family(l) => true,
+            Some(l) if decoder(l).is_some() => false,
+            _ => text.contains('\u{FFFD}'),
+        };
+        if !suspect {
+            continue;
+        }
+        let Some(bytes) = transfer_decoded(&raw, part) else {
+            continue;
+        };
+        if misread_by_mail_parser(&bytes, label) {
+            let fixed = Cow::Owned(decode(&bytes, label));
+            if let PartType::Text(text) | PartType::Html(text) = &mut part.body {
+                *text = fixed;
+            }
+        }
+    }
+}
+
+/// A part's body bytes as sent, transfer-decoded, before any charset.
+fn transfer_decoded<'r>(raw: &'r [u8], part: &MessagePart<'_>) -> Option<Cow<'r, [u8]>> {
+    let body = raw.get(part.offset_body as usize..part.offset_end as usize)?;
+    match part.encoding {
+        TransferEncoding::None => Some(body.into()),
+        TransferEncoding::Base64 => {
+            mail_parser::decoders::base64::base64_decode(body).map(Cow::Owned)
+        }
+        TransferEncoding::QuotedPrintable => {
+            mail_parser::decoders::quoted_printable::quoted_printable_decode(body).map(Cow::Owned)
+        }
     }
 }
 

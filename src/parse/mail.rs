@@ -35,9 +35,10 @@ pub(super) fn fill(
         return targets;
     };
     // mail-parser decodes encoded-words one by one and trusts a latin-1
-    // label on UTF-8; the headers intake reads are read again where that
-    // went wrong.
+    // label on UTF-8; the headers intake reads and the text parts are read
+    // again where that went wrong.
     super::words::repair_headers(&mut message);
+    super::charset::repair_texts(&mut message);
     // Bodies and attachments decided over the whole part tree (related and
     // nested alternatives), not part by part as mail-parser does.
     let classes = super::bodies::reclassify(&mut message);
