@@ -1,5 +1,6 @@
 //! The `intake` command line: the daemon (`serve`), the mail server's
-//! pipe client (`mailgate`), the rule tools (`rules`, `replay`) and the
+//! pipe client (`mailgate`), the rule tools (`rules`, `replay`), the
+//! offline parse (`parse`) and the
 //! reference desk consumer (`desk`). Every command ends in an [`Exit`],
 //! the one set of exit codes (src/cli/exit.rs); this is the only place that
 //! hands one to the process.
@@ -67,6 +68,9 @@ enum Command {
     /// Run rules and dedupe over archived mail (Maildir or mbox), offline,
     /// and report what each rule would have done.
     Replay(intake::cli::replay::ReplayArgs),
+    /// Print the envelope a raw mail (FILE, or stdin) would become, as
+    /// JSON, offline: the parse stage only, not scanned.
+    Parse(intake::cli::parse::ParseArgs),
     /// The desk side: a reference consumer of the streams.
     #[command(subcommand)]
     Desk(intake::cli::desk::DeskCommand),
@@ -99,6 +103,7 @@ fn main() -> ExitCode {
         Command::Mailgate(args) => intake::cli::mailgate::main(*args),
         Command::Rules(command) => intake::cli::rules::main(command),
         Command::Replay(args) => intake::cli::replay::main(args),
+        Command::Parse(args) => intake::cli::parse::main(args),
         Command::Desk(command) => intake::cli::desk::main(command),
     };
     exit.into()

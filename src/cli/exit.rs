@@ -17,15 +17,15 @@
 //! | code | name | returned by | when |
 //! | --- | --- | --- | --- |
 //! | 0 | `Ok` | every command | done; for mailgate: stored by the gateway |
-//! | 1 | `Failure` | `rules`, `replay`, `serve` | the rules are invalid; the daemon could not start its runtime or stopped on an error |
+//! | 1 | `Failure` | `rules`, `replay`, `serve`, `parse` | the rules are invalid; the daemon could not start its runtime or stopped on an error |
 //! | 64 | `Usage` | every command (bad arguments), `desk tail` | the command line cannot work |
-//! | 65 | `DataErr` | `mailgate` | the message was rejected for good (the mail server bounces it) |
-//! | 66 | `NoInput` | `rules explain`, `replay` | the archive or message cannot be read |
+//! | 65 | `DataErr` | `mailgate`, `parse` | the message was rejected for good (the mail server bounces it); for `parse`: it is empty |
+//! | 66 | `NoInput` | `rules explain`, `replay`, `parse` | the archive or message cannot be read |
 //! | 69 | `Unavailable` | `rules explain --redis`, `desk tail` | Redis was asked for and did not answer |
 //! | 74 | `IoErr` | `desk tail` | an item could not be written out, so it was not acknowledged |
 //! | 75 | `TempFail` | `mailgate` | no verdict yet: the mail server keeps the mail and retries |
 //! | 77 | `NoPerm` | `mailgate` | refused by policy, blocked sender or virus (the mail server bounces it) |
-//! | 78 | `Config` | `serve`, `desk tail` | the config file does not load, or its rules do not |
+//! | 78 | `Config` | `serve`, `desk tail`, `parse --config` | the config file does not load, or its rules do not |
 
 use std::process::ExitCode;
 
@@ -43,7 +43,8 @@ pub enum Exit {
     /// will not start working on a retry.
     Usage = 64,
     /// EX_DATAERR: the gateway rejected the message for good (malformed,
-    /// too big); the mail server returns it to its sender.
+    /// too big); the mail server returns it to its sender. `parse`: the
+    /// message is empty.
     DataErr = 65,
     /// EX_NOINPUT: the archive or message to read is missing or unreadable.
     NoInput = 66,

@@ -1,12 +1,14 @@
 //! Commands beside the daemon: `intake mailgate` (the client a mail
 //! server's pipe transport runs), `intake rules check|explain`,
-//! `intake replay` (offline, for sysadmins) and `intake desk tail` (the
+//! `intake replay` and `intake parse` (offline, for sysadmins) and
+//! `intake desk tail` (the
 //! reference desk consumer). Every command ends in an [`exit::Exit`], the
 //! one set of exit codes (and of what a mail server does with each).
 
 pub mod desk;
 pub mod exit;
 pub mod mailgate;
+pub mod parse;
 pub mod replay;
 pub mod rules;
 

@@ -1,5 +1,7 @@
 //! Raw RFC 5322 mail to envelope, with mail-parser. Charsets are decoded by
-//! mail-parser (`full_encoding`); what it cannot read is kept in `raw`.
+//! mail-parser (`full_encoding`), corrected where it is known to be wrong
+//! (`words.rs` for headers, `charset.rs` for the mislabels); what it cannot
+//! read is kept in `raw`.
 
 use std::borrow::Cow;
 
@@ -32,6 +34,14 @@ pub(super) fn fill(
         envelope.text = Some(String::from_utf8_lossy(raw).into_owned());
         return targets;
     };
+    // mail-parser decodes encoded-words one by one and trusts a latin-1
+    // label on UTF-8; the headers intake reads and the text parts are read
+    // again where that went wrong.
+    super::words::repair_headers(&mut message);
+    super::charset::repair_texts(&mut message);
+    // Bodies and attachments decided over the whole part tree (related and
+    // nested alternatives), not part by part as mail-parser does.
+    let classes = super::bodies::reclassify(&mut message);
     *stats = super::limits::measure(&message);
 
     for header in message.headers() {
@@ -128,9 +138,13 @@ pub(super) fn fill(
                 _ => "application/octet-stream".into(),
             })
             .to_ascii_lowercase();
-        let inline = part
-            .content_disposition()
-            .is_some_and(|d| d.ctype().eq_ignore_ascii_case("inline"));
+        // A related part (an inline image of an HTML body) is inline
+        // unless its sender said otherwise.
+        let disposition = part.content_disposition().map(|d| d.ctype());
+        let inline = match disposition {
+            Some(d) => d.eq_ignore_ascii_case("inline"),
+            None => classes.is_related_resource(id),
+        };
         // The desk and the scanner's report see the safe name; the name as
         // sent (decoded) is kept beside it when it differs.
         let names = super::filename::FileName::from_sent(part.attachment_name());

@@ -5,14 +5,18 @@
 //! mail-parser cannot make sense of is still stored with its `raw` bytes,
 //! and what could be read (headers, text) is filled in.
 
+mod bodies;
+mod charset;
 pub mod filename;
 mod form;
 
 pub use form::FormFields;
 pub mod limits;
 mod mail;
+mod params;
 pub mod redact;
 pub mod reply;
+mod words;
 
 use bytes::Bytes;
 
