@@ -72,7 +72,18 @@ pub struct IdempotencyKey {
     /// enough for any restart or mail-server retry). Keys derived from a
     /// form post hold only for the form's retry window.
     pub ttl: Option<std::time::Duration>,
+    /// The key names a mail, not one delivery of it: a hand-in that finds
+    /// it stored is a copy of that mail for more recipients (a mail server
+    /// that delivers one transaction per recipient), and the pipeline adds
+    /// the copy's recipients to the first item (see [`IdempotencyKey::of_delivery`]).
+    pub folds_copies: bool,
 }
+
+/// How long the copies of one mail fold into its first item: longer than
+/// any mail server keeps a mail queued (Postfix 5 days, Exim and OpenSMTPD
+/// 4 to 7), so every per-recipient delivery and every retry of one lands
+/// inside it.
+pub const COPY_WINDOW: std::time::Duration = std::time::Duration::from_secs(8 * 24 * 3600);
 
 impl IdempotencyKey {
     /// A key that names its payload by itself.
@@ -81,14 +92,28 @@ impl IdempotencyKey {
             key: key.into(),
             digest: None,
             ttl: None,
+            folds_copies: false,
         }
     }
 
-    /// The key of one mail delivery through `source` (`mailgate`, `lmtp`):
-    /// the same message bytes for the same envelope sender and recipients
-    /// are the same delivery, retried by a mail server that lost the
-    /// answer. A copy for another recipient (a separate transaction) stays
-    /// a delivery of its own.
+    /// The key of a mail handed in by a mail server through `source`
+    /// (`mailgate`, `lmtp`).
+    ///
+    /// A mail with a Message-ID is keyed by what makes it this mail: its
+    /// envelope sender, its Message-ID and its body, not its header block,
+    /// which each delivery adds to (`Delivered-To`, `Received: ... for`).
+    /// A server that splits one mail into a transaction per recipient
+    /// (OpenSMTPD always, Exim after a 451, Postfix with a recipient limit
+    /// of 1) then hands in copies of one item: each gets the first receipt
+    /// and adds its recipients to it ([`IdempotencyKey::folds_copies`]),
+    /// whatever the rules say, since this is one mail, not a flood. A
+    /// retried transaction is such a copy too. The key is shared by both
+    /// sources: a mail that reaches the gateway through LMTP and mailgate
+    /// is still one item.
+    ///
+    /// Without a Message-ID nothing says two deliveries are one mail: the
+    /// key is the transaction's (sender, recipients and bytes), so only a
+    /// retry of that transaction finds the first receipt.
     pub fn of_delivery(
         source: &str,
         sender: Option<&str>,
@@ -98,16 +123,74 @@ impl IdempotencyKey {
         use sha2::{Digest, Sha256};
         let mut hasher = Sha256::new();
         hasher.update(sender.unwrap_or("").as_bytes());
+        if let Some((message_id, body)) = mail_identity(raw) {
+            // The separators cannot occur in an address or a Message-ID,
+            // so no part can be shifted into the next.
+            hasher.update(b"\0");
+            hasher.update(message_id.as_bytes());
+            hasher.update(b"\0\0");
+            hasher.update(body);
+            return IdempotencyKey {
+                key: format!("mail-copy:{:x}", hasher.finalize()),
+                digest: None,
+                ttl: Some(COPY_WINDOW),
+                folds_copies: true,
+            };
+        }
         for recipient in recipients {
             hasher.update(b"\0");
             hasher.update(recipient.as_bytes());
         }
-        // The separator cannot occur in an address, so the envelope and the
-        // bytes cannot be shifted into each other.
         hasher.update(b"\0\0");
         hasher.update(raw);
         IdempotencyKey::named(format!("{source}:{:x}", hasher.finalize()))
     }
+}
+
+/// A mail's Message-ID (without its angle brackets) and its body (the bytes
+/// after the header block), read without parsing the mail; `None` without
+/// a usable Message-ID.
+fn mail_identity(raw: &[u8]) -> Option<(String, &[u8])> {
+    let (head, body) = split_header_block(raw);
+    let mut lines = head.split(|&b| b == b'\n').peekable();
+    while let Some(line) = lines.next() {
+        let Some(value) = strip_name(line, b"message-id:") else {
+            continue;
+        };
+        // A folded value continues on the lines that start with space.
+        let mut value = value.to_vec();
+        while let Some(next) = lines.next_if(|l| l.starts_with(b" ") || l.starts_with(b"\t")) {
+            value.extend_from_slice(next);
+        }
+        let value = String::from_utf8_lossy(&value);
+        let id = value
+            .trim()
+            .trim_start_matches('<')
+            .split('>')
+            .next()?
+            .trim();
+        return id.contains('@').then(|| (id.to_string(), body));
+    }
+    None
+}
+
+/// The header block and the body of a raw mail, split at the first empty
+/// line (CRLF or LF); a mail without one is all header.
+fn split_header_block(raw: &[u8]) -> (&[u8], &[u8]) {
+    let mut start = 0;
+    for line in raw.split_inclusive(|&b| b == b'\n') {
+        if line == b"\r\n" || line == b"\n" {
+            return (&raw[..start], &raw[start + line.len()..]);
+        }
+        start += line.len();
+    }
+    (raw, &[])
+}
+
+/// The value of a header line named `name` (lower case, colon included).
+fn strip_name<'a>(line: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+    let head = line.get(..name.len())?;
+    head.eq_ignore_ascii_case(name).then(|| &line[name.len()..])
 }
 
 /// The idempotency key a refusal of an item keyed `key` is written under.
@@ -177,4 +260,52 @@ pub struct Upload {
     pub filename: Option<String>,
     pub content_type: String,
     pub data: Bytes,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::IdempotencyKey;
+
+    fn key(recipient: &str, raw: &str) -> IdempotencyKey {
+        IdempotencyKey::of_delivery(
+            "lmtp",
+            Some("ana@x.example"),
+            &[recipient.into()],
+            raw.as_bytes(),
+        )
+    }
+
+    #[test]
+    fn copies_of_a_mail_share_a_key_whatever_their_delivery_headers() {
+        let mail = "Message-ID:\r\n <a1@x.example>\r\nSubject: hola\r\n\r\ncuerpo\r\n";
+        let one = key(
+            "a@shop.test",
+            &format!("Delivered-To: a@shop.test\r\n{mail}"),
+        );
+        let two = key(
+            "b@shop.test",
+            &format!("Delivered-To: b@shop.test\r\n{mail}"),
+        );
+        assert_eq!(one, two);
+        assert!(one.folds_copies);
+        assert!(one.key.starts_with("mail-copy:"));
+        let other_body = key("a@shop.test", &mail.replace("cuerpo", "otro"));
+        assert_ne!(one.key, other_body.key);
+        let other_sender =
+            IdempotencyKey::of_delivery("lmtp", Some("eve@x.example"), &[], mail.as_bytes());
+        assert_ne!(one.key, other_sender.key);
+    }
+
+    #[test]
+    fn without_a_message_id_the_transaction_is_the_key() {
+        let mail = "Subject: hola\n\ncuerpo\n";
+        let one = key("a@shop.test", mail);
+        let two = key("b@shop.test", mail);
+        assert_ne!(one.key, two.key);
+        assert!(!one.folds_copies);
+        assert!(one.key.starts_with("lmtp:"));
+        // A Message-ID in the body is not the mail's.
+        let in_body = key("a@shop.test", "Subject: x\n\nMessage-ID: <b@x.example>\n");
+        assert!(!in_body.folds_copies);
+    }
 }

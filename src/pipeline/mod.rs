@@ -18,8 +18,8 @@ use crate::sink::{Appended, Seen, Sink, SinkError};
 use crate::submission::{IdempotencyKey, ReceiptId, Submission};
 use crate::telemetry::events::emit;
 use crate::telemetry::events::pipeline::{
-    BackpressureRefused, FoldNotAnnounced, ItemHeld, ItemRecognised, KeyReused, MimeLimitExceeded,
-    StoreFailed,
+    BackpressureRefused, CopyFolded, FoldNotAnnounced, ItemHeld, ItemRecognised, KeyReused,
+    MimeLimitExceeded, StoreFailed,
 };
 use crate::verdict::{GuardVerdict, ScanVerdict};
 use audit::Audit;
@@ -177,7 +177,12 @@ impl Pipeline {
                 .await
                 .map_err(|e| self.lookup_failed(e))?
             {
-                return self.recognised(seen, key.digest.as_deref());
+                let stored = self.recognised(seen, key.digest.as_deref())?;
+                if key.folds_copies {
+                    self.add_recipients(&stored, key, submission.id, &submission.source)
+                        .await?;
+                }
+                return Ok(stored);
             }
         }
 
@@ -277,6 +282,8 @@ impl Pipeline {
         let key = match route.answer {
             Answer::Refused(_) if refusal_judged_again => key.map(|k| IdempotencyKey {
                 key: crate::submission::refused_key(&k.key),
+                // A refusal is no item a copy could join.
+                folds_copies: false,
                 ..k
             }),
             _ => key,
@@ -324,6 +331,12 @@ impl Pipeline {
     ) -> Result<Stored, PipelineError> {
         let id = message.envelope.id;
         let digest = key.as_ref().and_then(|k| k.digest.clone());
+        // Kept for the case the key finds a first item: this hand-in is a
+        // copy of its mail for these recipients.
+        let copy = key
+            .as_ref()
+            .filter(|k| k.folds_copies)
+            .map(|k| (k.clone(), message.envelope.source.clone()));
         let written = write::write(
             &*self.sink,
             message.envelope,
@@ -366,14 +379,18 @@ impl Pipeline {
                 // reservation is not needed.
                 self.guard.not_stored(&ticket).await;
                 reused(digest.as_deref(), stored_digest.as_deref())?;
-                Ok(Stored {
+                let stored = Stored {
                     id: receipt.parse().unwrap_or(id),
                     stream,
                     entry_id,
                     answer,
                     already_stored: true,
                     kept,
-                })
+                };
+                if let Some((key, source)) = copy {
+                    self.add_recipients(&stored, &key, id, &source).await?;
+                }
+                Ok(stored)
             }
         }
     }
@@ -440,6 +457,42 @@ impl Pipeline {
             already_stored: true,
             kept: Kept::Whole,
         })
+    }
+
+    /// A copy of a stored mail for more recipients (`key` folds copies):
+    /// its recipients are added to the first item through `events`. The
+    /// copy is answered with the first receipt only once that update is
+    /// written; until then its mail server is told to retry, so no
+    /// recipient is lost. Items not on their way to the desk get none.
+    async fn add_recipients(
+        &self,
+        first: &Stored,
+        key: &IdempotencyKey,
+        copy: ReceiptId,
+        source: &crate::envelope::Source,
+    ) -> Result<(), PipelineError> {
+        use crate::envelope::Source;
+        let recipients = match source {
+            Source::Lmtp { recipients, .. } | Source::Mailgate { recipients, .. } => recipients,
+            _ => return Ok(()),
+        };
+        if recipients.is_empty() || !matches!(first.stream, Stream::Desk | Stream::Held) {
+            return Ok(());
+        }
+        let update = write::RecipientsUpdate {
+            into: first.id,
+            latest: copy,
+            recipients,
+            copy_key: &key.key,
+        };
+        write::write_recipients_update(&*self.sink, &update)
+            .await
+            .map_err(|e| self.store_failed(e))?;
+        emit(CopyFolded {
+            into: &first.id,
+            recipients: recipients.len(),
+        });
+        Ok(())
     }
 
     fn lookup_failed(&self, e: SinkError) -> PipelineError {

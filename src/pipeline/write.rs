@@ -197,6 +197,58 @@ pub async fn write_fold_update(sink: &dyn Sink, update: &FoldUpdate) -> Result<(
     sink.append(&entry).await.map(|_| ())
 }
 
+/// "Also sent to these recipients" for the desk item `into`, in `events`:
+/// what a copy of its mail for more recipients makes (see
+/// [`crate::submission::IdempotencyKey::of_delivery`]).
+pub struct RecipientsUpdate<'a> {
+    pub into: ReceiptId,
+    /// The copy's receipt (what its hand-in was answered with is `into`).
+    pub latest: ReceiptId,
+    pub recipients: &'a [String],
+    /// The copy's key: the update is written once per copy and recipient
+    /// set, however often the mail server retries that copy.
+    pub copy_key: &'a str,
+}
+
+/// Writes a recipients update to `events`, at most once per copy.
+pub async fn write_recipients_update(
+    sink: &dyn Sink,
+    update: &RecipientsUpdate<'_>,
+) -> Result<(), SinkError> {
+    use sha2::{Digest, Sha256};
+    let body = serde_json::json!({
+        "id": update.into,
+        "kind": "recipients",
+        "recipients": update.recipients,
+        "latest": update.latest,
+    });
+    let mut hasher = Sha256::new();
+    for recipient in update.recipients {
+        hasher.update(recipient.as_bytes());
+        hasher.update(b"\0");
+    }
+    let entry = Entry {
+        stream: Stream::Events,
+        id: update.into,
+        kind: "recipients",
+        envelope: body.to_string().into(),
+        reason: Some(format!(
+            "the same mail also went to {}",
+            update.recipients.join(", ")
+        )),
+        duplicate_of: None,
+        count: None,
+        idempotency_key: Some(format!(
+            "recipients:{}:{:x}",
+            update.copy_key,
+            hasher.finalize()
+        )),
+        key_digest: None,
+        key_ttl: Some(crate::submission::COPY_WINDOW),
+    };
+    sink.append(&entry).await.map(|_| ())
+}
+
 fn channel_label(channel: Channel) -> &'static str {
     match channel {
         Channel::Email => "email",

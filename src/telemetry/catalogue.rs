@@ -95,6 +95,12 @@ pub const METRICS: &[Metric] = &[
         "Items handed in again and recognised by their idempotency key",
     ),
     metric(
+        "intake_mail_copies_folded_total",
+        Kind::Counter,
+        None,
+        "Copies of a stored mail for more recipients (per-recipient delivery) added to its first item",
+    ),
+    metric(
         "intake_store_failures_total",
         Kind::Counter,
         None,

@@ -174,6 +174,22 @@ impl PrivatePostfix {
         std::fs::read_to_string(self.dir.path().join("maillog")).unwrap_or_default()
     }
 
+    /// Sets `setting` (`name = value`) in the instance's main.cf and
+    /// reloads it.
+    pub fn set(&self, setting: &str) {
+        run(Command::new("/usr/sbin/postconf")
+            .arg("-c")
+            .arg(self.config_dir())
+            .arg("-e")
+            .arg(setting));
+        let out = self.postfix("reload");
+        assert!(
+            out.status.success(),
+            "postfix reload: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     fn postfix(&self, command: &str) -> Output {
         Command::new("/usr/sbin/postfix")
             .arg("-c")

@@ -64,6 +64,7 @@ pub fn client_key(key: String, payload: &str, ip: IpAddr) -> IdempotencyKey {
         key,
         digest: Some(format!("{:x}", hasher.finalize())),
         ttl: Some(CLIENT_KEY_TTL),
+        folds_copies: false,
     }
 }
 
@@ -116,12 +117,13 @@ pub fn of_post(form: &str, ip: IpAddr, post_digest: &str, window: Duration) -> I
         key: format!("form:{form}:{}:{post_digest}", hex(network.as_bytes())),
         digest: None,
         ttl: Some(window),
+        folds_copies: false,
     }
 }
 
 /// The key of one mail delivery (see [`IdempotencyKey::of_delivery`]).
-pub fn of_mail(sender: Option<&str>, recipients: &[String], raw: &[u8]) -> String {
-    IdempotencyKey::of_delivery("mailgate", sender, recipients, raw).key
+pub fn of_mail(sender: Option<&str>, recipients: &[String], raw: &[u8]) -> IdempotencyKey {
+    IdempotencyKey::of_delivery("mailgate", sender, recipients, raw)
 }
 
 fn hex(data: &[u8]) -> String {

@@ -95,8 +95,8 @@ where
         // from this address.
         let delivery = super::idempotency::of_mail(sender.as_deref(), &recipients, &raw);
         let key = match client_key {
-            Some(key) => super::idempotency::client_key(key, &delivery, ip),
-            None => crate::submission::IdempotencyKey::named(delivery),
+            Some(key) => super::idempotency::client_key(key, &delivery.key, ip),
+            None => delivery,
         };
         let source = Source::Mailgate {
             sender,

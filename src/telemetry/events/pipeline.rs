@@ -87,6 +87,24 @@ impl Event for ItemRecognised<'_> {
     }
 }
 
+/// A copy of a stored mail for more recipients (a mail server's
+/// per-recipient delivery), folded into its first item.
+pub struct CopyFolded<'a> {
+    pub into: &'a dyn Display,
+    pub recipients: usize,
+}
+
+impl Event for CopyFolded<'_> {
+    fn emit(self) {
+        metrics::counter!("intake_mail_copies_folded_total").increment(1);
+        tracing::info!(
+            into = %self.into,
+            recipients = self.recipients,
+            "a copy of a stored mail for more recipients: added to its first item"
+        );
+    }
+}
+
 /// An idempotency key first used for another payload (422).
 pub struct KeyReused;
 
