@@ -83,9 +83,19 @@ pub(super) fn fill(
     envelope.in_reply_to = id_list(message.in_reply_to());
     envelope.references = id_list(message.references());
 
-    let texts: Vec<Cow<'_, str>> = (0..message.text_body_count())
-        .filter_map(|i| message.body_text(i))
-        .collect();
+    // HTML-only mail: `text` is the HTML read as text, and the reply is
+    // found by its markup (mail-parser's own conversion, which drops the
+    // breaks between blocks, is not run at all).
+    let has_text_part = message
+        .text_bodies()
+        .any(|p| matches!(p.body, PartType::Text(_)));
+    let texts: Vec<Cow<'_, str>> = if has_text_part {
+        (0..message.text_body_count())
+            .filter_map(|i| message.body_text(i))
+            .collect()
+    } else {
+        Vec::new()
+    };
     if !texts.is_empty() {
         envelope.text = Some(texts.join("\n"));
     }
@@ -97,12 +107,6 @@ pub(super) fn fill(
     {
         envelope.html = message.body_html(0).map(Cow::into_owned);
     }
-    // HTML-only mail: `text` is the HTML read as text, and the reply is
-    // found by its markup (mail-parser's own conversion drops the breaks
-    // between blocks).
-    let has_text_part = message
-        .text_bodies()
-        .any(|p| matches!(p.body, PartType::Text(_)));
     let reply = match (&envelope.text, &envelope.html) {
         (Some(text), _) if has_text_part => Some(reply::from_text(text)),
         (_, Some(html)) => {

@@ -285,6 +285,16 @@ mod tests {
     }
 
     #[test]
+    fn many_separator_and_sign_off_lines_cost_a_bounded_look_ahead_each() {
+        // Quadratic look-aheads would not finish here; linear ones do.
+        let hostile = "--\nSent from my iPhone\n> q\n\n".repeat(50_000);
+        let reply = from_text(&hostile);
+        assert!(!reply.text.is_empty());
+        let html = "<blockquote type=cite><div class=gmail_quote>x".repeat(50_000);
+        assert!(!html::to_text(&html).is_empty());
+    }
+
+    #[test]
     fn an_html_only_gmail_reply() {
         let html = r#"<div dir="ltr">No me llegó.<div><br></div><div>Ana</div></div><br><div class="gmail_quote"><div dir="ltr" class="gmail_attr">El mar, 1 dic 2026 a las 10:15, Tienda &lt;t@shop.test&gt; escribió:<br></div><blockquote class="gmail_quote">Enviado.</blockquote></div>"#;
         let readable = html::to_text(html);

@@ -21,10 +21,13 @@ const MAX_BLOCK_LINE_WORDS: usize = 9;
 
 /// The index of the first signature line in `lines`, if there is one.
 pub(super) fn start(lines: &[&Line]) -> Option<usize> {
+    // Counted only up to the largest limit: a body of many `--` lines
+    // costs each of them a bounded look ahead, not the rest of the body.
     let non_blank_after = |i: usize| {
         lines[i + 1..]
             .iter()
             .filter(|l| !l.text.trim().is_empty())
+            .take(MAX_SIGNATURE_LINES + 1)
             .count()
     };
     if let Some(i) = lines.iter().position(|l| l.mark == Mark::Signature) {
@@ -46,8 +49,9 @@ pub(super) fn start(lines: &[&Line]) -> Option<usize> {
 
 /// A client's automatic sign-off line.
 pub(super) fn is_sign_off(text: &str) -> bool {
-    // Sign-offs are short; a long line is not lower-cased to find out.
-    if text.len() > 160 {
+    // Sign-offs are short, and start with one of a few words: other lines
+    // are not lower-cased to find out.
+    if text.len() > 160 || !starts_like_sign_off(text) {
         return false;
     }
     let lower = text.trim().to_lowercase();
@@ -64,6 +68,18 @@ pub(super) fn is_sign_off(text: &str) -> bool {
     }
     let first = lower.split_whitespace().next().unwrap_or_default();
     SENT_VERBS.contains(&first) && SIGN_OFF_APPS.iter().any(|app| lower.contains(app))
+}
+
+/// Whether the first word of `text` is the first word of a sign-off.
+fn starts_like_sign_off(text: &str) -> bool {
+    let Some(first) = text.split_whitespace().next() else {
+        return false;
+    };
+    let first = first.to_lowercase();
+    SENT_VERBS.contains(&first.as_str())
+        || SIGN_OFFS
+            .iter()
+            .any(|s| s.split_whitespace().next() == Some(first.as_str()))
 }
 
 /// After the last closing line near the end: a name with title or contact
