@@ -73,6 +73,8 @@ pub struct AdminState {
     pub pipeline: Arc<crate::pipeline::Pipeline>,
     /// What `Retry-After` says when Redis or the scanner cannot answer.
     pub retry_after: std::time::Duration,
+    /// For `GET /status`: each IMAP mailbox's state and why.
+    pub imap: crate::sources::imap::ImapHealth,
 }
 
 #[derive(Clone)]
@@ -282,7 +284,8 @@ async fn status(state: &AdminState) -> Response<Body> {
         pipeline.guard(),
         pipeline.scanner(),
     )
-    .await;
+    .await
+    .with_imap(&state.imap);
     crate::sources::http::respond::json_response(health.status_code(), &health.detailed())
 }
 

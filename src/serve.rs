@@ -201,6 +201,7 @@ pub async fn run_on(
             timeout: config.redis.timeout.into(),
         },
         budget,
+        imap: imap.health(),
     });
     tracing::info!(
         listen = %listener.local_addr()?,
@@ -271,6 +272,7 @@ pub async fn run_on(
         stop.clone().cancelled_owned(),
         DRAIN_DEADLINE,
     );
+    let imap_health = imap.health();
     let admin = async {
         let (Some(listener), Some(token)) = (admin_listener, admin_token) else {
             tracing::warn!("admin.token is not set: no admin listener, no /metrics");
@@ -284,6 +286,7 @@ pub async fn run_on(
             quarantine,
             pipeline: admin_pipeline,
             retry_after: config.http.retry_after.into(),
+            imap: imap_health,
         }));
         http::server::serve(
             listener,

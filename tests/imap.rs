@@ -486,18 +486,28 @@ async fn a_move_the_server_did_not_finish_is_finished_without_a_second_copy() {
     let mut big = small_mail(6, "halfmove");
     big.extend(std::iter::repeat_n(b'x', 8000));
     mails.push(big);
-    append_all(&mut imap, &boxes.inbox, &mails, None).await;
     let dir = tempfile::tempdir().unwrap();
     let pw = secret_file(dir.path(), "pw", &dev_password());
     let prefix = unique_prefix("imap_halfmove");
 
     // Every mail stored and none moved: the small ones are only flagged,
-    // and the quarantine folder is missing, so mail 6 cannot go there (and
-    // no checkpoint is written past it).
-    let first_run = "processed = \"seen\"\nmax_size = \"4KB\"\ncreate_folders = false";
+    // and the quarantine folder is deleted once the gateway has made it,
+    // so mail 6 cannot go there (and no checkpoint is written past it);
+    // the retry after that refusal waits a minute.
+    let first_run = "processed = \"seen\"\nmax_size = \"4KB\"\nbackoff_max = \"60s\"";
     let flagging = imap_toml(dev_port(), &boxes, &pw, first_run);
     let config = process_config(dir.path(), &prefix, &flagging);
     let mut first = GatewayProcess::start(&config, &dir.path().join("first.log"));
+    eventually(30, "the quarantine folder made by the gateway", || async {
+        let mut s = dev_login().await;
+        let made = s.status(&boxes.quarantine, "(MESSAGES)").await.ok();
+        let _ = s.logout().await;
+        made.map(|_| ())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    imap.delete(&boxes.quarantine).await.expect("DELETE");
+    append_all(&mut imap, &boxes.inbox, &mails, None).await;
     wait_xlen(&prefix, "desk", 5, 30).await;
     wait_xlen(&prefix, "quarantine", 1, 30).await;
     eventually(20, "the small mails flagged seen", || async {

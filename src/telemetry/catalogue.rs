@@ -152,7 +152,7 @@ pub const METRICS: &[Metric] = &[
         "intake_imap_errors_total",
         Kind::Counter,
         None,
-        "IMAP failures by kind: connect, timeout, tls, auth, protocol, store, redis",
+        "IMAP failures by kind: connect, timeout, tls, auth, protocol, store, redis, folder (a folder missing and not creatable), unacknowledged (the server refused to move or flag stored mail)",
     ),
     metric(
         "intake_imap_reconnects_total",
@@ -182,7 +182,13 @@ pub const METRICS: &[Metric] = &[
         "intake_imap_backlog",
         Kind::Gauge,
         None,
-        "Mails in the mailbox not yet read, as of the last search",
+        "Mails in the mailbox not yet read, as of the last search (stored but unacknowledged mail included)",
+    ),
+    metric(
+        "intake_imap_unacknowledged",
+        Kind::Gauge,
+        None,
+        "Mails of the mailbox stored but not acknowledged on the server (it refused the move or flag); retried at long intervals",
     ),
     metric(
         "intake_redis_up",

@@ -49,6 +49,8 @@ pub struct AppState {
     /// The process's memory budget for bodies in flight (`[memory]`),
     /// shared with the LMTP listener.
     pub budget: crate::budget::BodyBudget,
+    /// Each IMAP mailbox's state, named by `/readyz`.
+    pub imap: crate::sources::imap::ImapHealth,
 }
 
 impl AppState {
@@ -188,7 +190,8 @@ async fn readiness(state: &AppState) -> Response<Body> {
         pipeline.guard(),
         pipeline.scanner(),
     )
-    .await;
+    .await
+    .with_imap(&state.imap);
     if let Err(error) = &health.redis {
         if let Some(suppressed) = crate::telemetry::log_limit::errors().check("readyz-redis") {
             tracing::warn!(%error, suppressed, "not ready: Redis does not answer");

@@ -24,6 +24,10 @@ pub struct Health {
     pub scanner: ScannerState,
     /// clamd's address, engine and signatures, for the admin answer.
     pub scanner_details: Value,
+    /// Each IMAP mailbox's state. A mailbox that is stopped or cannot
+    /// acknowledge is named here but does not make the gateway unready:
+    /// items from every other source are still stored.
+    pub imap: crate::sources::imap::ImapHealth,
 }
 
 impl Health {
@@ -41,7 +45,14 @@ impl Health {
             last_reload_error: guard.last_reload_error(),
             scanner: scanner.state(),
             scanner_details: scanner.report(),
+            imap: Default::default(),
         }
+    }
+
+    /// Adds the IMAP mailboxes' states.
+    pub fn with_imap(mut self, imap: &crate::sources::imap::ImapHealth) -> Health {
+        self.imap = imap.clone();
+        self
     }
 
     /// Ready when an item could be stored now: Redis answers. A dead
@@ -86,17 +97,21 @@ impl Health {
 
     /// The `/readyz` body: names and states only.
     pub fn public(&self) -> Value {
-        json!({
+        let mut body = json!({
             "status": self.status(),
             "redis": self.redis_state(),
             "rules": self.rules_state(),
             "scanner": self.scanner.name(),
-        })
+        });
+        if let Some(imap) = self.imap.public() {
+            body["imap"] = imap;
+        }
+        body
     }
 
     /// The admin `GET /status` body: the same states with their details.
     pub fn detailed(&self) -> Value {
-        json!({
+        let mut body = json!({
             "status": self.status(),
             "redis": {
                 "state": self.redis_state(),
@@ -109,7 +124,11 @@ impl Health {
                 "last_reload_error": self.last_reload_error,
             },
             "scanner": self.scanner_details,
-        })
+        });
+        if let Some(imap) = self.imap.detailed() {
+            body["imap"] = imap;
+        }
+        body
     }
 }
 

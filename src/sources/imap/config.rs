@@ -55,7 +55,15 @@ pub struct ImapConfig {
     /// moved, in every mode.
     #[serde(default = "default_quarantine_folder")]
     pub quarantine_folder: String,
-    /// Create the two folders at start when they are missing.
+    /// Send quarantined mail to the folder the server marks `\Junk`
+    /// (RFC 6154; Gmail's `[Gmail]/Spam`, Microsoft 365's `Junk Email`)
+    /// instead of `quarantine_folder`, which is used when it has none.
+    #[serde(default)]
+    pub quarantine_to_junk: bool,
+    /// Create the two folders at start when they are missing. Bare names
+    /// are put into the server's personal namespace first (Cyrus:
+    /// `Processed` becomes `INBOX.Processed`); a folder that is missing and
+    /// cannot be created stops the mailbox with an error saying so.
     #[serde(default = "default_true")]
     pub create_folders: bool,
     /// Mail larger than this is never downloaded: its headers are recorded

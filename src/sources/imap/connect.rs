@@ -28,6 +28,8 @@ pub struct Features {
     pub moves: bool,
     /// RFC 4315 UID EXPUNGE, so only our own mails are expunged.
     pub uidplus: bool,
+    /// RFC 2342 NAMESPACE: where the user's folders live.
+    pub namespace: bool,
 }
 
 impl Features {
@@ -36,6 +38,7 @@ impl Features {
             idle: caps.has_str("IDLE"),
             moves: caps.has_str("MOVE"),
             uidplus: caps.has_str("UIDPLUS"),
+            namespace: caps.has_str("NAMESPACE"),
         }
     }
 }

@@ -43,6 +43,15 @@ pub enum ImapError {
     NoUidValidity(String),
     #[error("mailbox `{0}` changed its UIDVALIDITY during the session (re-created or restored); it is read again from the start")]
     UidValidityChanged(String),
+    #[error("{0}")]
+    FolderMissing(Box<MissingFolder>),
+    #[error("{count} stored mails cannot be acknowledged: the IMAP server refused {step} to \"{folder}\": {said}")]
+    Unacknowledged {
+        count: u64,
+        step: &'static str,
+        folder: String,
+        said: String,
+    },
     #[error("a mail could not be stored; it stays on the server")]
     Store(#[source] crate::pipeline::PipelineError),
     #[error("a mail's pipeline task failed: {0}")]
@@ -51,6 +60,19 @@ pub enum ImapError {
     Redis(#[source] redis::RedisError),
     #[error("Redis did not answer within {0:?}")]
     RedisTimeout(Duration),
+}
+
+/// A folder the mailbox needs that does not exist and cannot be made.
+#[derive(Debug, thiserror::Error)]
+#[error("folder \"{folder}\" ({key} = \"{configured}\") does not exist on the server and cannot be created{said}; this server names personal folders with {personal}: set {key} to a folder that exists or that this account may create, such as \"{example}\"")]
+pub struct MissingFolder {
+    pub key: &'static str,
+    pub configured: String,
+    pub folder: String,
+    /// `: the server said ...`, or empty when CREATE was not tried.
+    pub said: String,
+    pub personal: String,
+    pub example: String,
 }
 
 impl ImapError {
@@ -66,6 +88,8 @@ impl ImapError {
             | ImapError::NoUidValidity(_)
             | ImapError::UidValidityChanged(_) => "protocol",
             ImapError::Store(_) | ImapError::Task(_) => "store",
+            ImapError::FolderMissing(_) => "folder",
+            ImapError::Unacknowledged { .. } => "unacknowledged",
             ImapError::Redis(_) | ImapError::RedisTimeout(_) => "redis",
         }
     }

@@ -19,6 +19,9 @@
 //! | `deliver.rs` | one mail through the pipeline, and which folder it goes to |
 //! | `settle.rs` | a stored batch acknowledged on the server, then the checkpoint |
 //! | `connect.rs` | TCP, TLS and login |
+//! | `folders.rs` | folder names as the server spells them (NAMESPACE, `\\Junk`) |
+//! | `prepare.rs` | the folders resolved, checked and created at session start |
+//! | `health.rs` | each mailbox's state, for `/readyz` |
 //! | `fetch.rs` | the batched UID commands |
 //! | `recover.rs` | finishing a move the server did not finish |
 //! | `store.rs` | lease and checkpoint in Redis |
@@ -29,6 +32,9 @@ mod connect;
 mod deliver;
 mod error;
 mod fetch;
+mod folders;
+pub mod health;
+mod prepare;
 mod read;
 mod recover;
 mod session;
@@ -36,7 +42,7 @@ mod settle;
 mod store;
 mod worker;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -45,11 +51,14 @@ use crate::pipeline::Pipeline;
 use crate::redis_connection::RedisConnection;
 pub use config::ImapConfig;
 pub use error::ImapError;
+use folders::Folders;
+pub use health::ImapHealth;
 use store::MailboxStore;
 
 /// The IMAP source, ready to run: every mailbox of every account.
 pub struct ImapSource {
     workers: Vec<Worker>,
+    health: ImapHealth,
 }
 
 impl ImapSource {
@@ -64,15 +73,24 @@ impl ImapSource {
         // One id per process: the lease says which replica holds a mailbox.
         let owner = format!("{}:{}", worker::hostname(), ulid::Ulid::new());
         let mut workers = Vec::new();
+        let health = ImapHealth::default();
         for account in accounts {
             let tls = connect::tls_config(account.ca_file.as_deref())?;
             let config = Arc::new(account.clone());
             for mailbox in &account.mailboxes {
+                let label = format!("{}/{}", account.account(), mailbox);
+                health.set(&label, health::State::Connecting, 0, None);
                 workers.push(Worker {
                     config: config.clone(),
                     tls: tls.clone(),
                     mailbox: mailbox.clone(),
-                    label: format!("{}/{}", account.account(), mailbox),
+                    folders: Mutex::new(Arc::new(Folders::configured(
+                        mailbox,
+                        &account.processed_folder,
+                        &account.quarantine_folder,
+                    ))),
+                    health: health.clone(),
+                    label,
                     pipeline: pipeline.clone(),
                     store: MailboxStore::new(
                         redis.clone(),
@@ -85,11 +103,16 @@ impl ImapSource {
                 });
             }
         }
-        Ok(ImapSource { workers })
+        Ok(ImapSource { workers, health })
     }
 
     pub fn mailboxes(&self) -> usize {
         self.workers.len()
+    }
+
+    /// Each mailbox's state, for `/readyz` and the admin `GET /status`.
+    pub fn health(&self) -> ImapHealth {
+        self.health.clone()
     }
 
     /// Works every mailbox until `stop` is cancelled; then each task
@@ -114,7 +137,13 @@ impl ImapSource {
 struct Worker {
     config: Arc<ImapConfig>,
     tls: Arc<rustls::ClientConfig>,
+    /// The mailbox as configured (the name in keys and labels).
     mailbox: String,
+    /// The mailbox and its folders as the server names them, resolved at
+    /// every session start (see `folders.rs`).
+    folders: Mutex<Arc<Folders>>,
+    /// Where this mailbox's state is shown (`/readyz`).
+    health: ImapHealth,
     /// `account/mailbox`: the name in logs and the metric label.
     label: String,
     pipeline: Arc<Pipeline>,
@@ -122,6 +151,14 @@ struct Worker {
 }
 
 impl Worker {
+    /// The names resolved at the last session start.
+    fn folders(&self) -> Arc<Folders> {
+        self.folders
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// `Some(repeats left out)` when a line about `topic` (`session`,
     /// `store`, ...) for this mailbox may be logged now: during an outage
     /// the same failure comes back at every retry, and one line a minute

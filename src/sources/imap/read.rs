@@ -39,7 +39,11 @@ impl Worker {
         let timeout = self.config.command_timeout.0;
         let unseen_only = self.config.processed == Processed::Seen;
         let backlog = metrics::gauge!("intake_imap_backlog", "mailbox" => self.label.clone());
+        let start = after;
         let mut second: Option<Session> = None;
+        // The second connection is opened beside the reading, never in its
+        // way: it is used from the first batch boundary after it is ready.
+        let mut opening: Option<tokio::task::JoinHandle<Option<Session>>> = None;
         let drained: Result<(), ImapError> = async {
             let mut behind = Behind::default();
             loop {
@@ -54,14 +58,24 @@ impl Worker {
                     return behind.settle(self, session, features, uidvalidity).await;
                 };
                 if second.is_none()
+                    && opening.is_none()
                     && self.config.second_connection
                     && uids.len() > self.config.batch_size
                 {
-                    second = self.open_second(uidvalidity, uids.len()).await;
+                    let worker = self.clone();
+                    let backlog = uids.len();
+                    opening = Some(tokio::spawn(async move {
+                        worker.open_second(uidvalidity, backlog).await
+                    }));
                 }
                 for (i, chunk) in uids.chunks(self.config.batch_size).enumerate() {
                     if lost.is_cancelled() {
                         return Ok(());
+                    }
+                    if opening.as_ref().is_some_and(|o| o.is_finished()) {
+                        if let Some(task) = opening.take() {
+                            second = task.await.ok().flatten();
+                        }
                     }
                     behind = self
                         .batch(
@@ -82,8 +96,24 @@ impl Worker {
         .await;
         // Only while a backlog is read: an idle second connection would
         // just be logged out by the server.
+        if let Some(task) = opening {
+            task.abort();
+        }
         if let Some(second) = second {
             logout(second).await;
+        }
+        // Mail the server would not take off the mailbox is still pending
+        // there: the backlog says so.
+        if let Err(ImapError::Unacknowledged { .. }) = &drained {
+            if let Ok(pending) = bounded(
+                "UID SEARCH",
+                timeout,
+                fetch::pending(session, start, unseen_only),
+            )
+            .await
+            {
+                backlog.set(pending.len() as f64);
+            }
         }
         drained
     }

@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::config::Processed;
 use super::connect::{self, Session};
 use super::error::{bounded, ImapError};
+use super::health::State;
 use super::store::Checkpoint;
 use super::worker::{sleep_or_stop, Backoff};
 use super::Worker;
@@ -32,24 +32,20 @@ impl Worker {
         lost: &CancellationToken,
         backoff: &mut Backoff,
     ) -> Result<(), ImapError> {
-        let timeout = self.config.command_timeout.0;
         let (mut session, features) = connect::connect(&self.config, &self.tls).await?;
         tracing::info!(mailbox = %self.label, idle = features.idle, r#move = features.moves, "IMAP session open");
-        if self.config.create_folders {
-            let mut folders = vec![self.config.quarantine_folder.as_str()];
-            if self.config.processed == Processed::Move {
-                folders.push(self.config.processed_folder.as_str());
-            }
-            for folder in folders {
-                // Fails when the folder exists, which is what we want.
-                let _ = bounded("CREATE", timeout, async {
-                    session
-                        .create(folder)
-                        .await
-                        .map_err(ImapError::protocol("CREATE"))
-                })
-                .await;
-            }
+        self.prepare(&mut session, features).await?;
+        // Mail left unacknowledged stays counted until a batch is
+        // acknowledged again (see `settle.rs`).
+        let left = self.health.snapshot().remove(&self.label);
+        match left {
+            Some(entry) if entry.unacknowledged > 0 => self.health.set(
+                &self.label,
+                State::Unacknowledged,
+                entry.unacknowledged,
+                entry.error,
+            ),
+            _ => self.health.set(&self.label, State::Working, 0, None),
         }
         loop {
             // SELECT at every round: it also tells whether UIDVALIDITY
@@ -108,9 +104,10 @@ impl Worker {
 
     /// SELECTs the mailbox on `session`; returns its UIDVALIDITY.
     pub(super) async fn select(&self, session: &mut Session) -> Result<u32, ImapError> {
+        let mailbox = self.folders().mailbox.clone();
         let selected = bounded("SELECT", self.config.command_timeout.0, async {
             session
-                .select(&self.mailbox)
+                .select(&mailbox)
                 .await
                 .map_err(ImapError::protocol("SELECT"))
         })
@@ -150,12 +147,15 @@ impl Worker {
     /// limit connections per account): the first then does both, as fast
     /// as before, so this is not an error.
     pub(super) async fn open_second(&self, uidvalidity: u32, backlog: usize) -> Option<Session> {
-        let opened = async {
+        // Its own short deadline over connect, login and SELECT: a server
+        // slow to give a second connection is not waited for.
+        let deadline = self.config.connect_timeout.0;
+        let opened = bounded("second connection", deadline, async {
             let (mut session, _) = connect::connect(&self.config, &self.tls).await?;
             // UIDs mean the same on both only under the same UIDVALIDITY.
             let same = self.select(&mut session).await? == uidvalidity;
             Ok::<_, ImapError>(same.then_some(session))
-        }
+        })
         .await;
         match opened {
             Ok(Some(session)) => {

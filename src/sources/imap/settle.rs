@@ -17,6 +17,7 @@ use super::config::Processed;
 use super::connect::{Features, Session};
 use super::error::{bounded, ImapError};
 use super::fetch::{self, Ack};
+use super::health::State;
 use super::recover::{self, Candidate, Fingerprint};
 use super::store::Checkpoint;
 use super::{Dest, Worker};
@@ -113,16 +114,22 @@ impl Worker {
             self.finish_moves(session, features, uidvalidity, &mut settled)
                 .await?;
         }
+        let folders = self.folders();
         let ack = match self.config.processed {
-            Processed::Move => Ack::MoveTo(&self.config.processed_folder),
+            Processed::Move => Ack::MoveTo(&folders.processed),
             Processed::Seen => Ack::FlagSeen,
         };
+        let count = (settled.processed.len() + settled.quarantined.len()) as u64;
         bounded(
             "acknowledge",
             timeout,
             fetch::acknowledge(session, features, &settled.processed, ack),
         )
-        .await?;
+        .await
+        .map_err(|e| match ack {
+            Ack::MoveTo(folder) => unacknowledged(e, count, folder),
+            Ack::FlagSeen => unacknowledged(e, count, "(flag \\Seen)"),
+        })?;
         bounded(
             "quarantine",
             timeout,
@@ -130,10 +137,15 @@ impl Worker {
                 session,
                 features,
                 &settled.quarantined,
-                Ack::MoveTo(&self.config.quarantine_folder),
+                Ack::MoveTo(&folders.quarantine),
             ),
         )
-        .await?;
+        .await
+        .map_err(|e| unacknowledged(e, count, &folders.quarantine))?;
+        if count > 0 && self.health.state(&self.label) == Some(State::Unacknowledged) {
+            tracing::info!(mailbox = %self.label, "the server acknowledges mail again");
+            self.health.set(&self.label, State::Working, 0, None);
+        }
         if let Some(last_uid) = settled.through {
             let saved = self
                 .store
@@ -183,9 +195,10 @@ impl Worker {
         // window leaves room for other mailboxes moving there meanwhile.
         let window = again.len() + 2 * self.config.batch_size;
         let mut copied = HashSet::new();
+        let folders = self.folders();
         for (dest, folder) in [
-            (Dest::Processed, &self.config.processed_folder),
-            (Dest::Quarantine, &self.config.quarantine_folder),
+            (Dest::Processed, &folders.processed),
+            (Dest::Quarantine, &folders.quarantine),
         ] {
             let candidates: Vec<&Candidate> = again
                 .iter()
@@ -217,7 +230,11 @@ impl Worker {
                 outcome: "half_moved",
                 count: uids.len() as u64,
             });
-            tracing::warn!(mailbox = %self.label, mails = uids.len(), "mail already copied to its folder by a move the server did not finish (it stopped mid-command) was expunged here, not moved a second time");
+            if features.moves {
+                tracing::warn!(mailbox = %self.label, mails = uids.len(), "mail already in its folder after a MOVE the server did not finish (it stopped mid-command) was expunged here, not moved a second time");
+            } else {
+                tracing::warn!(mailbox = %self.label, mails = uids.len(), "mail already copied to its folder by a COPY whose EXPUNGE never came (intake or the connection stopped between the two) was expunged here, not copied a second time");
+            }
         }
         for (dest, candidate) in again {
             if !copied.contains(&candidate.uid) {
@@ -225,5 +242,20 @@ impl Worker {
             }
         }
         Ok(())
+    }
+}
+
+/// A refused move or flag of stored mail: the mail stays in the mailbox,
+/// stored, and is shown as unacknowledged. Other failures (a timeout, a
+/// dropped connection) are the session's.
+fn unacknowledged(error: ImapError, count: u64, folder: &str) -> ImapError {
+    match error {
+        ImapError::Refused { step, said } => ImapError::Unacknowledged {
+            count,
+            step,
+            folder: folder.to_string(),
+            said,
+        },
+        other => other,
     }
 }

@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
+use super::error::ImapError;
+use super::health::State;
 use super::store::MailboxStore;
 use super::Worker;
 use crate::telemetry::error_chain;
@@ -92,6 +94,13 @@ impl Worker {
     /// `lost` is cancelled.
     async fn work(self: &Arc<Self>, lost: &CancellationToken) {
         let mut backoff = Backoff::new(self.config.backoff_max.0);
+        // Waits after mail could not be acknowledged: from backoff_max up
+        // to auth_backoff, doubling, so the same batch is not downloaded
+        // again and again.
+        let mut stuck_wait = Duration::ZERO;
+        // The last "folder missing" error logged: said once, not at
+        // every retry.
+        let mut stopped_for: Option<String> = None;
         loop {
             if lost.is_cancelled() {
                 return;
@@ -104,40 +113,109 @@ impl Worker {
                 kind: error.kind(),
                 reconnect: true,
             });
-            let wait = if error.is_auth() {
-                let wait = self
-                    .config
-                    .auth_backoff
-                    .0
-                    .mul_f64(0.8 + 0.2 * random_fraction());
-                if let Some(suppressed) = self.log_now("auth") {
-                    tracing::error!(
-                        mailbox = %self.label,
-                        error = %error_chain(&error),
-                        retry_in = ?wait,
-                        suppressed,
-                        "IMAP login refused; not trying again for a while, to spare the server and the account: fix the credentials"
-                    );
+            let wait = match &error {
+                ImapError::FolderMissing(_) => {
+                    let text = error.to_string();
+                    let wait = self.config.auth_backoff.0;
+                    if stopped_for.as_deref() != Some(text.as_str()) {
+                        tracing::error!(mailbox = %self.label, error = %text, retry_in = ?wait, "mailbox stopped: a folder it needs is missing; nothing is read until it exists");
+                        stopped_for = Some(text.clone());
+                    }
+                    let unacknowledged = self.unacknowledged();
+                    self.health
+                        .set(&self.label, State::Stopped, unacknowledged, Some(text));
+                    wait
                 }
-                wait
-            } else {
-                let wait = backoff.next();
-                if let Some(suppressed) = self.log_now("session") {
+                ImapError::Unacknowledged { count, .. } => {
+                    stuck_wait = (stuck_wait * 2)
+                        .max(self.config.backoff_max.0)
+                        .min(self.config.auth_backoff.0.max(self.config.backoff_max.0));
                     tracing::warn!(
                         mailbox = %self.label,
                         error = %error_chain(&error),
-                        kind = error.kind(),
-                        retry_in = ?wait,
-                        suppressed,
-                        "IMAP session failed; unacknowledged mail stays on the server; reconnecting"
+                        mails = count,
+                        retry_in = ?stuck_wait,
+                        "stored mail cannot be acknowledged on the server: it stays in the mailbox (stored once; its idempotency key keeps it from being stored again), and the batch is tried again only after a long wait instead of being downloaded again and again"
                     );
+                    self.health.set(
+                        &self.label,
+                        State::Unacknowledged,
+                        *count,
+                        Some(error.to_string()),
+                    );
+                    stuck_wait
                 }
-                wait
+                _ if error.is_auth() => {
+                    let wait = self
+                        .config
+                        .auth_backoff
+                        .0
+                        .mul_f64(0.8 + 0.2 * random_fraction());
+                    if let Some(suppressed) = self.log_now("auth") {
+                        tracing::error!(
+                            mailbox = %self.label,
+                            error = %error_chain(&error),
+                            retry_in = ?wait,
+                            suppressed,
+                            "IMAP login refused; not trying again for a while, to spare the server and the account: fix the credentials"
+                        );
+                    }
+                    wait
+                }
+                _ => {
+                    stopped_for = None;
+                    let wait = backoff.next();
+                    if let Some(suppressed) = self.log_now("session") {
+                        tracing::warn!(
+                            mailbox = %self.label,
+                            error = %error_chain(&error),
+                            kind = error.kind(),
+                            retry_in = ?wait,
+                            suppressed,
+                            "{}",
+                            what_happened(&error)
+                        );
+                    }
+                    if let ImapError::Refused { step: "SELECT", .. } = &error {
+                        let unacknowledged = self.unacknowledged();
+                        self.health.set(
+                            &self.label,
+                            State::Stopped,
+                            unacknowledged,
+                            Some(error.to_string()),
+                        );
+                    } else if self.health.state(&self.label) == Some(State::Working) {
+                        self.health.set(&self.label, State::Connecting, 0, None);
+                    }
+                    wait
+                }
             };
             if sleep_or_stop(wait, lost).await {
                 return;
             }
         }
+    }
+
+    /// The unacknowledged count last shown for this mailbox.
+    fn unacknowledged(&self) -> u64 {
+        self.health
+            .snapshot()
+            .get(&self.label)
+            .map_or(0, |e| e.unacknowledged)
+    }
+}
+
+/// The log line for a session that ended on `error`: what really happened.
+fn what_happened(error: &ImapError) -> &'static str {
+    match error {
+        ImapError::Timeout {
+            step: "IDLE" | "DONE",
+            ..
+        } => "the server did not answer while waiting in IDLE (the connection is probably gone); unacknowledged mail stays on the server; reconnecting",
+        ImapError::Refused { step: "SELECT", .. } => "the mailbox cannot be selected (deleted or renamed on the server?); its mail stays there; looking again",
+        ImapError::Connect { .. } | ImapError::Tls { .. } => "cannot reach the IMAP server; unacknowledged mail stays on the server; reconnecting",
+        ImapError::UidValidityChanged(_) => "the mailbox was re-created under us; reading it again from the start",
+        _ => "IMAP session failed; unacknowledged mail stays on the server; reconnecting",
     }
 }
 
