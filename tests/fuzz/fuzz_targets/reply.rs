@@ -34,7 +34,11 @@ fn check_text(body: &str) {
         assert!(!found.text.is_empty(), "a body with text gives a reply");
     }
     let lines: Vec<&str> = body.lines().map(unquoted).collect();
-    for line in found.text.lines().chain(found.signature.iter().flat_map(|s| s.lines())) {
+    for line in found
+        .text
+        .lines()
+        .chain(found.signature.iter().flat_map(|s| s.lines()))
+    {
         let line = unquoted(line);
         assert!(
             lines.contains(&line),
@@ -47,15 +51,22 @@ fn check_html(body: &str) {
     let readable = html::to_text(body);
     let found = reply::from_html(body, &readable);
     if !readable.trim().is_empty() {
-        assert!(!found.text.is_empty(), "an HTML body with text gives a reply");
+        assert!(
+            !found.text.is_empty(),
+            "an HTML body with text gives a reply"
+        );
     }
     // Entities only shrink and tags are dropped: the text is never longer
     // than the markup by more than the quote prefixes it adds.
-    assert!(readable.len() <= body.len() * 2 + 16, "readable text is bounded");
+    assert!(
+        readable.len() <= body.len() * 2 + 16,
+        "readable text is bounded"
+    );
 }
 
 /// A line without its quote prefix and surrounding space, as the extractor
 /// compares them.
 fn unquoted(line: &str) -> &str {
-    line.trim_start_matches(|c: char| c == '>' || c == ' ' || c == '\t').trim()
+    line.trim_start_matches(|c: char| c == '>' || c == ' ' || c == '\t')
+        .trim()
 }
