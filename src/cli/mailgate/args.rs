@@ -49,6 +49,12 @@ pub struct MailgateArgs {
     #[arg(long, value_name = "ADDR", num_args = 1.., value_parser = envelope_address)]
     pub recipient: Vec<HeaderValue>,
 
+    /// More envelope recipients as trailing arguments, after `--` (Exim's
+    /// `$pipe_addresses`, which Exim expands to one argument per address);
+    /// sent after the `--recipient` ones.
+    #[arg(value_name = "RECIPIENT", value_parser = envelope_address)]
+    pub recipients: Vec<HeaderValue>,
+
     /// Deadline for the whole exchange with the gateway (name lookup,
     /// connect, TLS, upload, answer), e.g. `30s` or `2m`. Past it the mail
     /// is kept for a retry rather than waited on.
@@ -67,6 +73,14 @@ pub struct MailgateArgs {
     /// http.
     #[arg(long, value_name = "FILE")]
     pub ca_file: Option<PathBuf>,
+}
+
+impl MailgateArgs {
+    /// Every envelope recipient: the `--recipient` ones, then the trailing
+    /// ones, in the order given.
+    pub fn all_recipients(&self) -> impl Iterator<Item = &HeaderValue> {
+        self.recipient.iter().chain(&self.recipients)
+    }
 }
 
 /// The transport of `--url`.
@@ -242,6 +256,35 @@ mod tests {
         assert!(
             GatewayUrl::parse("http://user:secret@gw/").is_err(),
             "credentials in the URL must be refused"
+        );
+    }
+
+    #[test]
+    fn trailing_addresses_are_recipients_after_the_flagged_ones() {
+        use clap::Parser as _;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: MailgateArgs,
+        }
+        let cli = Cli::try_parse_from([
+            "mailgate",
+            "--url=http://127.0.0.1:8080",
+            "--recipient=support@shop.test",
+            "--",
+            "sales@shop.test",
+            "-dash@shop.test",
+        ])
+        .unwrap();
+        let all: Vec<_> = cli.args.all_recipients().collect();
+        assert_eq!(
+            all,
+            ["support@shop.test", "sales@shop.test", "-dash@shop.test"],
+            "flagged first, then the trailing ones, a leading dash after -- included"
+        );
+        assert!(
+            Cli::try_parse_from(["mailgate", "--url=http://x", "--", "bad\raddr"]).is_err(),
+            "a trailing address is checked as a flagged one is"
         );
     }
 

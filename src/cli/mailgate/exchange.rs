@@ -83,7 +83,7 @@ pub(super) fn build_request(
     if let Some(sender) = &args.sender {
         headers.insert(ENVELOPE_SENDER, sender.clone());
     }
-    for recipient in &args.recipient {
+    for recipient in args.all_recipients() {
         headers.append(ENVELOPE_RECIPIENT, recipient.clone());
     }
     request
