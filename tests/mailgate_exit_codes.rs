@@ -128,15 +128,17 @@ fn token_from_environment_bounce_sender_and_recipient_list_are_sent() {
 
 #[test]
 fn exim_pipe_arguments_and_mbox_from_line_arrive_as_the_mail_alone() {
-    // What Exim's pipe transport runs without a shell: `$pipe_addresses`
+    // What Exim's pipe transport runs without a shell: the sender in its
+    // SENDER variable (on the command line it is tainted), `$pipe_addresses`
     // as trailing arguments after `--`, and (without `message_prefix =`)
     // its mbox `From ` line before the headers.
     let gateway = FakeGateway::answering(202, &[], r#"{"id":"01JEXIM","status":"accepted"}"#);
     let mut mbox = b"From customer@example.com Mon Jan 15 10:00:00 2024\n".to_vec();
     mbox.extend_from_slice(MESSAGE);
     let run = with_token(mailgate(), &gateway.url)
+        .env("SENDER", "customer@example.com")
         .args([
-            "--sender=customer@example.com",
+            "--sender-env=SENDER",
             "--recipient=support@shop.test",
             "--",
             "sales@shop.test",
@@ -156,6 +158,11 @@ fn exim_pipe_arguments_and_mbox_from_line_arrive_as_the_mail_alone() {
         request.headers_named("x-intake-envelope-recipient"),
         ["support@shop.test", "sales@shop.test", "billing@shop.test"],
         "trailing addresses are recipients, after the --recipient ones"
+    );
+    assert_eq!(
+        request.header("x-intake-envelope-sender"),
+        Some("customer@example.com"),
+        "--sender-env=SENDER takes the sender from Exim's environment"
     );
 }
 

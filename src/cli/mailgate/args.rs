@@ -43,6 +43,13 @@ pub struct MailgateArgs {
     #[arg(long, value_name = "ADDR", value_parser = envelope_address)]
     pub sender: Option<HeaderValue>,
 
+    /// Take the envelope sender from this environment variable instead
+    /// (Exim's pipe sets `SENDER`, empty for a bounce, and refuses the
+    /// sender on its command line as tainted). Unset, or holding control
+    /// characters: no sender is sent.
+    #[arg(long, value_name = "NAME", conflicts_with = "sender")]
+    pub sender_env: Option<String>,
+
     /// SMTP envelope recipient (Postfix `--recipient=${recipient}`);
     /// repeatable, and one flag may take several. Each is sent as its own
     /// `X-Intake-Envelope-Recipient` header.
@@ -76,6 +83,16 @@ pub struct MailgateArgs {
 }
 
 impl MailgateArgs {
+    /// The envelope sender: `--sender`, or the variable `--sender-env`
+    /// names.
+    pub fn envelope_sender(&self) -> Option<HeaderValue> {
+        if let Some(sender) = &self.sender {
+            return Some(sender.clone());
+        }
+        let value = std::env::var_os(self.sender_env.as_ref()?)?;
+        envelope_address(value.to_str()?).ok()
+    }
+
     /// Every envelope recipient: the `--recipient` ones, then the trailing
     /// ones, in the order given.
     pub fn all_recipients(&self) -> impl Iterator<Item = &HeaderValue> {

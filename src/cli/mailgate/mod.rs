@@ -32,18 +32,20 @@
 //!   --token-file /etc/intake/mailgate.token --sender=${sender} --recipient=${recipient}
 //! ```
 //!
-//! Exim's `pipe` transport: `$pipe_addresses` after `--` gives the
+//! Exim's `pipe` transport: the sender from its `SENDER` variable (on the
+//! command line it is tainted), `$pipe_addresses` after `--` gives the
 //! recipients, one argument each, and `message_prefix =` keeps Exim's mbox
 //! `From ` line off (mailgate drops one anyway, as it does procmail's):
 //!
 //! ```text
 //! command = /usr/bin/intake mailgate --url http://127.0.0.1:8080 \
-//!   --token-file /etc/intake/mailgate.token -- $pipe_addresses
+//!   --token-file /etc/intake/mailgate.token --sender-env SENDER -- $pipe_addresses
 //! ```
 //!
 //! The work is split by step: `args` (the command line), `stdin` (the
-//! message, within `--max-size`, without an mbox `From ` line), `token` (the credential), `exchange`
-//! (the one HTTP request, bounded by `--timeout`), `answer` (what the
+//! message, within `--max-size`, without an mbox `From ` line), `token`
+//! (the credential), `exchange` (the one HTTP request, bounded by
+//! `--timeout`), `answer` (what the
 //! gateway said), `error` (why no answer came) and `disposition` (the
 //! one mapping from all of that to exit code and status line).
 
