@@ -9,6 +9,7 @@ pub mod bystander;
 pub mod clamd;
 pub mod cluster;
 pub mod envelope;
+pub mod exim;
 pub mod imap;
 pub mod postfix;
 pub mod redis_proxy;
