@@ -11,6 +11,7 @@ pub mod cluster;
 pub mod envelope;
 pub mod exim;
 pub mod imap;
+pub mod opensmtpd;
 pub mod postfix;
 pub mod redis_proxy;
 
