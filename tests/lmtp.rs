@@ -408,6 +408,58 @@ async fn pipelined_batch_gets_every_reply_in_order() {
 }
 
 #[tokio::test]
+async fn each_reply_after_data_comes_alone_for_a_client_reading_one_at_a_time() {
+    // OpenSMTPD 6.8's LMTP client handles one reply per read and fails the
+    // recipients not yet answered when a second reply is in its buffer
+    // ("Remote host sent too much data"). This client reads as it does:
+    // one read, which must hold exactly one whole reply, per recipient.
+    let (gw, port) = gateway("lmtp_one_reply_per_read", &redis_url(), "", "").await;
+    let mut raw = Raw::connect(port).await;
+    raw.command("LHLO client.test")
+        .await
+        .expect(250, "", "LHLO");
+    raw.command("MAIL FROM:<ann@example.com>")
+        .await
+        .expect(250, "2.1.0", "MAIL");
+    let recipients: Vec<String> = (0..20).map(|n| format!("desk{n}@shop.test")).collect();
+    for rcpt in &recipients {
+        raw.command(&format!("RCPT TO:<{rcpt}>"))
+            .await
+            .expect(250, "2.1.5", "RCPT");
+    }
+    raw.command("DATA").await.expect(354, "", "DATA");
+    raw.send(&dot_stuff(&mail("one-reply-per-read", "twenty desks")))
+        .await;
+    raw.send(b".\r\n").await;
+    assert!(raw.reader.buffer().is_empty(), "nothing read ahead");
+    let stream = raw.reader.get_mut();
+    for (n, rcpt) in recipients.iter().enumerate() {
+        let mut buf = vec![0u8; 4096];
+        let len = tokio::time::timeout(REPLY_WAIT, stream.read(&mut buf))
+            .await
+            .expect("a reply within the safety net")
+            .expect("read");
+        let got = String::from_utf8_lossy(&buf[..len]);
+        assert!(
+            got.starts_with("250 2.0.0") && got.contains(&format!("<{rcpt}>")),
+            "reply {n} is {rcpt}'s 250: {got:?}"
+        );
+        assert_eq!(
+            got.matches("\r\n").count(),
+            1,
+            "read {n} holds one whole reply, not a part nor the next too: {got:?}"
+        );
+    }
+    raw.command("QUIT").await.expect(221, "2.0.0", "QUIT");
+    assert_eq!(
+        gw.entries("desk").await.len(),
+        1,
+        "one item for 20 recipients"
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
 async fn two_messages_on_one_connection_and_rset_between() {
     let (gw, port) = gateway("lmtp_two", &redis_url(), "", "").await;
     let mut raw = Raw::connect(port).await;

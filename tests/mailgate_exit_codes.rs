@@ -127,6 +127,46 @@ fn token_from_environment_bounce_sender_and_recipient_list_are_sent() {
 }
 
 #[test]
+fn exim_pipe_arguments_and_mbox_from_line_arrive_as_the_mail_alone() {
+    // What Exim's pipe transport runs without a shell: the sender in its
+    // SENDER variable (on the command line it is tainted), `$pipe_addresses`
+    // as trailing arguments after `--`, and (without `message_prefix =`)
+    // its mbox `From ` line before the headers.
+    let gateway = FakeGateway::answering(202, &[], r#"{"id":"01JEXIM","status":"accepted"}"#);
+    let mut mbox = b"From customer@example.com Mon Jan 15 10:00:00 2024\n".to_vec();
+    mbox.extend_from_slice(MESSAGE);
+    let run = with_token(mailgate(), &gateway.url)
+        .env("SENDER", "customer@example.com")
+        .args([
+            "--sender-env=SENDER",
+            "--recipient=support@shop.test",
+            "--",
+            "sales@shop.test",
+            "billing@shop.test",
+        ])
+        .run(&mbox);
+
+    run.assert_exit(0);
+    let request = gateway
+        .request()
+        .expect("the gateway never got the message");
+    assert_eq!(
+        request.body, MESSAGE,
+        "the mbox From line must be dropped, the rest arrive byte for byte"
+    );
+    assert_eq!(
+        request.headers_named("x-intake-envelope-recipient"),
+        ["support@shop.test", "sales@shop.test", "billing@shop.test"],
+        "trailing addresses are recipients, after the --recipient ones"
+    );
+    assert_eq!(
+        request.header("x-intake-envelope-sender"),
+        Some("customer@example.com"),
+        "--sender-env=SENDER takes the sender from Exim's environment"
+    );
+}
+
+#[test]
 fn https_gateway_with_private_ca_stores_message() {
     let gateway = FakeGateway::answering_tls(202, r#"{"id":"01JTLS","status":"accepted"}"#);
     let ca_file = temp_file(TEST_CA_PEM);

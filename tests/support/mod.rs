@@ -9,7 +9,9 @@ pub mod bystander;
 pub mod clamd;
 pub mod cluster;
 pub mod envelope;
+pub mod exim;
 pub mod imap;
+pub mod opensmtpd;
 pub mod postfix;
 pub mod redis_proxy;
 

@@ -276,7 +276,7 @@ postlog   unix-dgram n  -       n       -       1       postlogd
 /// The `intake` binary as the pipe user can run it: the build's own when
 /// that user can reach it, else a copy beside the instance (a target dir
 /// under a private home is out of its reach).
-fn pipe_binary(root: &Path) -> PathBuf {
+pub fn pipe_binary(root: &Path) -> PathBuf {
     let built = PathBuf::from(env!("CARGO_BIN_EXE_intake"));
     let user_exists = Command::new("id")
         .arg(PIPE_USER)

@@ -43,11 +43,24 @@ pub struct MailgateArgs {
     #[arg(long, value_name = "ADDR", value_parser = envelope_address)]
     pub sender: Option<HeaderValue>,
 
+    /// Take the envelope sender from this environment variable instead
+    /// (Exim's pipe sets `SENDER`, empty for a bounce, and refuses the
+    /// sender on its command line as tainted). Unset, or holding control
+    /// characters: no sender is sent.
+    #[arg(long, value_name = "NAME", conflicts_with = "sender")]
+    pub sender_env: Option<String>,
+
     /// SMTP envelope recipient (Postfix `--recipient=${recipient}`);
     /// repeatable, and one flag may take several. Each is sent as its own
     /// `X-Intake-Envelope-Recipient` header.
     #[arg(long, value_name = "ADDR", num_args = 1.., value_parser = envelope_address)]
     pub recipient: Vec<HeaderValue>,
+
+    /// More envelope recipients as trailing arguments, after `--` (Exim's
+    /// `$pipe_addresses`, which Exim expands to one argument per address);
+    /// sent after the `--recipient` ones.
+    #[arg(value_name = "RECIPIENT", value_parser = envelope_address)]
+    pub recipients: Vec<HeaderValue>,
 
     /// Deadline for the whole exchange with the gateway (name lookup,
     /// connect, TLS, upload, answer), e.g. `30s` or `2m`. Past it the mail
@@ -67,6 +80,24 @@ pub struct MailgateArgs {
     /// http.
     #[arg(long, value_name = "FILE")]
     pub ca_file: Option<PathBuf>,
+}
+
+impl MailgateArgs {
+    /// The envelope sender: `--sender`, or the variable `--sender-env`
+    /// names.
+    pub fn envelope_sender(&self) -> Option<HeaderValue> {
+        if let Some(sender) = &self.sender {
+            return Some(sender.clone());
+        }
+        let value = std::env::var_os(self.sender_env.as_ref()?)?;
+        envelope_address(value.to_str()?).ok()
+    }
+
+    /// Every envelope recipient: the `--recipient` ones, then the trailing
+    /// ones, in the order given.
+    pub fn all_recipients(&self) -> impl Iterator<Item = &HeaderValue> {
+        self.recipient.iter().chain(&self.recipients)
+    }
 }
 
 /// The transport of `--url`.
@@ -242,6 +273,35 @@ mod tests {
         assert!(
             GatewayUrl::parse("http://user:secret@gw/").is_err(),
             "credentials in the URL must be refused"
+        );
+    }
+
+    #[test]
+    fn trailing_addresses_are_recipients_after_the_flagged_ones() {
+        use clap::Parser as _;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: MailgateArgs,
+        }
+        let cli = Cli::try_parse_from([
+            "mailgate",
+            "--url=http://127.0.0.1:8080",
+            "--recipient=support@shop.test",
+            "--",
+            "sales@shop.test",
+            "-dash@shop.test",
+        ])
+        .unwrap();
+        let all: Vec<_> = cli.args.all_recipients().collect();
+        assert_eq!(
+            all,
+            ["support@shop.test", "sales@shop.test", "-dash@shop.test"],
+            "flagged first, then the trailing ones, a leading dash after -- included"
+        );
+        assert!(
+            Cli::try_parse_from(["mailgate", "--url=http://x", "--", "bad\raddr"]).is_err(),
+            "a trailing address is checked as a flagged one is"
         );
     }
 

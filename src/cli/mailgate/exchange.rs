@@ -80,10 +80,10 @@ pub(super) fn build_request(
         HeaderValue::from_static(concat!("intake-mailgate/", env!("CARGO_PKG_VERSION"))),
     );
     headers.insert(AUTHORIZATION, token.0.clone());
-    if let Some(sender) = &args.sender {
-        headers.insert(ENVELOPE_SENDER, sender.clone());
+    if let Some(sender) = args.envelope_sender() {
+        headers.insert(ENVELOPE_SENDER, sender);
     }
-    for recipient in &args.recipient {
+    for recipient in args.all_recipients() {
         headers.append(ENVELOPE_RECIPIENT, recipient.clone());
     }
     request

@@ -32,9 +32,20 @@
 //!   --token-file /etc/intake/mailgate.token --sender=${sender} --recipient=${recipient}
 //! ```
 //!
+//! Exim's `pipe` transport: the sender from its `SENDER` variable (on the
+//! command line it is tainted), `$pipe_addresses` after `--` gives the
+//! recipients, one argument each, and `message_prefix =` keeps Exim's mbox
+//! `From ` line off (mailgate drops one anyway, as it does procmail's):
+//!
+//! ```text
+//! command = /usr/bin/intake mailgate --url http://127.0.0.1:8080 \
+//!   --token-file /etc/intake/mailgate.token --sender-env SENDER -- $pipe_addresses
+//! ```
+//!
 //! The work is split by step: `args` (the command line), `stdin` (the
-//! message, within `--max-size`), `token` (the credential), `exchange`
-//! (the one HTTP request, bounded by `--timeout`), `answer` (what the
+//! message, within `--max-size`, without an mbox `From ` line), `token`
+//! (the credential), `exchange` (the one HTTP request, bounded by
+//! `--timeout`), `answer` (what the
 //! gateway said), `error` (why no answer came) and `disposition` (the
 //! one mapping from all of that to exit code and status line).
 
@@ -58,7 +69,7 @@ pub use error::MailgateError;
 use crate::cli::exit::Exit;
 use disposition::consequence;
 use exchange::{build_request, deliver, tls_connector};
-use stdin::{read_message, Message};
+use stdin::{read_message, without_mbox_from_line, Message};
 use token::load_token;
 
 /// Runs `intake mailgate` and turns its outcome into the process exit code,
@@ -87,8 +98,9 @@ fn run(args: &MailgateArgs) -> Outcome {
     // 1. Take the whole message off stdin first, whatever happens next: a
     //    mail server whose write fails with a broken pipe may log a
     //    misleading error, and the size verdict must not need the network.
+    //    A leading mbox `From ` line (Exim, procmail) is not the mail's.
     let message = match read_message(&mut io::stdin().lock(), args.max_size.bytes()) {
-        Ok(Message::Complete(body)) => body,
+        Ok(Message::Complete(body)) => without_mbox_from_line(body),
         Ok(Message::TooBig { size }) => {
             return Outcome::TooBig {
                 limit: args.max_size,

@@ -2,7 +2,8 @@
 //! bounded: a command line by `command_timeout` and its length, the
 //! message by `data_timeout`, `max_size` and `min_data_rate`. Replies are
 //! written as soon as they are known and flushed when no more pipelined
-//! input is waiting (RFC 2920), so a pipelining client gets them in one go.
+//! input is waiting (RFC 2920), so a pipelining client gets them in one go;
+//! the per-recipient replies after DATA are the exception, one write each.
 //! The session tells the connection registry its phase (waiting for a
 //! command, DATA, storing); a session the registry sheds to make room is
 //! told 421 and closed, except while its message is being stored.
@@ -40,6 +41,16 @@ const MAX_ERRORS: u32 = 20;
 /// How long the last words to a session being closed (shed, too slow) may
 /// take: its slot is given away already.
 const FAREWELL_WRITE: Duration = Duration::from_secs(1);
+
+/// The pause between two per-recipient replies after DATA. OpenSMTPD's
+/// LMTP client (6.8, `mta_session.c`) handles one reply per read and calls
+/// anything more in its buffer "too much data", failing the recipients not
+/// yet answered; the pause lets it read each reply before the next lands.
+/// 2 ms was tight on a busy machine (one run in five of the relay test in
+/// tests/opensmtpd.rs failed with it); 20 recipients now cost 0.2 s, the most
+/// (`max_recipients`, 100) 1 s, which clients that read ahead (Postfix,
+/// Exim) do not mind.
+const REPLY_GAP: Duration = Duration::from_millis(10);
 
 /// The transaction in progress.
 #[derive(Debug, Default)]
@@ -407,8 +418,16 @@ impl Session<'_> {
         });
         // RFC 2033 4.2: one reply per recipient that RCPT accepted, in
         // order. The message is one item, so every recipient hears the same.
-        for recipient in &transaction.recipients {
+        // Each reply is a write of its own, flushed, and the next follows
+        // after REPLY_GAP: a client that reads one reply per read (OpenSMTPD)
+        // takes a second reply already in its buffer as an error.
+        let count = transaction.recipients.len();
+        for (n, recipient) in transaction.recipients.iter().enumerate() {
             self.send(&verdict.for_recipient(recipient)).await?;
+            self.flush().await?;
+            if n + 1 < count {
+                tokio::time::sleep(REPLY_GAP).await;
+            }
         }
         drop(held);
         Ok(Next::Continue)
