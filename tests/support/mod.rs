@@ -11,6 +11,7 @@ pub mod cluster;
 pub mod envelope;
 pub mod imap;
 pub mod postfix;
+pub mod receiver;
 pub mod redis_proxy;
 
 use std::collections::HashMap;
