@@ -144,6 +144,7 @@ pub async fn run_on(
     let redis_connection = sink.connection();
     let redis_connection_for_watch = sink.connection();
     let redis_connection_for_delivery = sink.connection();
+    let redis_connection_for_admin = sink.connection();
     let delivery_status = crate::delivery::Registry::default();
     let backpressure = Arc::new(crate::backpressure::Backpressure::default());
     let replay_connection = redis_connection.clone();
@@ -203,6 +204,7 @@ pub async fn run_on(
             timeout: config.redis.timeout.into(),
         },
         budget,
+        deliveries: delivery_status.clone(),
     });
     tracing::info!(
         listen = %listener.local_addr()?,
@@ -297,6 +299,9 @@ pub async fn run_on(
             quarantine,
             pipeline: admin_pipeline,
             retry_after: config.http.retry_after.into(),
+            redis: redis_connection_for_admin,
+            prefix: config.redis.prefix.clone(),
+            deliveries: delivery_status.clone(),
         }));
         http::server::serve(
             listener,

@@ -326,30 +326,65 @@ async fn webhook_500_500_200_is_delivered_once_after_two_retries() {
     assert!(dead.is_empty(), "nothing dead: {dead:?}");
 }
 
+/// The `[[delivery]]` table alone, as a gateway's config takes it.
+fn delivery_table(text: &str) -> &str {
+    &text[text.find("[[delivery]]").expect("a delivery table")..]
+}
+
 #[tokio::test]
-async fn webhook_410_goes_dead_and_a_redrive_delivers_it_once_with_the_same_key() {
+async fn webhook_410_goes_dead_and_an_admin_redrive_delivers_it_once_with_the_same_key() {
     let receiver = Receiver::start(Box::new(|_, before| match before {
         0 => Reply::Status(410),
         _ => Reply::Status(200),
     }))
     .await;
-    let prefix = unique_prefix("webhook_dead");
     let secrets = secrets();
-    let _workers = start_workers(
-        &config_text(&redis_url(), &prefix, &receiver.url, &secrets, ""),
-        &["w1"],
-    );
-    let entry_id = add_desk(&redis_url(), &prefix, "01GONE", envelope("01GONE")).await;
+    let admin_token = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(admin_token.path(), "admin-secret-1\n").unwrap();
+    let admin_port = support::free_port();
+    // The gateway runs the delivery itself (`intake serve`).
+    let gw = support::Gateway::start_custom("webhook_dead", &redis_url(), |prefix, token| {
+        let delivery = config_text(&redis_url(), prefix, &receiver.url, &secrets, "");
+        support::default_toml(
+            &redis_url(),
+            prefix,
+            token,
+            &format!(
+                "[admin]\nlisten = \"127.0.0.1:{admin_port}\"\ntoken = {{ file = \"{}\" }}\n{}",
+                admin_token.path().display(),
+                delivery_table(&delivery)
+            ),
+        )
+    })
+    .await;
+    let prefix = gw.prefix.clone();
+    let admin = format!("http://127.0.0.1:{admin_port}");
+    let response = support::client()
+        .post(gw.form_url("contact"))
+        .header("origin", "https://shop.test")
+        .form(&[
+            ("email", "ann@example.com"),
+            ("message", "Where is my order?"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let receipt = response.json::<serde_json::Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     wait_acked(&redis_url(), &prefix, "desk").await;
-    let dead = support::read_stream(&redis_url(), &format!("{prefix}:dead")).await;
+    let desk = gw.entries("desk").await;
+    let dead = gw.entries("dead").await;
     assert_eq!(dead.len(), 1, "one dead entry: {dead:?}");
     let d = &dead[0];
     assert_eq!(d.field("status"), "410");
-    assert_eq!(d.field("id"), "01GONE");
+    assert_eq!(d.field("id"), receipt);
     assert_eq!(d.field("delivery"), "hook");
     assert_eq!(d.field("target"), "webhook");
     assert_eq!(d.field("origin_stream"), "desk");
-    assert_eq!(d.field("origin_entry"), entry_id);
+    assert_eq!(d.field("origin_entry"), desk[0].entry_id);
     assert_eq!(d.field("attempts"), "1");
     assert_eq!(d.field("reason"), "refused");
     assert_eq!(
@@ -357,38 +392,78 @@ async fn webhook_410_goes_dead_and_a_redrive_delivers_it_once_with_the_same_key(
         "{\"answer\":410}",
         "the answer's first bytes"
     );
-    assert_eq!(d.envelope()["id"], "01GONE", "the envelope is kept whole");
+    assert_eq!(
+        d.envelope()["id"],
+        receipt.as_str(),
+        "the envelope is kept whole"
+    );
     assert_eq!(receiver.seen().len(), 1, "a 410 is not retried");
+    assert_eq!(
+        receiver.seen()[0].key,
+        receipt,
+        "Idempotency-Key is the receipt id"
+    );
 
-    let mut redis = intake::redis_connection::RedisConnection::new(
-        &toml::from_str(&format!("url = \"{}\"\nprefix = \"{prefix}\"", redis_url())).unwrap(),
-        None,
-    )
-    .unwrap();
-    let moved = intake::delivery::dead::redrive(&mut redis, &prefix, &d.entry_id)
+    let readyz: serde_json::Value = support::client()
+        .get(format!("{}/readyz", gw.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
         .await
         .unwrap();
-    assert!(moved.is_some(), "re-driven");
+    assert_eq!(
+        readyz["status"], "ready",
+        "a refusing target does not make the gateway unready"
+    );
+    assert!(
+        readyz["deliveries"]["hook"].is_string(),
+        "/readyz names the delivery: {readyz}"
+    );
+
+    let listing: serde_json::Value = support::client()
+        .get(format!("{admin}/v1/dead"))
+        .bearer_auth("admin-secret-1")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        listing["entries"][0]["entry_id"],
+        d.entry_id.as_str(),
+        "{listing}"
+    );
+    assert_eq!(listing["entries"][0]["status"], "410");
+    assert!(
+        listing["entries"][0].get("envelope").is_none(),
+        "no bodies in the listing"
+    );
+    let redrive = |entry: String| {
+        support::client()
+            .post(format!("{admin}/v1/dead/{entry}/redrive"))
+            .bearer_auth("admin-secret-1")
+            .send()
+    };
+    let response = redrive(d.entry_id.clone()).await.unwrap();
+    assert_eq!(response.status(), 200);
     wait_for("the re-driven POST", Duration::from_secs(10), || {
         receiver.seen().len() == 2
     })
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let seen = receiver.with_key("01GONE");
+    let seen = receiver.with_key(&receipt);
     assert_eq!(
         seen.len(),
         2,
         "delivered once more, under the same key: {seen:?}"
     );
-    assert!(
-        support::read_stream(&redis_url(), &format!("{prefix}:dead"))
-            .await
-            .is_empty()
-    );
-    let again = intake::delivery::dead::redrive(&mut redis, &prefix, &d.entry_id)
-        .await
-        .unwrap();
-    assert!(again.is_none(), "a dead entry is re-driven once");
+    assert!(gw.entries("dead").await.is_empty(), "no longer dead");
+    let response = redrive(d.entry_id.clone()).await.unwrap();
+    assert_eq!(response.status(), 404, "a dead entry is re-driven once");
+    assert_eq!(receiver.seen().len(), 2);
+    gw.stop().await;
 }
 
 #[tokio::test]

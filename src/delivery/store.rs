@@ -237,13 +237,12 @@ pub fn entry_ms(entry_id: &str) -> Option<u64> {
     entry_id.split('-').next()?.parse().ok()
 }
 
-/// Whether `text` is a stream entry id, `<ms>-<seq>`.
+/// Whether `text` is a stream entry id, `<ms>-<seq>`, each a u64 as Redis
+/// takes them (anything else would be a Redis error, not a missing entry).
 pub fn is_entry_id(text: &str) -> bool {
-    let mut parts = text.splitn(2, '-');
-    let digits = |p: Option<&str>| {
-        p.is_some_and(|p| !p.is_empty() && p.len() <= 20 && p.bytes().all(|b| b.is_ascii_digit()))
-    };
-    digits(parts.next()) && digits(parts.next())
+    let number = |p: &str| p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u64>().is_ok();
+    text.split_once('-')
+        .is_some_and(|(ms, seq)| number(ms) && number(seq))
 }
 
 #[cfg(test)]
@@ -262,6 +261,8 @@ mod tests {
         assert!(is_entry_id("1764000000000-0"));
         assert!(!is_entry_id("1764000000000"));
         assert!(!is_entry_id("../x-1"));
+        assert!(!is_entry_id("84854893723504069255-7844"), "beyond u64");
+        assert!(!is_entry_id("+1-2"));
         assert_eq!(entry_ms("1764000000000-3"), Some(1_764_000_000_000));
         let keys = Keys::new("intake", "desk-hook");
         assert_eq!(

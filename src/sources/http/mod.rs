@@ -49,6 +49,8 @@ pub struct AppState {
     /// The process's memory budget for bodies in flight (`[memory]`),
     /// shared with the LMTP listener.
     pub budget: crate::budget::BodyBudget,
+    /// The delivery workers' states, named in `/readyz`.
+    pub deliveries: crate::delivery::Registry,
 }
 
 impl AppState {
@@ -187,6 +189,7 @@ async fn readiness(state: &AppState) -> Response<Body> {
         pipeline.sink().as_ref(),
         pipeline.guard(),
         pipeline.scanner(),
+        &state.deliveries,
     )
     .await;
     if let Err(error) = &health.redis {

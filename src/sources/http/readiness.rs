@@ -24,11 +24,20 @@ pub struct Health {
     pub scanner: ScannerState,
     /// clamd's address, engine and signatures, for the admin answer.
     pub scanner_details: Value,
+    /// Each delivery worker's state (`starting`, `delivering`, `retrying`,
+    /// `redis_down`); a delivery in trouble does not make the gateway
+    /// unready: items wait on the desk.
+    pub deliveries: std::collections::BTreeMap<String, &'static str>,
 }
 
 impl Health {
     /// Pings Redis (bounded by `redis.timeout`) and reads the rest.
-    pub async fn check(sink: &dyn Sink, guard: &Guard, scanner: &Scanner) -> Health {
+    pub async fn check(
+        sink: &dyn Sink,
+        guard: &Guard,
+        scanner: &Scanner,
+        deliveries: &crate::delivery::Registry,
+    ) -> Health {
         let redis = sink.ping().await.map_err(|e| e.to_string());
         crate::telemetry::events::emit(crate::telemetry::events::http::RedisUp {
             up: redis.is_ok(),
@@ -41,6 +50,7 @@ impl Health {
             last_reload_error: guard.last_reload_error(),
             scanner: scanner.state(),
             scanner_details: scanner.report(),
+            deliveries: deliveries.states(),
         }
     }
 
@@ -86,12 +96,16 @@ impl Health {
 
     /// The `/readyz` body: names and states only.
     pub fn public(&self) -> Value {
-        json!({
+        let mut public = json!({
             "status": self.status(),
             "redis": self.redis_state(),
             "rules": self.rules_state(),
             "scanner": self.scanner.name(),
-        })
+        });
+        if !self.deliveries.is_empty() {
+            public["deliveries"] = json!(self.deliveries);
+        }
+        public
     }
 
     /// The admin `GET /status` body: the same states with their details.
@@ -109,6 +123,7 @@ impl Health {
                 "last_reload_error": self.last_reload_error,
             },
             "scanner": self.scanner_details,
+            "deliveries": self.deliveries,
         })
     }
 }
@@ -126,7 +141,13 @@ mod tests {
             &toml::from_str("clamd = \"tcp://10.1.2.3:3310\"").unwrap(),
         ))
         .unwrap();
-        let health = Health::check(&sink, &Guard::without_rules(), &scanner).await;
+        let health = Health::check(
+            &sink,
+            &Guard::without_rules(),
+            &scanner,
+            &crate::delivery::Registry::default(),
+        )
+        .await;
         assert_eq!(health.status_code(), StatusCode::SERVICE_UNAVAILABLE);
         let public = health.public();
         assert_eq!(
