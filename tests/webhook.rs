@@ -463,6 +463,27 @@ async fn webhook_410_goes_dead_and_an_admin_redrive_delivers_it_once_with_the_sa
     let response = redrive(d.entry_id.clone()).await.unwrap();
     assert_eq!(response.status(), 404, "a dead entry is re-driven once");
     assert_eq!(receiver.seen().len(), 2);
+    let metrics = support::client()
+        .get(format!("{admin}/metrics"))
+        .bearer_auth("admin-secret-1")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in [
+        "intake_delivery_delivered_total{",
+        "intake_delivery_dead_total{",
+        "intake_delivery_lag_seconds{",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l.starts_with(name)
+                && l.contains("delivery=\"hook\"")
+                && l.contains("target=\"webhook\"")),
+            "{name} by delivery and target on /metrics:\n{metrics}"
+        );
+    }
     gw.stop().await;
 }
 
