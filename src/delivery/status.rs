@@ -18,6 +18,17 @@ impl Registry {
         }
     }
 
+    /// Back to `delivering` after a step that reached Redis, unless the
+    /// last attempt failed (`retrying` stays until one is accepted).
+    pub fn reached_redis(&self, delivery: &str) {
+        if let Ok(mut states) = self.0.lock() {
+            let state = states.entry(delivery.to_string()).or_insert("delivering");
+            if matches!(*state, "starting" | "redis_down") {
+                *state = "delivering";
+            }
+        }
+    }
+
     /// Every delivery and its state, by name.
     pub fn states(&self) -> BTreeMap<String, &'static str> {
         self.0.lock().map(|s| s.clone()).unwrap_or_default()

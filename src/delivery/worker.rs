@@ -92,7 +92,11 @@ impl Worker {
                 let started_new = self.read_new().await?;
                 RedisResult::Ok(started_due + started_new)
             };
-            let wait = match step.await {
+            let result = step.await;
+            if result.is_ok() {
+                self.shared.status.reached_redis(&name);
+            }
+            let wait = match result {
                 Ok(0) => {
                     pause = (pause * 2).min(IDLE_POLL);
                     self.until_next_due().min(pause)
