@@ -6,7 +6,10 @@
 //! details it leaves out (clamd's address and engine, failure texts, the
 //! rules in force); `GET /v1/quarantine` lists quarantined items and
 //! `POST /v1/quarantine/{entry_id}/release` moves one to the desk after a
-//! re-scan ([`crate::pipeline::quarantine`]).
+//! re-scan ([`crate::pipeline::quarantine`]); `GET /v1/dead` lists what
+//! the delivery targets refused and `POST /v1/dead/{entry_id}/redrive` (or
+//! `POST /v1/dead/redrive` for all) hands it back to its delivery under
+//! the same idempotency key ([`crate::delivery::dead`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,6 +25,8 @@ use crate::secret::{Secret, SecretValue};
 use crate::sources::http::request_body::RequestBody;
 use crate::sources::http::respond::{ApiError, Body};
 use crate::sources::http::server::{Handler, ResponseFuture};
+
+mod dead;
 
 /// The admin listener; it starts only when a token is configured, since
 /// metrics and operations must never be open.
@@ -75,6 +80,12 @@ pub struct AdminState {
     pub retry_after: std::time::Duration,
     /// For `GET /status`: each IMAP mailbox's state and why.
     pub imap: crate::sources::imap::ImapHealth,
+    /// For `GET /v1/dead` and its re-drives.
+    pub redis: crate::redis_connection::RedisConnection,
+    /// `redis.prefix`: where the dead stream is.
+    pub prefix: String,
+    /// The deliveries' states, for `GET /status`.
+    pub deliveries: crate::delivery::Registry,
 }
 
 #[derive(Clone)]
@@ -114,7 +125,25 @@ async fn route(
         }
         return Ok(release(state, entry_id).await);
     }
+    if let Some(entry_id) = path
+        .strip_prefix("/v1/dead/")
+        .and_then(|rest| rest.strip_suffix("/redrive"))
+    {
+        if request.method() != Method::POST {
+            return Err(ApiError::MethodNotAllowed { allow: "POST" });
+        }
+        if !crate::delivery::store::is_entry_id(entry_id) {
+            return Err(ApiError::NotFound);
+        }
+        return Ok(dead::redrive_one(state, entry_id).await);
+    }
     match (request.method(), path) {
+        (&Method::GET, "/v1/dead") => Ok(dead::list(state, request.uri().query()).await),
+        (_, "/v1/dead") => Err(ApiError::MethodNotAllowed { allow: "GET" }),
+        (&Method::POST, "/v1/dead/redrive") => {
+            Ok(dead::redrive_all(state, request.uri().query()).await)
+        }
+        (_, "/v1/dead/redrive") => Err(ApiError::MethodNotAllowed { allow: "POST" }),
         (&Method::GET, "/v1/quarantine") => match list(state, request.uri().query()).await {
             Ok(response) | Err(response) => Ok(response),
         },
@@ -216,7 +245,7 @@ async fn release(state: &AdminState, entry_id: &str) -> Response<Body> {
 }
 
 /// 400 for a query the listing does not understand.
-fn bad_query(message: String) -> Response<Body> {
+pub(crate) fn bad_query(message: String) -> Response<Body> {
     crate::sources::http::respond::json_response(
         StatusCode::BAD_REQUEST,
         &serde_json::json!({"error": "bad_request", "message": message}),
@@ -224,7 +253,7 @@ fn bad_query(message: String) -> Response<Body> {
 }
 
 /// 503 with `Retry-After`: nothing changed, try again later.
-fn unavailable(state: &AdminState, message: String) -> Response<Body> {
+pub(crate) fn unavailable(state: &AdminState, message: String) -> Response<Body> {
     let mut response = crate::sources::http::respond::json_response(
         StatusCode::SERVICE_UNAVAILABLE,
         &serde_json::json!({"error": "unavailable", "message": message}),
@@ -283,6 +312,7 @@ async fn status(state: &AdminState) -> Response<Body> {
         pipeline.sink().as_ref(),
         pipeline.guard(),
         pipeline.scanner(),
+        &state.deliveries,
     )
     .await
     .with_imap(&state.imap);

@@ -68,6 +68,10 @@ pub struct Config {
     /// The memory budget for bodies in flight (forms, raw mail, LMTP).
     #[serde(default)]
     pub memory: crate::budget::MemoryConfig,
+    /// Delivery workers handing the desk to its tool, as `[[delivery]]`
+    /// tables.
+    #[serde(default, rename = "delivery")]
+    pub deliveries: Vec<crate::delivery::config::DeliveryConfig>,
 }
 
 /// Every problem found in a config file, one per line.
@@ -130,6 +134,9 @@ impl Config {
         }
         for imap in &mut self.imap {
             imap.resolve_paths(base);
+        }
+        for delivery in &mut self.deliveries {
+            delivery.resolve_paths(base);
         }
         for secret in [
             &mut self.redis.password,
@@ -209,6 +216,14 @@ impl Config {
                         imap.account()
                     ));
                 }
+            }
+        }
+        let mut names = HashSet::new();
+        for (i, delivery) in self.deliveries.iter().enumerate() {
+            let at = format!("delivery[{i}] ({})", delivery.name);
+            delivery.validate(&at, &mut problems);
+            if !names.insert(delivery.name.as_str()) {
+                problems.push(format!("{at}.name: declared twice"));
             }
         }
         self.memory

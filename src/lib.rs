@@ -11,6 +11,7 @@ pub mod backpressure;
 pub mod budget;
 pub mod cli;
 pub mod config;
+pub mod delivery;
 pub mod envelope;
 pub mod guard;
 pub mod parse;

@@ -71,6 +71,8 @@ enum Command {
     /// Print the envelope a raw mail (FILE, or stdin) would become, as
     /// JSON, offline: the parse stage only, not scanned.
     Parse(intake::cli::parse::ParseArgs),
+    /// Run only the delivery workers (`[[delivery]]`), without listeners.
+    Deliver(intake::cli::deliver::DeliverArgs),
     /// The desk side: a reference consumer of the streams.
     #[command(subcommand)]
     Desk(intake::cli::desk::DeskCommand),
@@ -104,6 +106,7 @@ fn main() -> ExitCode {
         Command::Rules(command) => intake::cli::rules::main(command),
         Command::Replay(args) => intake::cli::replay::main(args),
         Command::Parse(args) => intake::cli::parse::main(args),
+        Command::Deliver(args) => intake::cli::deliver::main(args),
         Command::Desk(command) => intake::cli::desk::main(command),
     };
     exit.into()

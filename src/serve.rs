@@ -143,6 +143,9 @@ pub async fn run_on(
         .context("scan.clamd")?;
     let redis_connection = sink.connection();
     let redis_connection_for_watch = sink.connection();
+    let redis_connection_for_delivery = sink.connection();
+    let redis_connection_for_admin = sink.connection();
+    let delivery_status = crate::delivery::Registry::default();
     let backpressure = Arc::new(crate::backpressure::Backpressure::default());
     let replay_connection = redis_connection.clone();
     let sink: Arc<dyn crate::sink::Sink> = Arc::new(sink);
@@ -202,6 +205,7 @@ pub async fn run_on(
         },
         budget,
         imap: imap.health(),
+        deliveries: delivery_status.clone(),
     });
     tracing::info!(
         listen = %listener.local_addr()?,
@@ -258,6 +262,17 @@ pub async fn run_on(
         config.backpressure.clone(),
         stop.clone(),
     ));
+    // Delivery workers share the gateway's Redis connection; their
+    // failures never touch the listeners.
+    let deliveries = crate::delivery::spawn_all(
+        &config.deliveries,
+        redis_connection_for_delivery,
+        &config.redis.prefix,
+        &crate::delivery::consumer_name(),
+        delivery_status.clone(),
+        stop.clone(),
+    )
+    .map_err(anyhow::Error::msg)?;
     let rules_watch = tokio::spawn(
         guard
             .clone()
@@ -287,6 +302,9 @@ pub async fn run_on(
             pipeline: admin_pipeline,
             retry_after: config.http.retry_after.into(),
             imap: imap_health,
+            redis: redis_connection_for_admin,
+            prefix: config.redis.prefix.clone(),
+            deliveries: delivery_status.clone(),
         }));
         http::server::serve(
             listener,
@@ -328,6 +346,9 @@ pub async fn run_on(
         if tokio::time::timeout(DRAIN_DEADLINE, redrive).await.is_err() {
             tracing::warn!("re-drive did not stop within the drain deadline");
         }
+    }
+    for delivery in deliveries {
+        let _ = delivery.await;
     }
     let _ = rules_watch.await;
     let _ = backpressure_watch.await;

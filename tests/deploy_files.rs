@@ -195,6 +195,39 @@ fn dashboard_queries_only_metrics_the_gateway_exports() {
     assert!(missing.is_empty(), "not exported by src/: {missing:?}");
 }
 
+/// Every `intake_*` metric the alerting rules example
+/// (deploy/prometheus/alerts.yaml) names is one the gateway exports.
+#[test]
+fn alert_examples_use_only_metrics_the_gateway_exports() {
+    let alerts = read("deploy/prometheus/alerts.yaml");
+    let mut src = String::new();
+    source_text(&repo().join("src"), &mut src);
+    let mut names = BTreeSet::new();
+    for line in alerts
+        .lines()
+        .filter(|l| l.trim_start().starts_with("expr:"))
+    {
+        let mut rest = line;
+        while let Some(start) = rest.find("intake_") {
+            let tail = &rest[start..];
+            let end = tail
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(tail.len());
+            names.insert(tail[..end].to_string());
+            rest = &tail[end..];
+        }
+    }
+    assert!(
+        names.contains("intake_delivery_lag_seconds"),
+        "the lag alert is there: {names:?}"
+    );
+    let missing: Vec<_> = names
+        .iter()
+        .filter(|n| !src.contains(&format!("\"{n}\"")))
+        .collect();
+    assert!(missing.is_empty(), "not exported by src/: {missing:?}");
+}
+
 /// Every `](#anchor)` link in the README names one of its headings (as
 /// GitHub makes the anchor: lower case, spaces to dashes, punctuation
 /// dropped). A rewrite that loses a section breaks this test, not the

@@ -17,7 +17,7 @@
 //! | code | name | returned by | when |
 //! | --- | --- | --- | --- |
 //! | 0 | `Ok` | every command | done; for mailgate: stored by the gateway |
-//! | 1 | `Failure` | `rules`, `replay`, `serve`, `parse` | the rules are invalid; the daemon could not start its runtime or stopped on an error |
+//! | 1 | `Failure` | `rules`, `replay`, `serve`, `parse`, `deliver` | the rules are invalid; the daemon could not start its runtime or stopped on an error |
 //! | 64 | `Usage` | every command (bad arguments), `desk tail` | the command line cannot work |
 //! | 65 | `DataErr` | `mailgate`, `parse` | the message was rejected for good (the mail server bounces it); for `parse`: it is empty |
 //! | 66 | `NoInput` | `rules explain`, `replay`, `parse` | the archive or message cannot be read |
@@ -25,7 +25,7 @@
 //! | 74 | `IoErr` | `desk tail` | an item could not be written out, so it was not acknowledged |
 //! | 75 | `TempFail` | `mailgate` | no verdict yet: the mail server keeps the mail and retries |
 //! | 77 | `NoPerm` | `mailgate` | refused by policy, blocked sender or virus (the mail server bounces it) |
-//! | 78 | `Config` | `serve`, `desk tail`, `parse --config` | the config file does not load, or its rules do not |
+//! | 78 | `Config` | `serve`, `deliver`, `desk tail`, `parse --config` | the config file does not load, or its rules do not; for `deliver`: it has no `[[delivery]]` |
 
 use std::process::ExitCode;
 

@@ -376,6 +376,36 @@ pub const METRICS: &[Metric] = &[
         None,
         "LMTP commands answered with an error (unknown, out of order, malformed)",
     ),
+    metric(
+        "intake_delivery_delivered_total",
+        Kind::Counter,
+        None,
+        "Entries a delivery target accepted (2xx), by delivery and target",
+    ),
+    metric(
+        "intake_delivery_retries_total",
+        Kind::Counter,
+        None,
+        "Failed delivery attempts to be retried, by delivery, target and status (408, 429, 5xx, timeout, unreachable)",
+    ),
+    metric(
+        "intake_delivery_dead_total",
+        Kind::Counter,
+        None,
+        "Entries moved to the dead stream, by delivery, target and reason (refused, max_age)",
+    ),
+    metric(
+        "intake_delivery_lag_seconds",
+        Kind::Gauge,
+        Some(Unit::Seconds),
+        "Age of the oldest entry a delivery has not delivered yet (0 when caught up), by delivery and target",
+    ),
+    metric(
+        "intake_delivery_redis_errors_total",
+        Kind::Counter,
+        None,
+        "Redis commands of a delivery worker that failed (the entries stay pending), by delivery",
+    ),
 ];
 
 /// Describes every metric of [`METRICS`] to the installed recorder.

@@ -13,6 +13,7 @@ pub mod exim;
 pub mod imap;
 pub mod opensmtpd;
 pub mod postfix;
+pub mod receiver;
 pub mod redis_proxy;
 
 use std::collections::HashMap;

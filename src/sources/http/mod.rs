@@ -51,6 +51,8 @@ pub struct AppState {
     pub budget: crate::budget::BodyBudget,
     /// Each IMAP mailbox's state, named by `/readyz`.
     pub imap: crate::sources::imap::ImapHealth,
+    /// The delivery workers' states, named in `/readyz`.
+    pub deliveries: crate::delivery::Registry,
 }
 
 impl AppState {
@@ -189,6 +191,7 @@ async fn readiness(state: &AppState) -> Response<Body> {
         pipeline.sink().as_ref(),
         pipeline.guard(),
         pipeline.scanner(),
+        &state.deliveries,
     )
     .await
     .with_imap(&state.imap);

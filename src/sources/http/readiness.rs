@@ -28,11 +28,20 @@ pub struct Health {
     /// acknowledge is named here but does not make the gateway unready:
     /// items from every other source are still stored.
     pub imap: crate::sources::imap::ImapHealth,
+    /// Each delivery worker's state (`starting`, `delivering`, `retrying`,
+    /// `redis_down`); a delivery in trouble does not make the gateway
+    /// unready: items wait on the desk.
+    pub deliveries: std::collections::BTreeMap<String, &'static str>,
 }
 
 impl Health {
     /// Pings Redis (bounded by `redis.timeout`) and reads the rest.
-    pub async fn check(sink: &dyn Sink, guard: &Guard, scanner: &Scanner) -> Health {
+    pub async fn check(
+        sink: &dyn Sink,
+        guard: &Guard,
+        scanner: &Scanner,
+        deliveries: &crate::delivery::Registry,
+    ) -> Health {
         let redis = sink.ping().await.map_err(|e| e.to_string());
         crate::telemetry::events::emit(crate::telemetry::events::http::RedisUp {
             up: redis.is_ok(),
@@ -46,6 +55,7 @@ impl Health {
             scanner: scanner.state(),
             scanner_details: scanner.report(),
             imap: Default::default(),
+            deliveries: deliveries.states(),
         }
     }
 
@@ -106,6 +116,9 @@ impl Health {
         if let Some(imap) = self.imap.public() {
             body["imap"] = imap;
         }
+        if !self.deliveries.is_empty() {
+            body["deliveries"] = json!(self.deliveries);
+        }
         body
     }
 
@@ -124,6 +137,7 @@ impl Health {
                 "last_reload_error": self.last_reload_error,
             },
             "scanner": self.scanner_details,
+            "deliveries": self.deliveries,
         });
         if let Some(imap) = self.imap.detailed() {
             body["imap"] = imap;
@@ -145,7 +159,13 @@ mod tests {
             &toml::from_str("clamd = \"tcp://10.1.2.3:3310\"").unwrap(),
         ))
         .unwrap();
-        let health = Health::check(&sink, &Guard::without_rules(), &scanner).await;
+        let health = Health::check(
+            &sink,
+            &Guard::without_rules(),
+            &scanner,
+            &crate::delivery::Registry::default(),
+        )
+        .await;
         assert_eq!(health.status_code(), StatusCode::SERVICE_UNAVAILABLE);
         let public = health.public();
         assert_eq!(
