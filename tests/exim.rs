@@ -92,9 +92,8 @@ async fn assert_hundred_stored_once(gw: &Gateway, exim: &PrivateExim, tag: &str,
         by_id.entry(id).or_default().push(env);
     }
     assert_eq!(by_id.len(), 100, "every mail on the desk, none lost");
-    // TODO(issue 22, one item per mail): once a split delivery folds into
-    // its first item, assert desk.len() == 100 for every MTA; the Exim
-    // runs here deliver each mail in one transaction, so it holds already.
+    // Exim delivers each mail in one transaction here; a split one would
+    // fold into its first item (tests/split_delivery.rs), so 100 holds.
     assert_eq!(desk.len(), 100, "no mail stored twice:\n{}", exim.log());
     let twenty_items = &by_id[&format!("{tag}-twenty@example.com")];
     let mut seen = BTreeSet::new();

@@ -207,3 +207,33 @@ async fn postfix_delivers_over_lmtp_into_the_listener() {
     assert_eq!(gw.entries("desk").await.len(), 2, "one item per message");
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn postfix_delivers_mail_with_utf8_headers_over_lmtp() {
+    // Postfix marks a locally submitted mail with UTF-8 headers as needing
+    // SMTPUTF8 and bounces it (5.6.7) to a listener that does not offer it.
+    let lmtp_port = free_port();
+    let gw = Gateway::start_with(
+        "postfix_lmtp_utf8",
+        &redis_url(),
+        &format!("[lmtp]\nlisten = \"127.0.0.1:{lmtp_port}\"\ndomains = [\"{DOMAIN}\"]\n"),
+    )
+    .await;
+    let postfix = PrivatePostfix::start(Delivery::Lmtp { port: lmtp_port });
+    let raw = format!(
+        "From: José Núñez <jose@correo.example>\r\nTo: soporte@{DOMAIN}\r\n\
+         Subject: Devolución del pedido nº 4411\r\nMessage-ID: <utf8-1@correo.example>\r\n\r\n\
+         ¿Cómo devuelvo las botas?\r\n"
+    );
+    postfix.sendmail(
+        "jose@correo.example",
+        &[&format!("soporte@{DOMAIN}")],
+        raw.as_bytes(),
+    );
+    let desk = wait_desk(&gw, 1, &postfix).await;
+    assert_eq!(desk[0]["subject"], "Devolución del pedido nº 4411");
+    assert_eq!(desk[0]["from"]["name"], "José Núñez");
+    let log = postfix.log();
+    assert!(!log.contains("status=bounced"), "nothing bounced:\n{log}");
+    gw.stop().await;
+}

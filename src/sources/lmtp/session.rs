@@ -201,6 +201,7 @@ impl Session<'_> {
                         "PIPELINING".into(),
                         "ENHANCEDSTATUSCODES".into(),
                         "8BITMIME".into(),
+                        "SMTPUTF8".into(),
                         format!("SIZE {}", config.max_size.bytes()),
                     ],
                 )
