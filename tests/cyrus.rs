@@ -51,6 +51,7 @@ fn imap_table(cyrus: &PrivateCyrus, password: &Path, extra: &str) -> String {
 struct Watched {
     process: GatewayProcess,
     public: String,
+    config: std::path::PathBuf,
 }
 
 fn start(dir: &Path, prefix: &str, imap: &str) -> Watched {
@@ -67,6 +68,7 @@ fn start(dir: &Path, prefix: &str, imap: &str) -> Watched {
     Watched {
         process: GatewayProcess::start(&config, &dir.join("gateway.log")),
         public: format!("http://127.0.0.1:{public}"),
+        config,
     }
 }
 
@@ -81,6 +83,20 @@ impl Watched {
         let code = response.status().as_u16();
         let body: serde_json::Value = response.json().await.ok()?;
         Some((code, body["imap"][LABEL].as_str()?.to_string()))
+    }
+
+    /// Waits until `/readyz` names the mailbox in `state`; the HTTP code.
+    async fn wait_state(&self, state: &str, secs: u64) -> u16 {
+        eventually(
+            secs,
+            &format!("/readyz says {LABEL} is {state}"),
+            || async {
+                self.readyz()
+                    .await
+                    .and_then(|(code, s)| (s == state).then_some(code))
+            },
+        )
+        .await
     }
 }
 
@@ -160,6 +176,11 @@ async fn processed_works(namespace: Namespace, tag: &str) {
     assert_each_once_on_desk(&prefix, tag, 20).await;
     let (code, state) = gw.readyz().await.expect("/readyz answers");
     assert_eq!((code, state.as_str()), (200, "working"));
+    assert!(
+        cyrus.log().contains("Expunged"),
+        "Cyrus's syslog is caught and shows the moves:\n{}",
+        cyrus.log()
+    );
     gw.process.terminate();
     let log = gw.process.log_text();
     assert!(
@@ -193,4 +214,138 @@ async fn processed_is_inbox_slash_processed_with_unixhierarchysep() {
 #[tokio::test]
 async fn processed_stays_processed_with_altnamespace() {
     processed_works(Namespace::Alt, "cyrus-alt").await;
+}
+
+/// Starts a gateway on 20 waiting mails that cannot reach their processed
+/// folder; returns it once `/readyz` says the mailbox is stopped, after
+/// checking the error is said once (two retries' worth of waiting) and
+/// nothing was read.
+async fn stopped(
+    cyrus: &PrivateCyrus,
+    tag: &str,
+    extra: &str,
+) -> (Watched, String, tempfile::TempDir) {
+    let mails: Vec<Vec<u8>> = (1..=20).map(|n| small_mail(n, tag)).collect();
+    cyrus.append(&mails, 20);
+    let dir = tempfile::tempdir().unwrap();
+    let pw = secret_file(dir.path(), "pw", "any-password");
+    let prefix = unique_prefix(&format!("cyrus_{tag}"));
+    let gw = start(dir.path(), &prefix, &imap_table(cyrus, &pw, extra));
+    let code = gw.wait_state("stopped", 30).await;
+    assert_eq!(
+        code, 200,
+        "a stopped mailbox does not make the gateway unready"
+    );
+    // auth_backoff is 4 s: two retries meanwhile, still one error line.
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    let log = gw.process.log_text();
+    assert_eq!(
+        log.matches("mailbox stopped").count(),
+        1,
+        "one clear error, not one per retry:\n{log}"
+    );
+    assert_eq!(xlen(&redis_url(), &prefix, "desk").await, 0, "nothing read");
+    assert_eq!(
+        cyrus.count("INBOX"),
+        Some(20),
+        "the mail waits on the server"
+    );
+    let (_, state) = gw.readyz().await.expect("/readyz answers");
+    assert_eq!(state, "stopped", "still stopped after the retries");
+    (gw, prefix, dir)
+}
+
+#[tokio::test]
+async fn a_folder_cyrus_refuses_to_create_stops_the_mailbox_with_the_servers_answer() {
+    // A name in the other users' namespace: taken as is, and Cyrus refuses
+    // the user's CREATE of it.
+    let cyrus = PrivateCyrus::start(Namespace::Standard);
+    let (mut gw, _, _dir) = stopped(
+        &cyrus,
+        "cyrus-refused",
+        "processed_folder = \"user.other.Processed\"",
+    )
+    .await;
+    gw.process.terminate();
+    let log = gw.process.log_text();
+    assert!(
+        log.contains("the server refused to create the folder")
+            && log.contains("Permission denied"),
+        "the refused CREATE is logged with the server's answer:\n{log}"
+    );
+    assert!(
+        log.contains(r#"folder "user.other.Processed""#)
+            && log.contains(r#"prefix "INBOX." and separator ".""#)
+            && log.contains(r#"such as "INBOX.Processed""#),
+        "the error names the folder, the server's prefix and separator, and a name that works:\n{log}"
+    );
+}
+
+#[tokio::test]
+async fn a_missing_folder_with_create_folders_off_stops_the_mailbox_until_it_is_made() {
+    let cyrus = PrivateCyrus::start(Namespace::UnixSeparator);
+    cyrus.create("INBOX/Quarantine");
+    let (gw, prefix, _dir) = stopped(&cyrus, "cyrus-nocreate", "create_folders = false").await;
+    let log = gw.process.log_text();
+    assert!(
+        log.contains(r#"folder "INBOX/Processed" (processed_folder = "Processed")"#)
+            && log.contains("create_folders is off")
+            && log.contains(r#"prefix "INBOX/" and separator "/""#),
+        "the error names the resolved folder and the server's separator:\n{log}"
+    );
+
+    // The folder made: the mailbox works at the next look.
+    cyrus.create("INBOX/Processed");
+    gw.wait_state("working", 30).await;
+    wait_count(&cyrus, "INBOX/Processed", 20, 30).await;
+    wait_count(&cyrus, "INBOX", 0, 10).await;
+    assert_each_once_on_desk(&prefix, "cyrus-nocreate", 20).await;
+}
+
+#[tokio::test]
+async fn a_2000_mail_backlog_with_the_gateway_killed_midway_is_stored_once() {
+    const N: usize = 2000;
+    let tag = "cyrus-sigkill";
+    let cyrus = PrivateCyrus::start(Namespace::Standard);
+    let mails: Vec<Vec<u8>> = (1..=N).map(|n| small_mail(n, tag)).collect();
+    let began = Instant::now();
+    cyrus.append(&mails, 200);
+    let appended = began.elapsed();
+    assert_eq!(cyrus.count("INBOX"), Some(N as u32));
+    let dir = tempfile::tempdir().unwrap();
+    let pw = secret_file(dir.path(), "pw", "any-password");
+    let prefix = unique_prefix("cyrus_sigkill");
+    let mut first = start(
+        dir.path(),
+        &prefix,
+        &imap_table(&cyrus, &pw, "batch_size = 100"),
+    );
+    // Killed within a batch (100 mails): some of it stored, none of it
+    // moved yet. Polled tightly, as a batch is stored in a few ms.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while xlen(&redis_url(), &prefix, "desk").await < 250 {
+        assert!(Instant::now() < deadline, "250 mails stored within 120 s");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    first.process.kill();
+    let at_kill = xlen(&redis_url(), &prefix, "desk").await;
+    assert!(at_kill < N, "killed mid-backlog ({at_kill} stored)");
+    // Stored but not yet moved: what the second process must not store
+    // again.
+    let moved = cyrus.count("INBOX.Processed").unwrap_or(0) as usize;
+
+    // The dead process holds the lease until it expires (3 s).
+    let mut second = GatewayProcess::start(&first.config, &dir.path().join("second.log"));
+    wait_desk(&prefix, N, 240).await;
+    wait_count(&cyrus, "INBOX.Processed", N as u32, 60).await;
+    wait_count(&cyrus, "INBOX", 0, 10).await;
+    assert_each_once_on_desk(&prefix, tag, N).await;
+    second.terminate();
+    eprintln!(
+        "{N} mails appended in {appended:?} (MULTIAPPEND, 200 a command); \
+         {at_kill} stored at the SIGKILL, {} of them not yet moved; all stored and moved \
+         {:?} after the first append",
+        at_kill.saturating_sub(moved),
+        began.elapsed()
+    );
 }

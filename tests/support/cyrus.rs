@@ -271,6 +271,14 @@ impl PrivateCyrus {
         user.logout();
     }
 
+    /// Creates the user's `folder` (a name as this server spells it).
+    pub fn create(&self, folder: &str) {
+        let mut user = self.user();
+        user.command(&format!("CREATE {}", quote(folder)))
+            .unwrap_or_else(|e| panic!("CREATE {folder}: {e}\n{}", self.log()));
+        user.logout();
+    }
+
     /// How many mails the user's `folder` holds (`None`: no such folder).
     pub fn count(&self, folder: &str) -> Option<u32> {
         let mut user = self.user();
