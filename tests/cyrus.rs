@@ -5,7 +5,8 @@
 //! `altnamespace`: the configured `Processed` must work in all three; a
 //! folder Cyrus will not create stops the mailbox with one clear error that
 //! `/readyz` shows; a backlog survives a SIGKILL of the gateway, each mail
-//! stored once.
+//! stored once; a second connection that stalls (through a proxy) is given
+//! up after its own short deadline while the first reads on.
 
 mod support;
 
@@ -348,4 +349,134 @@ async fn a_2000_mail_backlog_with_the_gateway_killed_midway_is_stored_once() {
         at_kill.saturating_sub(moved),
         began.elapsed()
     );
+}
+
+/// Where the proxy stalls the gateway's second connection.
+#[derive(Clone, Copy)]
+enum Stall {
+    /// Accepted, but the server's greeting never comes.
+    Greeting,
+    /// The greeting comes; LOGIN and everything after it never arrive.
+    Login,
+}
+
+/// A TCP proxy in front of Cyrus that forwards every connection but the
+/// second, which it stalls (keeping it open, answering nothing).
+fn stalling_proxy(upstream: u16, stall: Stall) -> u16 {
+    use std::io::{Read, Write};
+    use std::net::{Shutdown, TcpListener, TcpStream};
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for (n, client) in listener.incoming().enumerate() {
+            let Ok(mut client) = client else { return };
+            let Ok(mut server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                return;
+            };
+            if n == 1 {
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 4096];
+                    if let Stall::Login = stall {
+                        if let Ok(got) = server.read(&mut buf) {
+                            let _ = client.write_all(&buf[..got]);
+                        }
+                    }
+                    // Swallow what the client says until it gives up.
+                    while matches!(client.read(&mut buf), Ok(got) if got > 0) {}
+                    let _ = server.shutdown(Shutdown::Both);
+                });
+                continue;
+            }
+            let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut client, &mut server);
+                let _ = server.shutdown(Shutdown::Write);
+            });
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut s2, &mut c2);
+                let _ = c2.shutdown(Shutdown::Write);
+            });
+        }
+    });
+    port
+}
+
+/// A backlog read while the second connection stalls at `stall`: the
+/// first connection keeps reading and moving (it does not wait for the
+/// second, nor for the 60 s command_timeout), the second is given up after
+/// its own deadline (connect_timeout, 1 s) with a log line saying so, and
+/// each mail is stored once.
+async fn a_stalled_second_connection_does_not_hold_the_first_up(stall: Stall, tag: &str) {
+    const N: usize = 1000;
+    let cyrus = PrivateCyrus::start(Namespace::Standard);
+    let mails: Vec<Vec<u8>> = (1..=N).map(|n| small_mail(n, tag)).collect();
+    cyrus.append(&mails, 200);
+    let proxy = stalling_proxy(cyrus.port, stall);
+    let dir = tempfile::tempdir().unwrap();
+    let pw = secret_file(dir.path(), "pw", "any-password");
+    let prefix = unique_prefix(&format!("cyrus_{tag}"));
+    let mut table = imap_table(
+        &cyrus,
+        &pw,
+        // A backlog that takes longer to read than the second connection's
+        // deadline: small batches, one mail at a time.
+        "batch_size = 20\nconcurrency = 1\nconnect_timeout = \"1s\"\ncommand_timeout = \"60s\"",
+    );
+    table = table.replace(
+        &format!("port = {}\n", cyrus.port),
+        &format!("port = {proxy}\n"),
+    );
+    let mut gw = start(dir.path(), &prefix, &table);
+
+    // How much the first connection read while the second stalled: the
+    // desk when the log says the second was given up.
+    let began = Instant::now();
+    let (given_up, stored_meanwhile) = loop {
+        assert!(
+            began.elapsed() < Duration::from_secs(40),
+            "the second connection never given up:\n{}",
+            gw.process.log_text()
+        );
+        if gw.process.log_text().contains("no second IMAP connection") {
+            break (began.elapsed(), xlen(&redis_url(), &prefix, "desk").await);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        (40..N).contains(&stored_meanwhile),
+        "the first connection read on (more than two batches of 20) while the second \
+         stalled: {stored_meanwhile} stored when it was given up after {given_up:?}"
+    );
+    assert!(
+        given_up < Duration::from_secs(10),
+        "the second is given up after its own short deadline, not command_timeout: {given_up:?}"
+    );
+    wait_desk(&prefix, N, 60).await;
+    wait_count(&cyrus, "INBOX.Processed", N as u32, 60).await;
+    wait_count(&cyrus, "INBOX", 0, 10).await;
+    assert_each_once_on_desk(&prefix, tag, N).await;
+    gw.process.terminate();
+    let log = gw.process.log_text();
+    assert!(
+        log.contains("no answer to second connection within 1s"),
+        "the log says what happened to the second connection:\n{log}"
+    );
+    assert!(
+        !log.contains("IMAP session failed"),
+        "the first connection carried on:\n{log}"
+    );
+    eprintln!(
+        "{tag}: second connection given up after {given_up:?}, {stored_meanwhile} mails stored meanwhile"
+    );
+}
+
+#[tokio::test]
+async fn a_second_connection_whose_greeting_never_comes_does_not_hold_the_first_up() {
+    a_stalled_second_connection_does_not_hold_the_first_up(Stall::Greeting, "cyrus-stall-greeting")
+        .await;
+}
+
+#[tokio::test]
+async fn a_second_connection_whose_login_stalls_does_not_hold_the_first_up() {
+    a_stalled_second_connection_does_not_hold_the_first_up(Stall::Login, "cyrus-stall-login").await;
 }
