@@ -6,7 +6,8 @@
 //! folder Cyrus will not create stops the mailbox with one clear error that
 //! `/readyz` shows; a backlog survives a SIGKILL of the gateway, each mail
 //! stored once; a second connection that stalls (through a proxy) is given
-//! up after its own short deadline while the first reads on.
+//! up after its own short deadline while the first reads on; with `idled`
+//! running, new mail comes in through IDLE at once.
 
 mod support;
 
@@ -479,4 +480,38 @@ async fn a_second_connection_whose_greeting_never_comes_does_not_hold_the_first_
 #[tokio::test]
 async fn a_second_connection_whose_login_stalls_does_not_hold_the_first_up() {
     a_stalled_second_connection_does_not_hold_the_first_up(Stall::Login, "cyrus-stall-login").await;
+}
+
+#[tokio::test]
+async fn with_idled_running_new_mail_comes_in_through_idle_at_once() {
+    // Debian's cyrus.conf ships idled off; this instance runs it. Polling
+    // every 10 minutes: only IDLE can bring the mail in in time.
+    let cyrus = PrivateCyrus::start(Namespace::Standard);
+    let dir = tempfile::tempdir().unwrap();
+    let pw = secret_file(dir.path(), "pw", "any-password");
+    let prefix = unique_prefix("cyrus_idle");
+    let mut gw = start(
+        dir.path(),
+        &prefix,
+        &imap_table(&cyrus, &pw, "poll_interval = \"10m\""),
+    );
+    gw.wait_state("working", 30).await;
+    // The folders exist once the session is prepared; then it IDLEs.
+    eventually(30, "the gateway's folders made", || async {
+        cyrus.count("INBOX.Processed").map(drop)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for n in 1..=2 {
+        let sent = Instant::now();
+        cyrus.append(&[small_mail(n, "cyrus-idle")], 1);
+        wait_desk(&prefix, n, 10).await;
+        wait_count(&cyrus, "INBOX.Processed", n as u32, 10).await;
+        eprintln!(
+            "mail {n} stored and moved {:?} after the APPEND",
+            sent.elapsed()
+        );
+    }
+    assert_each_once_on_desk(&prefix, "cyrus-idle", 2).await;
+    gw.process.terminate();
 }
