@@ -500,7 +500,7 @@ impl Drop for PrivateDovecot {
 }
 
 /// The pids whose parent is `pid`, from /proc (no procps needed).
-fn children_of(pid: &str) -> Vec<String> {
+pub fn children_of(pid: &str) -> Vec<String> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };

@@ -8,6 +8,7 @@ pub mod audit;
 pub mod bystander;
 pub mod clamd;
 pub mod cluster;
+pub mod cyrus;
 pub mod envelope;
 pub mod exim;
 pub mod imap;
