@@ -203,8 +203,24 @@ async fn opensmtpd_relay_reads_each_reply_and_stores_the_twenty_address_mail_onc
 
 #[tokio::test]
 async fn opensmtpd_with_the_gateway_down_defers_then_delivers_once() {
+    deferred_then_delivered_once("smtpd_deferred", false).await;
+}
+
+#[tokio::test]
+async fn opensmtpd_relay_with_the_gateway_down_defers_then_delivers_once() {
+    deferred_then_delivered_once("smtpd_relay_deferred", true).await;
+}
+
+/// The gateway down: every envelope stays queued (the `lmtp` action's
+/// mail.lmtp and the relay alike report a temporary failure); up again and
+/// the queue run: each recipient delivered once.
+async fn deferred_then_delivered_once(test: &str, relay: bool) {
     let port = free_port();
-    let smtpd = PrivateOpenSmtpd::start(Action::Lmtp { port });
+    let smtpd = PrivateOpenSmtpd::start(if relay {
+        Action::Relay { port }
+    } else {
+        Action::Lmtp { port }
+    });
     let all = twenty();
     let smtpd = tokio::task::spawn_blocking(move || {
         let rcpts: Vec<&str> = all.iter().map(String::as_str).collect();
@@ -214,9 +230,9 @@ async fn opensmtpd_with_the_gateway_down_defers_then_delivers_once() {
             &[&format!("support@{DOMAIN}")],
             &mail("smtpd-deferred-one"),
         );
-        smtpd.wait_log("21 deferrals", |log| {
-            log.matches("result=TempFail").count() >= 21
-        });
+        // One temporary failure per envelope (the relay logs the result
+        // quoted, `result="TempFail"`, and disables the route for 15 s).
+        smtpd.wait_log("21 deferrals", |log| log.matches("TempFail").count() >= 21);
         smtpd
     })
     .await
@@ -224,8 +240,22 @@ async fn opensmtpd_with_the_gateway_down_defers_then_delivers_once() {
     assert_eq!(smtpd.queued(), 21, "every envelope kept:\n{}", smtpd.log());
     assert!(!smtpd.log().contains("PermFail"), "{}", smtpd.log());
 
-    let gw = gateway("smtpd_deferred", port, "").await;
+    let gw = gateway(test, port, "").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
+    // The relay disabled its route for 15 s after the refused connection;
+    // a queue run before it is enabled again only defers the mail anew.
+    let smtpd = if relay {
+        tokio::task::spawn_blocking(move || {
+            smtpd.wait_log("the route enabled again", |log| {
+                log.contains("Enabling route")
+            });
+            smtpd
+        })
+        .await
+        .unwrap()
+    } else {
+        smtpd
+    };
     smtpd.schedule_all();
     let by_id = desk_by_id(&gw, &smtpd, 2, 21).await;
     assert_recipients_once(&by_id, "smtpd-deferred-twenty@example.com", &twenty());
