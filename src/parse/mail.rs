@@ -110,8 +110,7 @@ pub(super) fn fill(
     let reply = match (&envelope.text, &envelope.html) {
         (Some(text), _) if has_text_part => Some(reply::from_text(text)),
         (_, Some(html)) => {
-            let readable = reply::html::to_text(html);
-            let found = reply::from_html(html, &readable);
+            let (readable, found) = reply::from_html(html);
             envelope.text = Some(readable);
             Some(found)
         }

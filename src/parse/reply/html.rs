@@ -61,8 +61,21 @@ pub(super) fn lines(html: &str) -> Vec<Line> {
 /// `html` as readable text: one paragraph per line, quoted lines with `> `
 /// per level, as a mail client shows a reply converted to plain text.
 pub fn to_text(html: &str) -> String {
+    render(&lines(html))
+}
+
+/// Read lines as text: quote prefixes, runs of blank lines made one, none
+/// at either end.
+pub(super) fn render(lines: &[Line]) -> String {
+    let last = lines.iter().rposition(|l| !l.text.is_empty());
     let mut out = String::new();
-    for line in trim_blank_runs(lines(html)) {
+    let mut after_blank = true;
+    for line in &lines[..last.map_or(0, |i| i + 1)] {
+        let blank = line.text.is_empty();
+        if blank && after_blank {
+            continue;
+        }
+        after_blank = blank;
         for _ in 0..line.depth {
             out.push_str("> ");
         }
@@ -70,21 +83,6 @@ pub fn to_text(html: &str) -> String {
         out.push('\n');
     }
     out.truncate(out.trim_end().len());
-    out
-}
-
-fn trim_blank_runs(lines: Vec<Line>) -> Vec<Line> {
-    let mut out: Vec<Line> = Vec::with_capacity(lines.len());
-    for line in lines {
-        let blank = line.text.is_empty();
-        if blank && out.last().is_none_or(|l| l.text.is_empty()) {
-            continue;
-        }
-        out.push(line);
-    }
-    while out.last().is_some_and(|l| l.text.is_empty()) {
-        out.pop();
-    }
     out
 }
 

@@ -61,11 +61,14 @@ pub fn from_text(text: &str) -> Reply {
     extract(text_lines(text), text)
 }
 
-/// The reply in an HTML body, for mail without a text part; `readable` is
-/// the body as text (see [`html::to_text`]), the fallback when nothing new
-/// is found.
-pub fn from_html(html: &str, readable: &str) -> Reply {
-    extract(html::lines(html), readable)
+/// The reply in an HTML body, for mail without a text part, and the body
+/// as readable text (see [`html::to_text`]), which is also the fallback
+/// when nothing new is found. The HTML is read once for both.
+pub fn from_html(html: &str) -> (String, Reply) {
+    let lines = html::lines(html);
+    let readable = html::render(&lines);
+    let reply = extract(lines, &readable);
+    (readable, reply)
 }
 
 fn text_lines(text: &str) -> Vec<Line> {
@@ -297,8 +300,7 @@ mod tests {
     #[test]
     fn an_html_only_gmail_reply() {
         let html = r#"<div dir="ltr">No me llegó.<div><br></div><div>Ana</div></div><br><div class="gmail_quote"><div dir="ltr" class="gmail_attr">El mar, 1 dic 2026 a las 10:15, Tienda &lt;t@shop.test&gt; escribió:<br></div><blockquote class="gmail_quote">Enviado.</blockquote></div>"#;
-        let readable = html::to_text(html);
-        let reply = from_html(html, &readable);
+        let (_, reply) = from_html(html);
         assert_eq!(reply.text, "No me llegó.\n\nAna");
     }
 }

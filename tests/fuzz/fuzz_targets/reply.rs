@@ -48,8 +48,8 @@ fn check_text(body: &str) {
 }
 
 fn check_html(body: &str) {
-    let readable = html::to_text(body);
-    let found = reply::from_html(body, &readable);
+    let (readable, found) = reply::from_html(body);
+    assert_eq!(readable, html::to_text(body), "one reading, one text");
     if !readable.trim().is_empty() {
         assert!(
             !found.text.is_empty(),
