@@ -217,15 +217,18 @@ async fn try_attempt(
                 state,
             )
             .await?;
-            shared.status.set(&shared.delivery, "retrying");
-            emit(ev::Retried {
-                delivery: &shared.delivery,
-                target,
-                key: &key,
-                attempt,
-                status: &answer.status_label(),
-                delay,
-            });
+            // A target's own "not yet" is no failure: no retry is told.
+            if !matches!(answer, Answer::Deferred(_)) {
+                shared.status.set(&shared.delivery, "retrying");
+                emit(ev::Retried {
+                    delivery: &shared.delivery,
+                    target,
+                    key: &key,
+                    attempt,
+                    status: &answer.status_label(),
+                    delay,
+                });
+            }
             Ok(Outcome::Again {
                 at_ms: state.next_ms,
             })

@@ -1,7 +1,7 @@
 //! `[[delivery]]`: one delivery worker each, reading the desk and its
 //! updates in its own consumer group and handing them to one target.
 //! The target is named by `target` and configured in its own table
-//! (`[delivery.webhook]`), so a second kind of target is one more table.
+//! (`[delivery.webhook]`, `[delivery.rt]`).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -19,11 +19,14 @@ pub struct DeliveryConfig {
     /// Redis keys and metrics carry it. Keep it stable: a new name starts
     /// from the beginning of the desk stream.
     pub name: String,
-    /// Which kind of target: `webhook`.
+    /// Which kind of target: `webhook` or `rt`.
     pub target: TargetKind,
     /// The webhook target, for `target = "webhook"`.
     #[serde(default)]
     pub webhook: Option<WebhookConfig>,
+    /// The Request Tracker target, for `target = "rt"`.
+    #[serde(default)]
+    pub rt: Option<RtConfig>,
     /// Attempts in flight at once in this worker (each replica has its own).
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
@@ -52,6 +55,7 @@ pub struct DeliveryConfig {
 #[serde(rename_all = "snake_case")]
 pub enum TargetKind {
     Webhook,
+    Rt,
 }
 
 impl TargetKind {
@@ -59,6 +63,7 @@ impl TargetKind {
     pub fn name(self) -> &'static str {
         match self {
             TargetKind::Webhook => "webhook",
+            TargetKind::Rt => "rt",
         }
     }
 }
@@ -88,6 +93,50 @@ pub struct WebhookConfig {
     /// One attempt as a whole: connect, TLS, request and the answer.
     #[serde(default = "default_timeout")]
     pub timeout: HumanDuration,
+}
+
+/// `[delivery.rt]`: Request Tracker 5 through its REST 2.0 API. A desk
+/// item becomes a ticket in `queue`, or correspondence on the ticket it
+/// answers; a flood's updates become comments (see `src/delivery/rt/`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RtConfig {
+    /// RT's web address, as in its `$WebBaseURL` (the API is under
+    /// `/REST/2.0/`).
+    pub url: String,
+    /// An RT auth token of the user intake acts as (RT: Logged in as that
+    /// user, Settings > Auth Tokens).
+    pub token: Secret,
+    /// The queue new tickets go to.
+    pub queue: String,
+    /// RT's `$rtname`: a subject tag `[<rtname> #N]` names ticket N.
+    pub rtname: String,
+    /// The ticket custom field (free-form, multiple values) that holds the
+    /// receipt ids delivered to each ticket, so a retry after a crash
+    /// finds the ticket instead of making a second one.
+    #[serde(default = "default_receipt_field")]
+    pub receipt_field: String,
+    /// PEM of the CA(s) to trust instead of the system's roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Each API call at most this long; an attempt (up to a search, a
+    /// look at the ticket and the write) at most three times it.
+    #[serde(default = "default_rt_timeout")]
+    pub timeout: HumanDuration,
+    /// A flood's "N more like this" comments on a ticket at most this
+    /// often: updates that arrive meanwhile are told in the next one.
+    #[serde(default = "default_fold_comment_every")]
+    pub fold_comment_every: HumanDuration,
+}
+
+fn default_receipt_field() -> String {
+    "Intake Receipt".into()
+}
+fn default_rt_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(10))
+}
+fn default_fold_comment_every() -> HumanDuration {
+    HumanDuration(Duration::from_secs(300))
 }
 
 fn default_concurrency() -> usize {
@@ -123,6 +172,14 @@ impl DeliveryConfig {
                 *p = base.join(&*p);
             }
         };
+        if let Some(rt) = &mut self.rt {
+            if let Some(ca) = &mut rt.ca_file {
+                fix(ca);
+            }
+            if let Some(file) = &mut rt.token.file {
+                fix(file);
+            }
+        }
         if let Some(webhook) = &mut self.webhook {
             if let Some(ca) = &mut webhook.ca_file {
                 fix(ca);
@@ -140,10 +197,12 @@ impl DeliveryConfig {
         format!("delivery:{}", self.name)
     }
 
-    /// How long one attempt may take at most.
+    /// How long one attempt may take at most (an RT attempt makes a few
+    /// API calls, bounded together by three times the call timeout).
     pub fn attempt_timeout(&self) -> Duration {
-        match (&self.target, &self.webhook) {
-            (TargetKind::Webhook, Some(webhook)) => webhook.timeout.into(),
+        match (self.target, &self.webhook, &self.rt) {
+            (TargetKind::Webhook, Some(webhook), _) => webhook.timeout.into(),
+            (TargetKind::Rt, _, Some(rt)) => Duration::from(rt.timeout) * 3,
             _ => default_timeout().into(),
         }
     }
@@ -183,15 +242,27 @@ impl crate::validate::Validate for DeliveryConfig {
         if Duration::from(self.remember) < Duration::from(self.max_age) {
             problems.push(format!("{at}.remember: must be at least max_age"));
         }
-        match (self.target, &self.webhook) {
-            (TargetKind::Webhook, None) => {
+        match (self.target, &self.webhook, &self.rt) {
+            (TargetKind::Webhook, None, _) => {
                 problems.push(format!(
                     "{at}.webhook: target `webhook` needs a [delivery.webhook] table"
                 ));
             }
-            (TargetKind::Webhook, Some(webhook)) => {
+            (TargetKind::Webhook, Some(webhook), _) => {
                 webhook.validate(&format!("{at}.webhook"), problems)
             }
+            (TargetKind::Rt, _, None) => {
+                problems.push(format!("{at}.rt: target `rt` needs a [delivery.rt] table"));
+            }
+            (TargetKind::Rt, _, Some(rt)) => rt.validate(&format!("{at}.rt"), problems),
+        }
+        if self.target == TargetKind::Webhook && self.rt.is_some()
+            || self.target == TargetKind::Rt && self.webhook.is_some()
+        {
+            problems.push(format!(
+                "{at}: a table for another target than `{}`; one [[delivery]] has one target",
+                self.target.name()
+            ));
         }
     }
 }
@@ -228,6 +299,49 @@ impl crate::validate::Validate for WebhookConfig {
         let timeout: Duration = self.timeout.into();
         if timeout < Duration::from_millis(100) || timeout > Duration::from_secs(600) {
             problems.push(format!("{at}.timeout: must be from 100ms to 10m"));
+        }
+    }
+}
+
+impl crate::validate::Validate for RtConfig {
+    fn validate(&self, at: &str, problems: &mut Vec<String>) {
+        match self.url.parse::<http::Uri>() {
+            Ok(uri)
+                if matches!(uri.scheme_str(), Some("http" | "https")) && uri.host().is_some() => {}
+            _ => problems.push(format!(
+                "{at}.url: `{}` must be an http:// or https:// URL with a host",
+                self.url
+            )),
+        }
+        match self.token.resolve() {
+            Ok(value) if value.expose().trim().is_empty() => {
+                problems.push(format!("{at}.token: is empty"))
+            }
+            Ok(_) => {}
+            Err(e) => problems.push(format!("{at}.token: {e}")),
+        }
+        if self.queue.trim().is_empty() {
+            problems.push(format!("{at}.queue: must name a queue"));
+        }
+        if self.rtname.trim().is_empty() || self.rtname.contains(['[', ']', '#']) {
+            problems.push(format!(
+                "{at}.rtname: must be RT's $rtname (no `[`, `]` or `#`)"
+            ));
+        }
+        if self.receipt_field.trim().is_empty() {
+            problems.push(format!("{at}.receipt_field: must name a custom field"));
+        }
+        if let Some(ca) = &self.ca_file {
+            if let Err(e) = crate::tls_roots::load(Some(ca)) {
+                problems.push(format!("{at}.ca_file: {e}"));
+            }
+        }
+        let timeout: Duration = self.timeout.into();
+        if timeout < Duration::from_millis(100) || timeout > Duration::from_secs(600) {
+            problems.push(format!("{at}.timeout: must be from 100ms to 10m"));
+        }
+        if Duration::from(self.fold_comment_every) > Duration::from_secs(24 * 3600) {
+            problems.push(format!("{at}.fold_comment_every: must be at most 24h"));
         }
     }
 }

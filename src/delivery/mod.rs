@@ -1,6 +1,6 @@
 //! Delivery to the desk's tool: workers (`[[delivery]]`) that read
 //! `<prefix>:desk` and `<prefix>:events` in their own consumer groups and
-//! hand every entry to a target (`webhook` now), acknowledging it only
+//! hand every entry to a target (`webhook`, `rt`), acknowledging it only
 //! after the target accepted it. Failures follow one policy
 //! ([`policy`]); entries refused for good or past `max_age` go to
 //! `<prefix>:dead` ([`dead`]), from where the admin listener re-drives
@@ -8,14 +8,17 @@
 //!
 //! `config.rs` the section, `worker.rs` the loop over the streams,
 //! `attempt.rs` one entry, `store.rs` the retry state and key names,
-//! `item.rs` what a target is given, `target.rs` the targets, `webhook/` the webhook, `status.rs` the
-//! state `/readyz` reports.
+//! `item.rs` what a target is given, `target.rs` the targets, `http.rs`
+//! their HTTP client, `webhook/` the webhook, `rt/` Request Tracker,
+//! `status.rs` the state `/readyz` reports.
 
 pub mod attempt;
 pub mod config;
 pub mod dead;
+pub mod http;
 pub mod item;
 pub mod policy;
+pub mod rt;
 pub mod status;
 pub mod store;
 pub mod target;
@@ -59,13 +62,14 @@ pub fn shared(
     consumer: &str,
     status: Registry,
 ) -> Result<attempt::Shared, String> {
+    let keys = store::Keys::new(prefix, &config.name);
     Ok(attempt::Shared {
         delivery: config.name.clone(),
         group: config.group(),
         consumer: consumer.to_string(),
         prefix: prefix.to_string(),
-        keys: store::Keys::new(prefix, &config.name),
-        target: target::Target::from_config(config)?,
+        target: target::Target::from_config(config, &redis, &keys)?,
+        keys,
         redis,
         backoff: policy::Backoff {
             initial: config.backoff_initial.into(),

@@ -9,7 +9,10 @@
 //!   `Retry-After` (seconds or an HTTP date) replaces the delay. Retries
 //!   stop `max_age` after the first attempt: the entry then goes dead.
 //! - any other status (a 4xx the target will answer again, a 3xx we do
-//!   not follow): dead at once, into `<prefix>:dead`.
+//!   not follow), or an entry no request can be made of: dead at once,
+//!   into `<prefix>:dead`.
+//! - a target's own "not yet" (an `rt` flood comment spaced out): tried
+//!   again when it says, counted as neither a failure nor a retry.
 
 use std::time::{Duration, SystemTime};
 
@@ -26,6 +29,15 @@ pub enum Answer {
     Timeout,
     /// No connection (refused, name lookup, TLS): what failed.
     Unreachable(String),
+    /// Taken without a request of its own: already at the target (found
+    /// by its receipt), or nothing for the target to do; says which.
+    Accepted(String),
+    /// Not yet, by the target's own choice (a flood's comments are spaced
+    /// out): try again after this long. Not a failure.
+    Deferred(Duration),
+    /// The entry cannot be made into a request (not the JSON it should
+    /// be, or what it refers to is not at the target): why.
+    Unusable(String),
 }
 
 impl Answer {
@@ -35,6 +47,9 @@ impl Answer {
             Answer::Status { code, .. } => code.to_string(),
             Answer::Timeout => "timeout".into(),
             Answer::Unreachable(_) => "unreachable".into(),
+            Answer::Accepted(_) => "accepted".into(),
+            Answer::Deferred(_) => "deferred".into(),
+            Answer::Unusable(_) => "unusable".into(),
         }
     }
 
@@ -43,7 +58,8 @@ impl Answer {
         match self {
             Answer::Status { excerpt, .. } => excerpt,
             Answer::Timeout => "",
-            Answer::Unreachable(why) => why,
+            Answer::Unreachable(why) | Answer::Accepted(why) | Answer::Unusable(why) => why,
+            Answer::Deferred(_) => "",
         }
     }
 }
@@ -67,8 +83,10 @@ pub fn judge(answer: &Answer) -> Verdict {
         } if *code == 408 || *code == 429 || (500..600).contains(code) => {
             Verdict::Retry(*retry_after)
         }
-        Answer::Status { .. } => Verdict::Dead,
+        Answer::Status { .. } | Answer::Unusable(_) => Verdict::Dead,
         Answer::Timeout | Answer::Unreachable(_) => Verdict::Retry(None),
+        Answer::Accepted(_) => Verdict::Delivered,
+        Answer::Deferred(after) => Verdict::Retry(Some(*after)),
     }
 }
 

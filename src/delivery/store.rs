@@ -75,6 +75,40 @@ impl Keys {
         format!("{}:delivery:{}:retry", self.prefix, self.delivery)
     }
 
+    /// Target `rt`: the ticket a receipt was delivered to.
+    pub fn rt_ticket(&self, receipt: &str) -> String {
+        format!(
+            "{}:delivery:{}:rt:ticket:{receipt}",
+            self.prefix, self.delivery
+        )
+    }
+
+    /// Target `rt`: the ticket a Message-ID was delivered to, so a reply
+    /// naming it in `In-Reply-To` or `References` joins that ticket.
+    pub fn rt_message(&self, message_id: &str) -> String {
+        format!(
+            "{}:delivery:{}:rt:message:{message_id}",
+            self.prefix, self.delivery
+        )
+    }
+
+    /// Target `rt`: how much of a flood's count a ticket was told, and
+    /// when (a hash: `max`, `told`, `at`).
+    pub fn rt_fold(&self, receipt: &str) -> String {
+        format!(
+            "{}:delivery:{}:rt:fold:{receipt}",
+            self.prefix, self.delivery
+        )
+    }
+
+    /// Target `rt`: an `events` update already made into a comment.
+    pub fn rt_commented(&self, key: &str) -> String {
+        format!(
+            "{}:delivery:{}:rt:commented:{key}",
+            self.prefix, self.delivery
+        )
+    }
+
     pub fn delivered(&self, receipt: &str) -> String {
         format!(
             "{}:delivery:{}:delivered:{receipt}",

@@ -16,6 +16,7 @@ pub mod opensmtpd;
 pub mod postfix;
 pub mod receiver;
 pub mod redis_proxy;
+pub mod rt;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
