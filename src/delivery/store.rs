@@ -83,6 +83,23 @@ impl Keys {
         )
     }
 
+    /// Target `rt`: set by an item's first try, so later tries know an
+    /// earlier one may have made its ticket.
+    pub fn rt_tried(&self, receipt: &str) -> String {
+        format!(
+            "{}:delivery:{}:rt:tried:{receipt}",
+            self.prefix, self.delivery
+        )
+    }
+
+    /// Target `rt`: held while a reply is added to ticket `ticket`.
+    pub fn rt_lock(&self, ticket: u64) -> String {
+        format!(
+            "{}:delivery:{}:rt:lock:{ticket}",
+            self.prefix, self.delivery
+        )
+    }
+
     /// Target `rt`: the ticket a Message-ID was delivered to, so a reply
     /// naming it in `In-Reply-To` or `References` joins that ticket.
     pub fn rt_message(&self, message_id: &str) -> String {

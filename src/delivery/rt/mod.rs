@@ -7,10 +7,11 @@
 //!   subject tag `[<rtname> #N]`.
 //! - Its receipt id is stored on the ticket, in the custom field
 //!   `receipt_field`, in the same request that makes the ticket or the
-//!   correspondence. Before making anything the target looks for it
-//!   (Redis first, then RT's search), so a worker killed between RT's
-//!   answer and the acknowledgement finds the ticket on the retry instead
-//!   of making a second one.
+//!   correspondence. Before making anything a retry looks for it (Redis
+//!   first, then RT's search; an item's first try, marked in Redis, needs
+//!   no search), so a worker killed between RT's answer and the
+//!   acknowledgement finds the ticket on the retry instead of making a
+//!   second one.
 //! - A flood's `duplicates` updates become comments, at most one per
 //!   `fold_comment_every` per ticket, each telling how many came since
 //!   the last; a `recipients` update becomes one comment. A comment is
@@ -111,16 +112,35 @@ impl Rt {
         let envelope: Envelope = serde_json::from_str(text)
             .map_err(|e| Answer::Unusable(format!("not an envelope: {e}")))?;
         let receipt = envelope.id.to_string();
-        if let Some(ticket) = self.ticket_of_receipt(&receipt).await? {
+        if let Some(ticket) = self.earlier_ticket(&receipt).await? {
             self.remember_ids(&envelope, ticket).await?;
             return Ok(Answer::Accepted(format!("already in ticket {ticket}")));
         }
         let ticket = match self.answered_ticket(&envelope).await? {
             Some(ticket) => {
-                let message =
-                    content::correspondence(&envelope, &self.receipt_field, &ticket.receipts);
-                self.api.add(ticket.id, "correspond", &message).await?;
-                ticket.id
+                let id = ticket.id;
+                // The receipt list is written whole: two replies to one
+                // ticket at once would each drop the other's receipt. One
+                // at a time per ticket, across replicas; the other waits.
+                let lock = self.keys.rt_lock(id);
+                if !self.lock(&lock).await? {
+                    return Ok(Answer::Deferred(Duration::from_millis(200)));
+                }
+                let result = async {
+                    let ticket = self
+                        .api
+                        .ticket(ticket.id, &self.receipt_field)
+                        .await?
+                        .unwrap_or(ticket);
+                    let message =
+                        content::correspondence(&envelope, &self.receipt_field, &ticket.receipts);
+                    self.api.add(ticket.id, "correspond", &message).await
+                }
+                .await;
+                let mut redis = self.redis.clone();
+                let _: Result<i64, _> = redis.del(&lock).await;
+                result?;
+                id
             }
             None => {
                 let ticket = content::ticket(&envelope, &self.queue, &self.receipt_field);
@@ -131,6 +151,36 @@ impl Rt {
             .await?;
         self.remember_ids(&envelope, ticket).await?;
         Ok(Answer::Accepted(format!("ticket {ticket}")))
+    }
+
+    /// The ticket an earlier attempt at this item made, if one may have:
+    /// this delivery's memory, else, unless this is the item's first try
+    /// (marked in Redis before RT is asked anything), RT's search. The
+    /// first try skips the search, which costs RT about what a ticket
+    /// does (`deploy/bench/run`, row `RT tickets`).
+    async fn earlier_ticket(&self, receipt: &str) -> Result<Option<u64>, Answer> {
+        let mut redis = self.redis.clone();
+        let known: Option<u64> = redis
+            .get(self.keys.rt_ticket(receipt))
+            .await
+            .map_err(redis_down)?;
+        if known.is_some() {
+            return Ok(known);
+        }
+        let first: bool = redis::cmd("SET")
+            .arg(self.keys.rt_tried(receipt))
+            .arg(1)
+            .arg("NX")
+            .arg("EX")
+            .arg(self.remember.as_secs().max(1))
+            .query_async::<Option<String>>(&mut redis)
+            .await
+            .map_err(redis_down)?
+            .is_some();
+        if first {
+            return Ok(None);
+        }
+        self.ticket_of_receipt(receipt).await
     }
 
     /// The ticket a receipt was delivered to: this delivery's memory, else
@@ -182,6 +232,21 @@ impl Rt {
             }
         }
         Ok(None)
+    }
+
+    /// Takes `key` for one attempt's length; false when another holds it.
+    async fn lock(&self, key: &str) -> Result<bool, Answer> {
+        let mut redis = self.redis.clone();
+        let taken: Option<String> = redis::cmd("SET")
+            .arg(key)
+            .arg(1)
+            .arg("NX")
+            .arg("PX")
+            .arg(self.attempt_timeout.as_millis() as u64)
+            .query_async(&mut redis)
+            .await
+            .map_err(redis_down)?;
+        Ok(taken.is_some())
     }
 
     /// Remembers the mail's Message-ID, so a reply to it finds the ticket.
