@@ -8,7 +8,7 @@
 //!
 //! RT's database outlives test runs, so every test writes as customers of
 //! its own (`<test prefix>@example.com`). The tests share one RT and one
-//! of them stops it: `.config/nextest.toml` runs this binary's tests one
+//! of them stops it: `tests/nextest.toml` (deploy/dev/test passes it) runs this binary's tests one
 //! at a time.
 
 mod support;

@@ -159,14 +159,10 @@ impl Rt {
     /// first try skips the search, which costs RT about what a ticket
     /// does (`deploy/bench/run`, row `RT tickets`).
     async fn earlier_ticket(&self, receipt: &str) -> Result<Option<u64>, Answer> {
-        let mut redis = self.redis.clone();
-        let known: Option<u64> = redis
-            .get(self.keys.rt_ticket(receipt))
-            .await
-            .map_err(redis_down)?;
-        if known.is_some() {
-            return Ok(known);
+        if let Some(known) = self.remembered(receipt).await? {
+            return Ok(Some(known));
         }
+        let mut redis = self.redis.clone();
         let first: bool = redis::cmd("SET")
             .arg(self.keys.rt_tried(receipt))
             .arg(1)
@@ -186,13 +182,8 @@ impl Rt {
     /// The ticket a receipt was delivered to: this delivery's memory, else
     /// RT's search of the receipt field.
     async fn ticket_of_receipt(&self, receipt: &str) -> Result<Option<u64>, Answer> {
-        let mut redis = self.redis.clone();
-        let known: Option<u64> = redis
-            .get(self.keys.rt_ticket(receipt))
-            .await
-            .map_err(redis_down)?;
-        if known.is_some() {
-            return Ok(known);
+        if let Some(known) = self.remembered(receipt).await? {
+            return Ok(Some(known));
         }
         let found = self
             .api
@@ -203,6 +194,15 @@ impl Rt {
                 .await?;
         }
         Ok(found)
+    }
+
+    /// The ticket this delivery remembers delivering `receipt` to.
+    async fn remembered(&self, receipt: &str) -> Result<Option<u64>, Answer> {
+        let mut redis = self.redis.clone();
+        redis
+            .get(self.keys.rt_ticket(receipt))
+            .await
+            .map_err(redis_down)
     }
 
     /// The existing ticket this mail answers, if it names one.
