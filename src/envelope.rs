@@ -148,6 +148,10 @@ pub enum Source {
         recipients: Vec<String>,
         /// The address of the client that posted it.
         ip: String,
+        /// The SMTP client the mail server took the mail from
+        /// (`--client-address` / `--helo`), which SPF checks.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client: Option<SmtpClient>,
     },
     /// Delivered over LMTP (src/sources/lmtp).
     Lmtp {
@@ -157,6 +161,10 @@ pub enum Source {
         recipients: Vec<String>,
         /// The address of the mail server that delivered it.
         ip: String,
+        /// The SMTP client the mail server took the mail from, as its
+        /// `XFORWARD` said, which SPF checks; absent when it did not say.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client: Option<SmtpClient>,
     },
     /// A web-form post.
     Form {
@@ -169,6 +177,19 @@ pub enum Source {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         referer: Option<String>,
     },
+}
+
+/// The SMTP client a mail server took a mail from, as the server passed
+/// it on (LMTP `XFORWARD`, mailgate's flags): the address and greeting SPF
+/// checks, which the connection to the gateway does not show.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SmtpClient {
+    /// The client's IP address (`203.0.113.7`, `2001:db8::7`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// The name it gave in HELO / EHLO.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub helo: Option<String>,
 }
 
 /// The person the desk answers.

@@ -38,6 +38,7 @@ fn parse_directly(raw: &[u8]) -> Result<Value, ParseError> {
         sender: Some("customer@example.com".into()),
         recipients: vec!["support@shop.test".into()],
         ip: "127.0.0.1".into(),
+        client: None,
     };
     let submission = Submission::new(source, Payload::Mail(Bytes::copy_from_slice(raw)));
     let options = ParseOptions {

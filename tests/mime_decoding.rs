@@ -85,6 +85,7 @@ fn intake_parse(raw: &[u8]) -> Envelope {
         sender: None,
         recipients: vec![],
         ip: "127.0.0.1".into(),
+        client: None,
     };
     let submission = Submission::new(source, Payload::Mail(Bytes::copy_from_slice(raw)));
     parse(

@@ -129,6 +129,7 @@ fn run(case: &Case) -> Outcome {
         sender: Some("customer@example.com".into()),
         recipients: vec!["support@shop.test".into()],
         ip: "127.0.0.1".into(),
+        client: None,
     };
     let submission = Submission::new(source, Payload::Mail(Bytes::from(case.mail.clone())));
     let options = ParseOptions {

@@ -189,6 +189,7 @@ fn every_source_variant_and_optional_field_matches_the_schema() {
                 sender: Some(String::new()),
                 recipients: vec!["support+order-1234@shop.test".into()],
                 ip: "::1".into(),
+                client: None,
             },
         ),
         (
@@ -197,6 +198,7 @@ fn every_source_variant_and_optional_field_matches_the_schema() {
                 sender: None,
                 recipients: vec![],
                 ip: "127.0.0.1".into(),
+                client: None,
             },
         ),
         (
@@ -205,6 +207,7 @@ fn every_source_variant_and_optional_field_matches_the_schema() {
                 sender: "ann@example.com".into(),
                 recipients: vec!["support@shop.test".into()],
                 ip: "127.0.0.1".into(),
+                client: None,
             },
         ),
         (

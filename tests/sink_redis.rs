@@ -232,6 +232,7 @@ fn big_envelope(size: usize) -> intake::envelope::Envelope {
         sender: None,
         recipients: vec![],
         ip: "127.0.0.1".into(),
+        client: None,
     };
     let submission =
         intake::submission::Submission::new(source, intake::submission::Payload::Mail(mail.into()));

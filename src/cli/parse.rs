@@ -64,6 +64,7 @@ pub fn main(args: ParseArgs) -> Exit {
             recipients: args.recipient,
             // What mailgate on the gateway's own machine posts from.
             ip: "127.0.0.1".into(),
+            client: None,
         },
         Payload::Mail(Bytes::from(raw)),
     );

@@ -153,6 +153,7 @@ fn message(args: &ExplainArgs) -> Result<Message, String> {
             sender: args.envelope_sender.clone(),
             recipients: args.mailbox.iter().cloned().collect(),
             ip,
+            client: None,
         },
         Payload::Mail(Bytes::from(raw)),
     );

@@ -125,6 +125,7 @@ impl<'a> Facts<'a> {
                     sender,
                     recipients,
                     ip,
+                    ..
                 } => (
                     Some(ip),
                     None,
@@ -135,6 +136,7 @@ impl<'a> Facts<'a> {
                     sender,
                     recipients,
                     ip,
+                    ..
                 } => (
                     Some(ip),
                     None,
@@ -304,6 +306,7 @@ mod tests {
                 sender: sender.into(),
                 recipients: vec!["support@shop.test".into()],
                 ip: "192.0.2.1".into(),
+                client: None,
             },
             Payload::Mail(raw.to_string().into_bytes().into()),
         );

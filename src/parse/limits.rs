@@ -282,6 +282,7 @@ mod tests {
                         sender: None,
                         recipients: vec![],
                         ip: "127.0.0.1".into(),
+                        client: None,
                     },
                     crate::submission::Payload::Mail(raw.into()),
                 );

@@ -421,6 +421,7 @@ mod tests {
             sender: Some("customer@example.com".into()),
             recipients: vec!["support+order-1234@shop.test".into()],
             ip: "127.0.0.1".into(),
+            client: None,
         };
         let sub = Submission::new(source, Payload::Mail(Bytes::copy_from_slice(raw)));
         parse(
@@ -520,6 +521,7 @@ mod tests {
             sender: None,
             recipients: vec![],
             ip: "127.0.0.1".into(),
+            client: None,
         };
         let submission = Submission::new(source, Payload::Mail(Bytes::from(raw)));
         let options = ParseOptions {

@@ -378,6 +378,7 @@ mod tests {
                 sender: None,
                 recipients: vec![],
                 ip: "127.0.0.1".into(),
+                client: None,
             },
             Payload::Mail(bytes::Bytes::from(raw.to_string())),
         );

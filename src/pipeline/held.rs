@@ -235,6 +235,7 @@ mod tests {
                 sender: None,
                 recipients: vec![],
                 ip: "127.0.0.1".into(),
+                client: None,
             },
             Payload::Mail(Bytes::from(format!(
                 "From: a@example.com\r\nSubject: {subject}\r\n\r\nhello\r\n"

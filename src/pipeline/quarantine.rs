@@ -398,6 +398,7 @@ mod tests {
                 sender: None,
                 recipients: vec![],
                 ip: "127.0.0.1".into(),
+                client: None,
             },
             Payload::Mail(bytes::Bytes::from_static(
                 b"From: a@example.com\r\nSubject: held back\r\n\r\nhello\r\n",

@@ -21,6 +21,7 @@ fn mail_saying(text: &str) -> Submission {
             sender: None,
             recipients: vec![],
             ip: "127.0.0.1".into(),
+            client: None,
         },
         Payload::Mail(Bytes::from(raw)),
     )

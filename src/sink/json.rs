@@ -249,6 +249,7 @@ mod tests {
             sender: None,
             recipients: vec![],
             ip: "127.0.0.1".into(),
+            client: None,
         };
         let submission = Submission::new(source, Payload::Mail(Bytes::from(raw)));
         let options = ParseOptions {

@@ -67,6 +67,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                         sender: None,
                         recipients: vec!["support@shop.test".into()],
                         ip: "127.0.0.1".into(),
+                        client: None,
                     },
                     Payload::Mail(raw.clone()),
                 );

@@ -162,6 +162,7 @@ fn run_guard(senders: usize) -> Result<(Duration, u64), Box<dyn std::error::Erro
                 sender: None,
                 recipients: vec!["support@shop.test".into()],
                 ip: "192.0.2.1".into(),
+                client: None,
             },
             Payload::Mail(
                 "From: c@d.example\r\nTo: support@shop.test\r\nSubject: Order\r\n\r\nWhere is my order?\r\n"

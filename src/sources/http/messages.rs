@@ -102,6 +102,7 @@ where
             sender,
             recipients,
             ip: ip.to_string(),
+            client: None,
         };
         let mut submission = Submission::new(source, Payload::Mail(raw));
         submission.idempotency_key = Some(key);

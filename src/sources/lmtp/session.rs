@@ -445,6 +445,7 @@ impl Session<'_> {
             sender: transaction.sender.clone().unwrap_or_default(),
             recipients: transaction.recipients.clone(),
             ip: self.peer.ip().to_string(),
+            client: None,
         };
         let size = message.len();
         let options = ParseOptions {

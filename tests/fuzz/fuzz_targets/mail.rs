@@ -23,6 +23,7 @@ fn check_mail(raw: Bytes) {
         sender: Some("customer@example.com".into()),
         recipients: vec!["support+fuzz@shop.test".into()],
         ip: "127.0.0.1".into(),
+        client: None,
     };
     let submission = Submission::new(source, Payload::Mail(raw.clone()));
     let options = ParseOptions {

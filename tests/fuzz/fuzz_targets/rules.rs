@@ -137,6 +137,7 @@ fn samples() -> &'static [Message] {
                 sender: Some("Ann+orders@Example.com".into()),
                 recipients: vec!["support+order-1@shop.example".into()],
                 ip: "203.0.113.9".into(),
+                client: None,
             },
             Payload::Mail(Bytes::from_static(
                 b"From: Ann <ann@example.com>\r\nTo: support@shop.example\r\n\
