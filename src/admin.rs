@@ -293,8 +293,9 @@ fn rules(state: &AdminState) -> Response<Body> {
         .iter()
         .map(|r| {
             serde_json::json!({
-                "name": r.name, "action": r.action.name(), "rate": r.rate.to_string(),
-                "burst": r.burst, "shadow": r.shadow, "origin": r.origin,
+                "name": r.name, "action": r.action.name(),
+                "rate": r.quota.map(|q| q.rate.to_string()),
+                "burst": r.quota.map(|q| q.burst), "shadow": r.shadow, "origin": r.origin,
             })
         })
         .collect();

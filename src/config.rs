@@ -59,6 +59,10 @@ pub struct Config {
     /// The key form tokens are signed with.
     #[serde(default)]
     pub forms_security: Option<crate::sources::http::bots::FormsSecurityConfig>,
+    /// Sender authentication (DKIM, SPF, DMARC, ARC); no mail is checked
+    /// without it.
+    #[serde(default)]
+    pub auth: Option<crate::auth::AuthConfig>,
     /// The LMTP listener a mail server delivers into; off without it.
     #[serde(default)]
     pub lmtp: Option<crate::sources::lmtp::LmtpConfig>,
@@ -176,6 +180,9 @@ impl Config {
         }
         if let Some(scan) = &self.scan {
             scan.validate("scan", &mut problems);
+        }
+        if let Some(auth) = &self.auth {
+            auth.validate("auth", &mut problems);
         }
         self.rules.validate("rules", &mut problems);
         self.mime.validate("mime", &mut problems);

@@ -113,6 +113,10 @@ pub struct Envelope {
     #[serde(default)]
     pub attachments: Vec<Attachment>,
     pub scan: ScanReport,
+    /// Who really sent a mail: the DKIM, SPF, DMARC and ARC verdicts.
+    /// Absent for forms, and for mail when `[auth]` is not configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<Auth>,
     pub abuse: AbuseReport,
     /// The original message, base64, so nothing the parser missed is lost.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -345,6 +349,180 @@ pub enum ScanStatus {
     Clean,
     Infected,
     Unscanned,
+}
+
+/// The sender-authentication verdicts of one mail (src/auth).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Auth {
+    /// One per `DKIM-Signature`, in header order.
+    #[serde(default)]
+    pub dkim: Vec<DkimCheck>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spf: Option<SpfCheck>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dmarc: Option<DmarcCheck>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arc: Option<ArcCheck>,
+    /// Where the verdicts came from.
+    pub from: AuthOrigin,
+    /// The `authserv-id` of the trusted `Authentication-Results` header
+    /// the verdicts were read from (`from` = `trusted-header`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authserv_id: Option<String>,
+    /// The `From:` domain is authenticated: DMARC passed, or (without a
+    /// DMARC record) a passing DKIM signature or SPF domain aligns with
+    /// it, or a trusted ARC sealer vouched that DMARC passed before it
+    /// forwarded the mail.
+    pub aligned_from: bool,
+    /// The domain that vouches for the mail: the `From:` domain when
+    /// aligned, else the first passing DKIM domain, else the passing SPF
+    /// domain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authenticated_domain: Option<String>,
+    /// The `From:` domain is one of the shop's own (`[auth] own_domains`):
+    /// unauthenticated, that is phishing of the agents.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub own_domain: bool,
+    /// Why a check did not run (`spf: no SMTP client address`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+}
+
+/// Where the verdicts of [`Auth`] came from.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum AuthOrigin {
+    /// Checked here, against DNS.
+    #[default]
+    Verified,
+    /// Read from an `Authentication-Results` header of a trusted host.
+    TrustedHeader,
+}
+
+/// The result of one check, as `Authentication-Results` (RFC 8601) names
+/// them.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthResult {
+    Pass,
+    Fail,
+    Softfail,
+    Neutral,
+    /// Nothing to check (no signature, no record).
+    None,
+    /// A transient error (DNS down): the answer is not known.
+    Temperror,
+    /// A permanent error (a broken record or signature).
+    Permerror,
+    /// Skipped by local policy.
+    Policy,
+}
+
+impl AuthResult {
+    pub fn name(self) -> &'static str {
+        match self {
+            AuthResult::Pass => "pass",
+            AuthResult::Fail => "fail",
+            AuthResult::Softfail => "softfail",
+            AuthResult::Neutral => "neutral",
+            AuthResult::None => "none",
+            AuthResult::Temperror => "temperror",
+            AuthResult::Permerror => "permerror",
+            AuthResult::Policy => "policy",
+        }
+    }
+
+    /// Reads a result as headers write it (`pass`, `hardfail`, ...).
+    pub fn parse(text: &str) -> Option<AuthResult> {
+        Some(match text.to_ascii_lowercase().as_str() {
+            "pass" => AuthResult::Pass,
+            "fail" | "hardfail" => AuthResult::Fail,
+            "softfail" => AuthResult::Softfail,
+            "neutral" => AuthResult::Neutral,
+            "none" => AuthResult::None,
+            "temperror" => AuthResult::Temperror,
+            "permerror" => AuthResult::Permerror,
+            "policy" => AuthResult::Policy,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for AuthResult {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One DKIM signature's verdict.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DkimCheck {
+    pub result: AuthResult,
+    /// The signing domain (`d=`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
+    /// The key's selector (`s=`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+}
+
+/// The SPF verdict for the SMTP client.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SpfCheck {
+    pub result: AuthResult,
+    /// The domain checked: the envelope sender's, or the HELO name's for
+    /// a bounce.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_address: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub helo: Option<String>,
+}
+
+/// The DMARC verdict for the `From:` domain.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DmarcCheck {
+    pub result: AuthResult,
+    /// The `From:` domain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
+    /// The policy the domain asks for failing mail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<DmarcPolicy>,
+}
+
+/// What a domain's DMARC record asks receivers to do with failing mail.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum DmarcPolicy {
+    None,
+    Quarantine,
+    Reject,
+}
+
+impl DmarcPolicy {
+    pub fn name(self) -> &'static str {
+        match self {
+            DmarcPolicy::None => "none",
+            DmarcPolicy::Quarantine => "quarantine",
+            DmarcPolicy::Reject => "reject",
+        }
+    }
+}
+
+/// The ARC chain's verdict, and what its latest sealer claims it saw.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ArcCheck {
+    pub result: AuthResult,
+    /// The domain of the latest `ARC-Seal` (`d=`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealer: Option<String>,
+    /// The latest sealer's own results (its `ARC-Authentication-Results`),
+    /// e.g. `{"dkim": "pass", "dmarc": "pass"}`: what the mail looked like
+    /// before that hop changed it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub claims: BTreeMap<String, AuthResult>,
 }
 
 /// What the abuse rules found.

@@ -7,6 +7,7 @@
 //! their fixed order.
 
 pub mod admin;
+pub mod auth;
 pub mod backpressure;
 pub mod budget;
 pub mod cli;

@@ -161,8 +161,15 @@ pub async fn run_on(
             config.redis.timeout.into(),
         )),
     );
+    let authenticator = config
+        .auth
+        .clone()
+        .map(crate::auth::Authenticator::new)
+        .transpose()
+        .context("auth")?;
     let pipeline = Arc::new(
         Pipeline::new(guard.clone(), scanner.clone(), sink.clone())
+            .with_authentication(authenticator)
             .with_privacy(config.privacy.clone())
             .with_mime_limits(config.mime.clone())
             .with_audit(audit)

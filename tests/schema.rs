@@ -163,6 +163,44 @@ fn every_source_variant_and_optional_field_matches_the_schema() {
             engine: Some("ClamAV 1.4.2".into()),
             signatures: vec!["Some.Test.Signature".into()],
         },
+        auth: Some(Auth {
+            dkim: vec![
+                DkimCheck {
+                    result: AuthResult::Pass,
+                    domain: Some("example.com".into()),
+                    selector: Some("s1".into()),
+                },
+                DkimCheck {
+                    result: AuthResult::Permerror,
+                    domain: None,
+                    selector: None,
+                },
+            ],
+            spf: Some(SpfCheck {
+                result: AuthResult::Softfail,
+                domain: Some("example.com".into()),
+                client_address: Some("203.0.113.7".into()),
+                helo: Some("mx.example.com".into()),
+            }),
+            dmarc: Some(DmarcCheck {
+                result: AuthResult::Pass,
+                domain: Some("example.com".into()),
+                policy: Some(DmarcPolicy::Reject),
+            }),
+            arc: Some(ArcCheck {
+                result: AuthResult::Pass,
+                sealer: Some("lists.example.org".into()),
+                claims: [("dmarc".to_string(), AuthResult::Pass)]
+                    .into_iter()
+                    .collect(),
+            }),
+            from: AuthOrigin::TrustedHeader,
+            authserv_id: Some("mx.shop.test".into()),
+            aligned_from: true,
+            authenticated_domain: Some("example.com".into()),
+            own_domain: true,
+            notes: vec!["spf: no SMTP client address".into()],
+        }),
         abuse: AbuseReport {
             tags: vec!["flood".into()],
             matched_rules: vec!["one-customer-mail".into()],
@@ -189,7 +227,10 @@ fn every_source_variant_and_optional_field_matches_the_schema() {
                 sender: Some(String::new()),
                 recipients: vec!["support+order-1234@shop.test".into()],
                 ip: "::1".into(),
-                client: None,
+                client: Some(SmtpClient {
+                    address: Some("2001:db8::7".into()),
+                    helo: Some("mx.example.com".into()),
+                }),
             },
         ),
         (
@@ -207,7 +248,10 @@ fn every_source_variant_and_optional_field_matches_the_schema() {
                 sender: "ann@example.com".into(),
                 recipients: vec!["support@shop.test".into()],
                 ip: "127.0.0.1".into(),
-                client: None,
+                client: Some(SmtpClient {
+                    address: Some("203.0.113.7".into()),
+                    helo: None,
+                }),
             },
         ),
         (

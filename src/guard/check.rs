@@ -75,11 +75,7 @@ impl Guard {
                 matched.push(format!("allow:{}", list.name));
                 break 'decide GuardVerdict::Pass;
             }
-            let customer = facts
-                .sender
-                .as_ref()
-                .map(|s| format!("s:{s}"))
-                .or(facts.ip.map(|ip| format!("ip:{ip}")));
+            let customer = facts.customer_key();
             ticket.customer = customer
                 .as_deref()
                 .map(|c| store::short_digest(c.as_bytes()));
@@ -225,10 +221,10 @@ fn reject(hit: &Hit<'_>, why: &str) -> GuardVerdict {
             hit.rule.quota_text()
         ),
         retry_after: hit.retry_after.max(Duration::from_secs(1)),
-        policy: Some(RatePolicy {
+        policy: hit.rule.quota.map(|q| RatePolicy {
             name: hit.rule.name.clone(),
-            quota: hit.rule.rate.count,
-            window: hit.rule.rate.per,
+            quota: q.rate.count,
+            window: q.rate.per,
         }),
     }
 }

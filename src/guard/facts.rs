@@ -10,10 +10,11 @@
 
 use std::net::IpAddr;
 
+use ipnet::IpNet;
 use mail_parser::parsers::MessageStream;
 use mail_parser::HeaderValue;
 
-use crate::envelope::{Channel, Envelope, Source};
+use crate::envelope::{Auth, Channel, Envelope, Source};
 use crate::guard::normalize;
 
 /// Most distinct identities kept for one item.
@@ -22,6 +23,11 @@ pub const MAX_IDENTITIES: usize = 16;
 /// Most addresses read for one item (the same address read twice, from
 /// the envelope and its header, counts twice).
 pub const MAX_CANDIDATES: usize = 64;
+
+/// The network an unauthenticated mail's history is kept by: a /24 or a
+/// /48, a mail service's outbound block, not one address of it.
+const CUSTOMER_IPV4_PREFIX: u8 = 24;
+const CUSTOMER_IPV6_PREFIX: u8 = 48;
 
 /// The tag an item with more identities than are read gets.
 pub const MANY_IDENTITIES_TAG: &str = "many-identities";
@@ -113,6 +119,11 @@ pub struct Facts<'a> {
     /// Recipient addresses, or the IMAP account and folder.
     pub mailboxes: Vec<&'a str>,
     pub auto_submitted: bool,
+    /// The sender-authentication verdicts, when `[auth]` checked the mail.
+    pub auth: Option<&'a Auth>,
+    /// The SMTP client the mail came from (what SPF checked), else the
+    /// connection's address: the network a forgery is charged to.
+    pub client: Option<IpAddr>,
     pub envelope: &'a Envelope,
 }
 
@@ -153,17 +164,80 @@ impl<'a> Facts<'a> {
             mailboxes
         };
         let identities = Identities::of(envelope, envelope_sender);
+        let ip: Option<IpAddr> = ip.and_then(|ip| ip.trim().parse().ok());
+        let auth = envelope.auth.as_ref();
+        let client = auth
+            .and_then(|a| a.spf.as_ref())
+            .and_then(|s| s.client_address.as_deref())
+            .and_then(|a| a.parse().ok())
+            .or(ip);
         Facts {
             channel: envelope.channel,
             sender: identities.list.first().map(|i| i.key.clone()),
             identities: identities.list,
             too_many_identities: identities.overflow,
-            ip: ip.and_then(|ip| ip.trim().parse().ok()),
+            ip,
             form,
             mailboxes,
             auto_submitted: envelope.abuse.auto_submitted,
+            auth,
+            client,
             envelope,
         }
+    }
+
+    /// Whether the mail was checked and its `From:` did not authenticate:
+    /// anyone could have written its sender.
+    pub fn unauthenticated(&self) -> bool {
+        self.auth.is_some_and(|a| !a.aligned_from)
+    }
+
+    /// The client's network at the given prefix lengths; `None` when the
+    /// item has no client address (IMAP mail without a trusted
+    /// `Received:`).
+    pub fn client_network(&self, ipv4_prefix: u8, ipv6_prefix: u8) -> Option<IpNet> {
+        let ip = self.client?;
+        let len = match ip {
+            IpAddr::V4(_) => ipv4_prefix,
+            IpAddr::V6(_) => ipv6_prefix,
+        };
+        IpNet::new(ip, len).ok().map(|n| n.trunc())
+    }
+
+    /// The bucket value of an identity for keys that must not let a
+    /// forgery share a customer's bucket (`verified_sender`, the dedupe
+    /// history, the item a flood folds into): the identity's key, and for
+    /// an unauthenticated mail also its client network
+    /// (`ann@example.com~203.0.113.0/24`, `~-` without one).
+    pub fn verified_key(&self, identity_key: &str, ipv4_prefix: u8, ipv6_prefix: u8) -> String {
+        if !self.unauthenticated() {
+            return identity_key.to_string();
+        }
+        match self.client_network(ipv4_prefix, ipv6_prefix) {
+            Some(net) => format!("{identity_key}~{net}"),
+            None => format!("{identity_key}~-"),
+        }
+    }
+
+    /// Whose history the item joins: its primary identity (see
+    /// [`Facts::verified_key`]), else its client address.
+    pub fn customer_key(&self) -> Option<String> {
+        match (&self.sender, self.ip) {
+            (Some(sender), _) => Some(format!(
+                "s:{}",
+                self.verified_key(sender, CUSTOMER_IPV4_PREFIX, CUSTOMER_IPV6_PREFIX)
+            )),
+            (None, Some(ip)) => Some(format!("ip:{ip}")),
+            (None, None) => None,
+        }
+    }
+
+    /// The history key of another identity of the item.
+    pub fn other_key(&self, identity_key: &str) -> String {
+        format!(
+            "s:{}",
+            self.verified_key(identity_key, CUSTOMER_IPV4_PREFIX, CUSTOMER_IPV6_PREFIX)
+        )
     }
 
     /// The first identity: the customer as the desk sees them.

@@ -26,7 +26,7 @@ use governor::{Quota, RateLimiter};
 
 use super::error::GuardError;
 use super::rules::format::{Rate, Scope};
-use super::rules::types::Rule;
+use super::rules::types::{Quota as RuleQuota, Rule};
 use super::store::RedisStore;
 
 /// What a limiter decided for one item.
@@ -271,11 +271,14 @@ impl ClusterLimiter {
         key: &str,
         peek: bool,
     ) -> Result<(i64, i64, i64), GuardError> {
+        let Some(quota) = rule.quota else {
+            return Ok((0, 0, 0));
+        };
         let mut invocation = self.script.prepare_invoke();
         invocation
             .key(self.bucket(rule, key))
-            .arg(rule.rate.interval().as_micros().max(1) as u64)
-            .arg(rule.burst)
+            .arg(quota.rate.interval().as_micros().max(1) as u64)
+            .arg(quota.burst)
             .arg(if peek { "1" } else { "0" });
         let mut connection = self.store.connection();
         self.store
@@ -315,10 +318,8 @@ impl Limiters {
     /// Counts one item against `rule`'s bucket for `key`. Cluster rules
     /// run locally when there is no Redis (replay, explain).
     pub async fn check(&self, rule: &Rule, key: &str) -> Result<Decision, GuardError> {
-        match (&self.cluster, rule.scope) {
-            (Some(cluster), Scope::Cluster) => cluster.check(rule, key).await,
-            _ => Ok(self.local(rule).check(key)),
-        }
+        self.check_all(rule, std::slice::from_ref(&key.to_string()))
+            .await
     }
 
     /// Counts one item against `rule`'s bucket for each of `keys` (one per
@@ -327,13 +328,20 @@ impl Limiters {
     /// Past the quota when any bucket is; the item may come again when the
     /// last of those admits. Cluster buckets are asked at the same time.
     pub async fn check_all(&self, rule: &Rule, keys: &[String]) -> Result<Decision, GuardError> {
+        // A rule without a quota counts nothing: every item it matches is
+        // past it, and waiting does not change that.
+        let Some(quota) = rule.quota else {
+            return Ok(Decision::Limited {
+                retry_after: Duration::ZERO,
+            });
+        };
         let decisions: Vec<Decision> = match (&self.cluster, rule.scope) {
             (Some(cluster), Scope::Cluster) => {
                 futures_util::future::try_join_all(keys.iter().map(|k| cluster.check(rule, k)))
                     .await?
             }
             _ => {
-                let local = self.local(rule);
+                let local = self.local(rule, quota);
                 keys.iter().map(|k| local.check(k)).collect()
             }
         };
@@ -348,25 +356,25 @@ impl Limiters {
         }
     }
 
-    fn local(&self, rule: &Rule) -> Arc<LocalLimiter> {
+    fn local(&self, rule: &Rule, quota: RuleQuota) -> Arc<LocalLimiter> {
         let mut local = self.local.lock().expect("limiters lock");
         match local.get(&rule.name) {
             Some((rate, burst, max_keys, limiter))
-                if *rate == rule.rate && *burst == rule.burst && *max_keys == rule.max_keys =>
+                if *rate == quota.rate && *burst == quota.burst && *max_keys == rule.max_keys =>
             {
                 limiter.clone()
             }
             _ => {
                 let limiter = Arc::new(LocalLimiter::new(
                     &rule.name,
-                    rule.rate,
-                    rule.burst,
+                    quota.rate,
+                    quota.burst,
                     rule.max_keys,
                     &self.clock,
                 ));
                 local.insert(
                     rule.name.clone(),
-                    (rule.rate, rule.burst, rule.max_keys, limiter.clone()),
+                    (quota.rate, quota.burst, rule.max_keys, limiter.clone()),
                 );
                 limiter
             }

@@ -41,6 +41,7 @@ pub fn form_envelope(email: &str, ip: &str) -> Envelope {
         fields: Default::default(),
         attachments: vec![],
         scan: ScanReport::unscanned(),
+        auth: None,
         abuse: AbuseReport::default(),
         raw: None,
     }

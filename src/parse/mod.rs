@@ -108,6 +108,7 @@ pub fn parse(submission: Submission, options: ParseOptions<'_>) -> Result<Messag
         fields: Default::default(),
         attachments: Vec::new(),
         scan: ScanReport::unscanned(),
+        auth: None,
         abuse: AbuseReport::default(),
         raw: None,
     };

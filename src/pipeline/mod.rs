@@ -1,5 +1,5 @@
-//! The flow of one item, in its fixed order: parse, guard, scan, route,
-//! reserve, audit copy, sink. Every source calls [`Pipeline::process`] and
+//! The flow of one item, in its fixed order: parse, authenticate, guard,
+//! scan, route, reserve, audit copy, sink. Every source calls [`Pipeline::process`] and
 //! acknowledges only when it returned `Ok`: the item is then stored in
 //! exactly one stream.
 
@@ -37,6 +37,8 @@ pub struct Pipeline {
     audit: Audit,
     /// When set and active, new items are refused before anything is done.
     backpressure: Option<Arc<crate::backpressure::Backpressure>>,
+    /// Sender authentication (`[auth]`); mail is not checked without it.
+    auth: Option<crate::auth::Authenticator>,
 }
 
 /// An item that is stored: the source may acknowledge it now.
@@ -110,7 +112,14 @@ impl Pipeline {
             mime: Default::default(),
             audit: Audit::new(Default::default(), None),
             backpressure: None,
+            auth: None,
         }
+    }
+
+    /// Checks who sent each mail before the guard judges it (`[auth]`).
+    pub fn with_authentication(mut self, auth: Option<crate::auth::Authenticator>) -> Self {
+        self.auth = auth;
+        self
     }
 
     /// Refuses new items while `backpressure` says so.
@@ -190,6 +199,16 @@ impl Pipeline {
         let mut message = parse_off_the_runtime(submission, options).await?;
         parse::redact::redact_envelope(&mut message.envelope, &self.privacy);
         let beyond_mime_limits = self.mime.exceeded(&message.mime);
+
+        // 1b. Authenticate: who really sent a mail, so the rules can tell a
+        //     customer from a forgery in their name (DNS, so off the parse
+        //     thread; never a reason to refuse).
+        if let Some(auth) = &self.auth {
+            if let Some(raw) = message.scan_targets.iter().find(|t| t.whole_message) {
+                let raw = raw.data.clone();
+                auth.authenticate(&mut message.envelope, &raw).await;
+            }
+        }
 
         // 2. Guard: cheap checks first, so a flood never costs a scan. Mail
         //    beyond a MIME limit is judged too: a flood of it is a flood.

@@ -77,6 +77,12 @@ pub const METRICS: &[Metric] = &[
         "Payment card numbers masked before storing ([privacy] redact_cards)",
     ),
     metric(
+        "intake_auth_results_total",
+        Kind::Counter,
+        None,
+        "Sender-authentication verdicts, by check (dkim, spf, dmarc, arc), result and where they came from (verified, trusted-header)",
+    ),
+    metric(
         "intake_mime_limit_total",
         Kind::Counter,
         None,

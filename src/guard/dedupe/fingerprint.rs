@@ -47,11 +47,7 @@ pub const OTHER_IDENTITIES: usize = 3;
 
 /// Reads a fingerprint from the message; `None` without a customer.
 pub fn fingerprint(facts: &Facts<'_>) -> Option<Fingerprint> {
-    let customer = match (&facts.sender, facts.ip) {
-        (Some(sender), _) => format!("s:{sender}"),
-        (None, Some(ip)) => format!("ip:{ip}"),
-        (None, None) => return None,
-    };
+    let customer = facts.customer_key()?;
     let envelope = facts.envelope;
     let subject = envelope
         .subject
@@ -69,7 +65,7 @@ pub fn fingerprint(facts: &Facts<'_>) -> Option<Fingerprint> {
         .iter()
         .skip(1)
         .take(OTHER_IDENTITIES)
-        .map(|identity| short_digest(format!("s:{}", identity.key).as_bytes()))
+        .map(|identity| short_digest(facts.other_key(&identity.key).as_bytes()))
         .collect();
     Some(Fingerprint {
         customer: short_digest(customer.as_bytes()),

@@ -11,6 +11,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Deserializer};
 use toml::Spanned;
 
+use crate::envelope::AuthResult;
 use crate::units::HumanDuration;
 
 /// One file: any number of rules, allow and block lists, and at most one
@@ -41,13 +42,18 @@ pub struct RuleSpec {
     /// Which items the rule looks at; empty matches everything.
     #[serde(default, rename = "match")]
     pub matches: MatchSpec,
-    /// What is counted together: one bucket per distinct key.
+    /// What is counted together: one bucket per distinct key. Not given
+    /// for a rule without a rate.
+    #[serde(default)]
     pub key: Vec<KeyPart>,
-    /// Sustained rate: `"10/h"`, `"50/5m"`, `"2/d"`.
-    pub rate: Rate,
-    /// How many items may come at once before the rate applies.
-    #[serde(default = "default_burst")]
-    pub burst: u32,
+    /// Sustained rate: `"10/h"`, `"50/5m"`, `"2/d"`. Without it the
+    /// action applies to every item the rule matches.
+    #[serde(default)]
+    pub rate: Option<Rate>,
+    /// How many items may come at once before the rate applies (1 when
+    /// not given).
+    #[serde(default)]
+    pub burst: Option<u32>,
     /// What happens to an item past the quota.
     pub action: Action,
     /// Count and log what the rule would do, without doing it.
@@ -102,6 +108,65 @@ pub struct MatchSpec {
     /// Header name to a glob its value must match (`"*"`: present).
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
+    // Sender authentication (`[auth]`): a mail it did not check (no
+    // `[auth]`, forms) matches none of these.
+    /// Some DKIM signature has one of these results (`"none"`: the mail
+    /// has no signature).
+    #[serde(default)]
+    pub dkim: AuthResults,
+    /// The SPF result is one of these.
+    #[serde(default)]
+    pub spf: AuthResults,
+    /// The DMARC result is one of these.
+    #[serde(default)]
+    pub dmarc: AuthResults,
+    /// The ARC chain's result is one of these.
+    #[serde(default)]
+    pub arc: AuthResults,
+    /// The `From:` domain's DMARC policy is one of these (`reject`,
+    /// `quarantine`, `none`).
+    #[serde(default)]
+    pub dmarc_policy: OneOrMany<DmarcPolicySpec>,
+    /// Whether the `From:` domain authenticated.
+    #[serde(default)]
+    pub aligned_from: Option<bool>,
+    /// Whether the `From:` domain is one of `[auth] own_domains`.
+    #[serde(default)]
+    pub own_domain: Option<bool>,
+    /// The domain vouching for the mail (globs).
+    #[serde(default, alias = "authenticated_domain")]
+    pub authenticated_domains: OneOrMany<String>,
+}
+
+/// Verdicts a condition accepts: `"fail"` or `["fail", "permerror"]`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AuthResults(pub Vec<AuthResult>);
+
+impl<'de> Deserialize<'de> for AuthResults {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let names = OneOrMany::<String>::deserialize(d)?;
+        names
+            .0
+            .iter()
+            .map(|name| {
+                AuthResult::parse(name).ok_or_else(|| {
+                    serde::de::Error::custom(format!(
+                        "`{name}` is not a result; use pass, fail, softfail, neutral, none, temperror, permerror or policy"
+                    ))
+                })
+            })
+            .collect::<Result<_, _>>()
+            .map(AuthResults)
+    }
+}
+
+/// A DMARC policy in a condition.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum DmarcPolicySpec {
+    None,
+    Quarantine,
+    Reject,
 }
 
 /// `[[allow]]` / `[[block]]`: who skips the rules, or is refused outright.
@@ -198,6 +263,14 @@ pub enum KeyPart {
     Mailbox,
     /// One bucket for everything the rule matches.
     Global,
+    /// The sender, and for mail whose `From:` did not authenticate also
+    /// its client network (`ipv4_prefix` / `ipv6_prefix`): a flood forged
+    /// in a customer's name from elsewhere never shares their bucket.
+    /// Without `[auth]` (and for forms) the same as `sender`.
+    VerifiedSender,
+    /// The domain that vouches for the mail (`auth.authenticated_domain`):
+    /// the `From:` domain when aligned, else a passing DKIM or SPF domain.
+    AuthenticatedDomain,
 }
 
 impl KeyPart {
@@ -210,8 +283,23 @@ impl KeyPart {
             KeyPart::Form => "form",
             KeyPart::Mailbox => "mailbox",
             KeyPart::Global => "global",
+            KeyPart::VerifiedSender => "verified_sender",
+            KeyPart::AuthenticatedDomain => "authenticated_domain",
         }
     }
+
+    /// Every part's name, for errors.
+    pub const NAMES: &[&str] = &[
+        "sender",
+        "sender_domain",
+        "verified_sender",
+        "authenticated_domain",
+        "ip",
+        "ip_prefix",
+        "form",
+        "mailbox",
+        "global",
+    ];
 }
 
 /// What a rule does to an item past its quota, weakest first: the order
@@ -331,9 +419,8 @@ impl<'de> Deserialize<'de> for Rate {
     }
 }
 
-fn default_burst() -> u32 {
-    1
-}
+/// The burst of a rule that gives a rate and no burst.
+pub const DEFAULT_BURST: u32 = 1;
 fn default_v4_prefix() -> u8 {
     24
 }

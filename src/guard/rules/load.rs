@@ -7,8 +7,8 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use super::format::{Action, ListSpec, RuleFile, RuleSpec};
-use super::types::{Dedupe, List, Matcher, Patterns, Rule, RuleSet};
+use super::format::{Action, KeyPart, ListSpec, RuleFile, RuleSpec, DEFAULT_BURST};
+use super::types::{Dedupe, List, Matcher, Patterns, Quota, Rule, RuleSet};
 
 /// One problem in the rule files.
 #[derive(Debug, Clone, PartialEq)]
@@ -212,29 +212,40 @@ fn check_rule(spec: &RuleSpec, at: &dyn Fn(&str) -> RuleProblem, problems: &mut 
     {
         problem("name", "use only letters, digits, `-` and `_`".into());
     }
-    if spec.key.is_empty() {
-        problem(
+    match (&spec.rate, spec.key.is_empty()) {
+        (Some(_), true) => problem(
             "key",
-            "give at least one of sender, sender_domain, ip, ip_prefix, form, mailbox, global"
-                .into(),
-        );
+            format!("give at least one of {}", KeyPart::NAMES.join(", ")),
+        ),
+        // Without a rate nothing is counted: every matching item gets the
+        // action, so a key or burst would be read as a quota that is not.
+        (None, false) => problem(
+            "key",
+            "a rule without rate acts on every item it matches and counts nothing; remove key, or give a rate".into(),
+        ),
+        _ => {}
     }
-    if spec.burst == 0 {
-        problem("burst", "must be at least 1".into());
-    }
-    if spec
-        .rate
-        .interval()
-        .checked_mul(spec.burst)
-        .is_none_or(|refill| refill > MAX_REFILL)
-    {
-        problem(
+    let burst = spec.burst.unwrap_or(DEFAULT_BURST);
+    match &spec.rate {
+        None if spec.burst.is_some() => problem(
             "burst",
-            format!(
-                "a burst of {} at {} takes more than 10 years to refill; lower the burst",
-                spec.burst, spec.rate
-            ),
-        );
+            "a rule without rate has no burst; remove it, or give a rate".into(),
+        ),
+        Some(_) if burst == 0 => problem("burst", "must be at least 1".into()),
+        Some(rate)
+            if rate
+                .interval()
+                .checked_mul(burst)
+                .is_none_or(|refill| refill > MAX_REFILL) =>
+        {
+            problem(
+                "burst",
+                format!(
+                    "a burst of {burst} at {rate} takes more than 10 years to refill; lower the burst"
+                ),
+            )
+        }
+        _ => {}
     }
     if spec.ipv4_prefix > 32 {
         problem("ipv4_prefix", "must be 0 to 32".into());
@@ -283,9 +294,11 @@ fn compile_rule(spec: RuleSpec, path: &Path, line: usize) -> Rule {
             patterns: Patterns::of(&spec.matches.senders.0, &spec.matches.domains.0),
             spec: spec.matches,
         },
+        quota: spec.rate.map(|rate| Quota {
+            rate,
+            burst: spec.burst.unwrap_or(DEFAULT_BURST).max(1),
+        }),
         key: spec.key,
-        rate: spec.rate,
-        burst: spec.burst.max(1),
         action: spec.action,
         shadow: spec.shadow,
         scope: spec.scope,

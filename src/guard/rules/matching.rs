@@ -8,9 +8,9 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use super::format::{ChannelSpec, KeyPart};
+use super::format::{AuthResults, ChannelSpec, DmarcPolicySpec, KeyPart, MatchSpec};
 use super::types::{List, Matcher, Patterns, Rule};
-use crate::envelope::Channel;
+use crate::envelope::{Auth, AuthResult, Channel, DmarcPolicy};
 use crate::guard::facts::{Facts, Identity};
 use crate::guard::normalize::glob;
 
@@ -98,9 +98,70 @@ impl Matcher {
         if has_list && !(self.patterns.any(facts) || in_networks(&m.networks.0, facts)) {
             return false;
         }
-        m.headers
+        if !m
+            .headers
             .iter()
             .all(|(name, pattern)| facts.header(name).any(|value| glob(pattern, value.trim())))
+        {
+            return false;
+        }
+        !m.asks_auth() || facts.auth.is_some_and(|auth| m.auth_holds(auth))
+    }
+}
+
+impl MatchSpec {
+    /// Whether any condition is on sender authentication.
+    fn asks_auth(&self) -> bool {
+        !(self.dkim.0.is_empty()
+            && self.spf.0.is_empty()
+            && self.dmarc.0.is_empty()
+            && self.arc.0.is_empty()
+            && self.dmarc_policy.0.is_empty()
+            && self.aligned_from.is_none()
+            && self.own_domain.is_none()
+            && self.authenticated_domains.0.is_empty())
+    }
+
+    /// Whether every authentication condition holds for `auth`. A check
+    /// that did not run reads `none`.
+    fn auth_holds(&self, auth: &Auth) -> bool {
+        let one = |wanted: &AuthResults, got: Option<AuthResult>| {
+            wanted.0.is_empty() || wanted.0.contains(&got.unwrap_or(AuthResult::None))
+        };
+        let dkim = self.dkim.0.is_empty()
+            || if auth.dkim.is_empty() {
+                self.dkim.0.contains(&AuthResult::None)
+            } else {
+                auth.dkim.iter().any(|d| self.dkim.0.contains(&d.result))
+            };
+        let policy = auth.dmarc.as_ref().and_then(|d| d.policy);
+        dkim && one(&self.spf, auth.spf.as_ref().map(|s| s.result))
+            && one(&self.dmarc, auth.dmarc.as_ref().map(|d| d.result))
+            && one(&self.arc, auth.arc.as_ref().map(|a| a.result))
+            && (self.dmarc_policy.0.is_empty()
+                || policy.is_some_and(|p| self.dmarc_policy.0.iter().any(|w| w.is(p))))
+            && self
+                .aligned_from
+                .is_none_or(|want| auth.aligned_from == want)
+            && self.own_domain.is_none_or(|want| auth.own_domain == want)
+            && (self.authenticated_domains.0.is_empty()
+                || auth.authenticated_domain.as_deref().is_some_and(|d| {
+                    self.authenticated_domains
+                        .0
+                        .iter()
+                        .any(|p| glob(&p.to_ascii_lowercase(), d))
+                }))
+    }
+}
+
+impl DmarcPolicySpec {
+    fn is(self, policy: DmarcPolicy) -> bool {
+        matches!(
+            (self, policy),
+            (DmarcPolicySpec::None, DmarcPolicy::None)
+                | (DmarcPolicySpec::Quarantine, DmarcPolicy::Quarantine)
+                | (DmarcPolicySpec::Reject, DmarcPolicy::Reject)
+        )
     }
 }
 
@@ -136,9 +197,12 @@ enum Who<'i> {
 impl Rule {
     /// Whether the key has a `sender` or `sender_domain` part.
     pub fn keys_on_identity(&self) -> bool {
-        self.key
-            .iter()
-            .any(|p| matches!(p, KeyPart::Sender | KeyPart::SenderDomain))
+        self.key.iter().any(|p| {
+            matches!(
+                p,
+                KeyPart::Sender | KeyPart::SenderDomain | KeyPart::VerifiedSender
+            )
+        })
     }
 
     /// The bucket keys of this item for this rule, distinct, e.g.
@@ -183,6 +247,14 @@ impl Rule {
                 (KeyPart::Form, _) => facts.form.map(str::to_string),
                 (KeyPart::Mailbox, _) => facts.mailboxes.first().map(|m| m.to_lowercase()),
                 (KeyPart::Global, _) => Some("*".into()),
+                (KeyPart::VerifiedSender, Who::Many) => Some(MANY_IDENTITIES_KEY.to_string()),
+                (KeyPart::VerifiedSender, Who::One(id)) => {
+                    Some(facts.verified_key(&id.key, self.ipv4_prefix, self.ipv6_prefix))
+                }
+                (KeyPart::VerifiedSender, Who::Nobody) => None,
+                (KeyPart::AuthenticatedDomain, _) => {
+                    facts.auth.and_then(|a| a.authenticated_domain.clone())
+                }
             };
             key.push_str(value.as_deref().unwrap_or("-"));
         }

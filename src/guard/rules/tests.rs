@@ -58,8 +58,8 @@ fn a_burst_the_limiter_cannot_hold_is_a_problem_not_a_panic() {
     let rule = &set.rules[0];
     let limiter = crate::guard::limiter::LocalLimiter::new(
         &rule.name,
-        rule.rate,
-        rule.burst,
+        rule.quota.unwrap().rate,
+        rule.quota.unwrap().burst,
         rule.max_keys,
         &crate::guard::limiter::LimiterClock::Live,
     );
@@ -97,7 +97,7 @@ similarity = 0.8
     )
     .expect("valid");
     assert_eq!(set.rules.len(), 1);
-    assert_eq!(set.rules[0].burst, 5);
+    assert_eq!(set.rules[0].quota.unwrap().burst, 5);
     assert_eq!(set.rules[0].scope, Scope::Cluster);
     assert_eq!(set.rules[0].origin, "rules/10-test.toml:3");
     assert_eq!(set.allow.len(), 1);

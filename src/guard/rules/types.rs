@@ -29,8 +29,9 @@ pub struct Rule {
     pub description: Option<String>,
     pub matcher: Matcher,
     pub key: Vec<KeyPart>,
-    pub rate: Rate,
-    pub burst: u32,
+    /// How many items pass before the action applies; `None`: the action
+    /// applies to every item the rule matches (a rule without `rate`).
+    pub quota: Option<Quota>,
     pub action: Action,
     pub shadow: bool,
     pub scope: Scope,
@@ -40,6 +41,13 @@ pub struct Rule {
     pub max_keys: usize,
     /// Where it was written: `rules/20-email.toml:3`.
     pub origin: String,
+}
+
+/// A GCRA quota: a sustained rate and the burst before it applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    pub rate: Rate,
+    pub burst: u32,
 }
 
 /// An allow or block list.
@@ -123,8 +131,11 @@ impl RuleSet {
 }
 
 impl Rule {
-    /// `10/h, burst 3`.
+    /// `10/h, burst 3`, or `every item` for a rule without a quota.
     pub fn quota_text(&self) -> String {
-        format!("{}, burst {}", self.rate, self.burst)
+        match &self.quota {
+            Some(q) => format!("{}, burst {}", q.rate, q.burst),
+            None => "every item".into(),
+        }
     }
 }
