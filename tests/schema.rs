@@ -189,7 +189,10 @@ fn every_source_variant_and_optional_field_matches_the_schema() {
                 sender: Some(String::new()),
                 recipients: vec!["support+order-1234@shop.test".into()],
                 ip: "::1".into(),
-                client: None,
+                client: Some(SmtpClient {
+                    address: Some("2001:db8::7".into()),
+                    helo: Some("mx.customer.test".into()),
+                }),
             },
         ),
         (
@@ -205,6 +208,18 @@ fn every_source_variant_and_optional_field_matches_the_schema() {
             Channel::Email,
             Source::Lmtp {
                 sender: "ann@example.com".into(),
+                recipients: vec!["support@shop.test".into()],
+                ip: "127.0.0.1".into(),
+                client: Some(SmtpClient {
+                    address: Some("203.0.113.7".into()),
+                    helo: None,
+                }),
+            },
+        ),
+        (
+            Channel::Email,
+            Source::Lmtp {
+                sender: String::new(),
                 recipients: vec!["support@shop.test".into()],
                 ip: "127.0.0.1".into(),
                 client: None,
