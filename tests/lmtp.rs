@@ -929,3 +929,160 @@ async fn a_rate_rule_keeps_mail_in_suppressed_and_answers_250() {
     assert_eq!(suppressed[0].envelope()["source"]["type"], "lmtp");
     gw.stop().await;
 }
+
+/// The LHLO answer's XFORWARD line, if it has one.
+fn xforward_offer(lhlo: &Reply) -> Option<&str> {
+    lhlo.lines
+        .iter()
+        .map(String::as_str)
+        .find(|l| l.starts_with("XFORWARD"))
+}
+
+/// MAIL, one RCPT, DATA and the message on a greeted session; the reply.
+async fn transaction(raw: &mut Raw, subject: &str) -> Reply {
+    raw.command("MAIL FROM:<ann@example.com>")
+        .await
+        .expect(250, "2.1.0", "MAIL");
+    raw.command("RCPT TO:<support@shop.test>")
+        .await
+        .expect(250, "2.1.5", "RCPT");
+    raw.command("DATA").await.expect(354, "", "DATA");
+    raw.send(&dot_stuff(&mail(subject, subject))).await;
+    raw.send(b".\r\n").await;
+    raw.reply().await
+}
+
+#[tokio::test]
+async fn xforward_puts_the_smtp_client_in_the_envelope_for_one_transaction() {
+    let (gw, port) = gateway("lmtp_xforward", &redis_url(), "", "").await;
+    let mut raw = Raw::connect(port).await;
+    let lhlo = raw.command("LHLO mx.shop.test").await;
+    assert_eq!(
+        xforward_offer(&lhlo),
+        Some("XFORWARD NAME ADDR PROTO HELO SOURCE PORT IDENT"),
+        "offered to a loopback client (the default xforward_from): {lhlo:?}"
+    );
+    // As Postfix sends it: two commands, xtext values, the unknown NAME.
+    raw.command("XFORWARD NAME=[UNAVAILABLE] ADDR=IPv6:2001:db8::7 PORT=40122")
+        .await
+        .expect(250, "2.0.0", "first XFORWARD");
+    raw.command("XFORWARD PROTO=ESMTP HELO=mx+2Bcustomer.test IDENT=4dGhJ2 SOURCE=REMOTE")
+        .await
+        .expect(250, "2.0.0", "second XFORWARD");
+    raw.command("XFORWARD COLOR=blue").await.expect(
+        501,
+        "5.5.4",
+        "an attribute Postfix does not send",
+    );
+    raw.command(&format!("XFORWARD HELO={}", "a".repeat(256)))
+        .await
+        .expect(501, "5.5.4", "a value over 255 bytes");
+    transaction(&mut raw, "xforward-first")
+        .await
+        .expect(250, "2.0.0", "first message");
+
+    // The next transaction starts without a client...
+    transaction(&mut raw, "xforward-second")
+        .await
+        .expect(250, "2.0.0", "second message");
+    // ...and RSET forgets what XFORWARD said, as the end of one does.
+    raw.command("XFORWARD ADDR=192.0.2.1 HELO=forgotten.test")
+        .await
+        .expect(250, "2.0.0", "XFORWARD");
+    raw.command("RSET").await.expect(250, "2.0.0", "RSET");
+    raw.command("MAIL FROM:<bob@example.com>")
+        .await
+        .expect(250, "2.1.0", "MAIL");
+    raw.command("XFORWARD ADDR=192.0.2.2")
+        .await
+        .expect(503, "5.5.1", "XFORWARD after MAIL");
+    raw.command("RSET").await.expect(250, "2.0.0", "RSET");
+    transaction(&mut raw, "xforward-third")
+        .await
+        .expect(250, "2.0.0", "third message");
+    raw.command("QUIT").await.expect(221, "2.0.0", "QUIT");
+
+    let desk = gw.entries("desk").await;
+    let envelopes: Vec<Value> = desk.iter().map(|e| e.envelope()).collect();
+    let subjects: Vec<_> = envelopes.iter().map(|e| e["subject"].clone()).collect();
+    assert_eq!(
+        subjects,
+        vec!["xforward-first", "xforward-second", "xforward-third"]
+    );
+    assert_matches_schema("lmtp xforward", &envelopes[0]);
+    assert_eq!(
+        envelopes[0]["source"]["client"],
+        serde_json::json!({ "address": "2001:db8::7", "helo": "mx+customer.test" }),
+        "ADDR without its IPv6: prefix, HELO xtext-decoded: {}",
+        envelopes[0]["source"]
+    );
+    assert_eq!(
+        envelopes[0]["source"]["ip"], "127.0.0.1",
+        "ip stays the mail server that delivered it"
+    );
+    for env in &envelopes[1..] {
+        assert!(
+            env["source"].get("client").is_none(),
+            "{}: no client after the transaction or RSET: {}",
+            env["subject"],
+            env["source"]
+        );
+    }
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn xforward_from_a_peer_outside_xforward_from_is_refused() {
+    // 127.0.0.1 is not in 192.0.2.0/24: to this listener the test is an
+    // unknown client, which must not be able to name another.
+    let (gw, port) = gateway(
+        "lmtp_xforward_untrusted",
+        &redis_url(),
+        "xforward_from = [\"192.0.2.0/24\"]",
+        "",
+    )
+    .await;
+    let mut raw = Raw::connect(port).await;
+    let lhlo = raw.command("LHLO elsewhere.test").await;
+    lhlo.expect(250, "", "LHLO");
+    assert_eq!(xforward_offer(&lhlo), None, "not offered: {lhlo:?}");
+    let refused = raw
+        .command("XFORWARD ADDR=203.0.113.7 HELO=mx.bank.test")
+        .await;
+    refused.expect(550, "5.7.0", "XFORWARD from an untrusted peer");
+    assert!(
+        refused
+            .text()
+            .contains("XFORWARD not allowed from 127.0.0.1"),
+        "{refused:?}"
+    );
+    raw.command("XFORWARD junk")
+        .await
+        .expect(550, "5.7.0", "refused before its syntax is read");
+    transaction(&mut raw, "xforward-untrusted").await.expect(
+        250,
+        "2.0.0",
+        "the mail itself is taken",
+    );
+    raw.command("QUIT").await.expect(221, "2.0.0", "QUIT");
+    let env = gw.entries("desk").await[0].envelope();
+    assert!(
+        env["source"].get("client").is_none(),
+        "nothing the refused XFORWARD said was kept: {}",
+        env["source"]
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn an_empty_xforward_from_turns_xforward_off() {
+    let (gw, port) = gateway("lmtp_xforward_off", &redis_url(), "xforward_from = []", "").await;
+    let mut raw = Raw::connect(port).await;
+    let lhlo = raw.command("LHLO mx.shop.test").await;
+    assert_eq!(xforward_offer(&lhlo), None, "not offered: {lhlo:?}");
+    raw.command("XFORWARD ADDR=203.0.113.7")
+        .await
+        .expect(550, "5.7.0", "not even from loopback");
+    raw.command("QUIT").await.expect(221, "2.0.0", "QUIT");
+    gw.stop().await;
+}

@@ -167,6 +167,93 @@ fn exim_pipe_arguments_and_mbox_from_line_arrive_as_the_mail_alone() {
 }
 
 #[test]
+fn client_address_and_helo_are_sent_as_headers() {
+    let gateway = FakeGateway::answering(202, &[], r#"{"id":"01JCLIENT","status":"accepted"}"#);
+    let run = with_token(mailgate(), &gateway.url)
+        .args([
+            "--sender=customer@example.com",
+            "--recipient=support@shop.test",
+            "--client-address=IPv6:2001:DB8::7",
+            "--helo=mx.customer.test",
+        ])
+        .run(MESSAGE);
+
+    run.assert_exit(0);
+    assert!(
+        run.stderr.is_empty(),
+        "nothing to warn about: {:?}",
+        run.stderr
+    );
+    let request = gateway
+        .request()
+        .expect("the gateway never got the message");
+    assert_eq!(
+        request.header("x-intake-client-address"),
+        Some("2001:db8::7"),
+        "the address, without Postfix's IPv6: prefix"
+    );
+    assert_eq!(
+        request.header("x-intake-client-helo"),
+        Some("mx.customer.test")
+    );
+}
+
+#[test]
+fn empty_or_unknown_client_sends_no_client_headers() {
+    // What Postfix's pipe passes for a locally submitted mail.
+    for flags in [
+        ["--client-address=", "--helo="],
+        ["--client-address=unknown", "--helo=unknown"],
+    ] {
+        let gateway = FakeGateway::answering(202, &[], r#"{"id":"01JLOCAL","status":"accepted"}"#);
+        let run = with_token(mailgate(), &gateway.url)
+            .args(flags)
+            .run(MESSAGE);
+
+        run.assert_exit(0);
+        assert!(
+            run.stderr.is_empty(),
+            "{flags:?}: no warning: {:?}",
+            run.stderr
+        );
+        let request = gateway
+            .request()
+            .expect("the gateway never got the message");
+        assert_eq!(request.header("x-intake-client-address"), None, "{flags:?}");
+        assert_eq!(request.header("x-intake-client-helo"), None, "{flags:?}");
+    }
+}
+
+#[test]
+fn an_odd_client_address_is_left_out_with_a_warning_not_an_error() {
+    let gateway = FakeGateway::answering(202, &[], r#"{"id":"01JODD","status":"accepted"}"#);
+    let run = with_token(mailgate(), &gateway.url)
+        .args([
+            "--client-address=mx.customer.test",
+            "--helo=mx.customer.test",
+        ])
+        .run(MESSAGE);
+
+    run.assert_exit(0);
+    run.assert_status("2.0.0 stored as 01JODD");
+    assert!(
+        run.stderr
+            .contains("warning: --client-address mx.customer.test is not an IP address"),
+        "says what was left out: {:?}",
+        run.stderr
+    );
+    let request = gateway
+        .request()
+        .expect("the gateway never got the message");
+    assert_eq!(request.header("x-intake-client-address"), None);
+    assert_eq!(
+        request.header("x-intake-client-helo"),
+        Some("mx.customer.test"),
+        "the HELO goes on without the odd address"
+    );
+}
+
+#[test]
 fn https_gateway_with_private_ca_stores_message() {
     let gateway = FakeGateway::answering_tls(202, r#"{"id":"01JTLS","status":"accepted"}"#);
     let ca_file = temp_file(TEST_CA_PEM);

@@ -174,6 +174,164 @@ async fn envelope_sender_and_recipients_are_recorded_in_source() {
 }
 
 #[tokio::test]
+async fn smtp_client_headers_are_recorded_in_source() {
+    let gw = Gateway::start("messages_client").await;
+    let response = post(&gw, MESSAGE)
+        .header("x-intake-client-address", "IPv6:2001:DB8::7")
+        .header("x-intake-client-helo", "mx.customer.test")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let env = gw.entries("desk").await[0].envelope();
+    assert_eq!(
+        env["source"]["client"],
+        json!({ "address": "2001:db8::7", "helo": "mx.customer.test" }),
+        "the address in its canonical form, the HELO as given: {}",
+        env["source"]
+    );
+    assert_eq!(env["source"]["ip"], "127.0.0.1", "ip stays the poster");
+}
+
+#[tokio::test]
+async fn an_address_that_is_no_ip_is_left_out_and_an_overlong_helo_is_400() {
+    let gw = Gateway::start("messages_client_odd").await;
+    let response = post(&gw, MESSAGE)
+        .header("x-intake-client-address", "unknown")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status(),
+        202,
+        "an odd address never costs the mail"
+    );
+    let env = gw.entries("desk").await[0].envelope();
+    assert!(
+        env["source"].get("client").is_none(),
+        "no address and no HELO is no client: {}",
+        env["source"]
+    );
+    let response = post(
+        &gw,
+        &b"From: bob@example.com\r\nSubject: long\r\n\r\nhi\r\n"[..],
+    )
+    .header("x-intake-client-address", "192.0.2.1")
+    .header("x-intake-client-helo", "h".repeat(256))
+    .send()
+    .await
+    .unwrap();
+    let (status, body) = refusal(response).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["error"], "bad_request");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("X-Intake-Client-Helo header is over 255 bytes"),
+        "names the header and the bound: {body}"
+    );
+    assert_eq!(
+        gw.entries("desk").await.len(),
+        1,
+        "the refused one is not stored"
+    );
+}
+
+/// Runs the real `intake mailgate` against `gw` with `flags`, off the
+/// runtime the in-process gateway answers on; its exit code and stderr.
+async fn run_mailgate(gw: &Gateway, message: &'static [u8], flags: &[&str]) -> (i32, String) {
+    use std::io::Write as _;
+    use std::process::{Command, Stdio};
+    let url = gw.url.clone();
+    let flags: Vec<String> = flags.iter().map(|f| f.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let token_file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(token_file.path(), TOKEN).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_intake"))
+            .args([
+                "mailgate",
+                "--url",
+                &url,
+                "--timeout",
+                "10s",
+                "--token-file",
+            ])
+            .arg(token_file.path())
+            .args(&flags)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(message).unwrap();
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn mailgate_client_flags_reach_source_and_unknown_or_empty_leave_it_out() {
+    let gw = Gateway::start("messages_mailgate_client").await;
+    let (code, stderr) = run_mailgate(
+        &gw,
+        b"From: ann@example.com\r\nSubject: from the mx\r\n\r\none\r\n",
+        &["--client-address=203.0.113.7", "--helo=mx.customer.test"],
+    )
+    .await;
+    assert_eq!(code, 0, "stored: {stderr}");
+    assert!(stderr.is_empty(), "nothing to warn about: {stderr}");
+    // What Postfix's pipe passes for a locally submitted mail.
+    let (code, stderr) = run_mailgate(
+        &gw,
+        b"From: ann@example.com\r\nSubject: local\r\n\r\ntwo\r\n",
+        &["--client-address=", "--helo=unknown"],
+    )
+    .await;
+    assert_eq!(code, 0, "stored: {stderr}");
+    assert!(
+        stderr.is_empty(),
+        "empty and unknown are no client, not odd: {stderr}"
+    );
+    let (code, stderr) = run_mailgate(
+        &gw,
+        b"From: ann@example.com\r\nSubject: odd\r\n\r\nthree\r\n",
+        &[
+            "--client-address=mx.customer.test",
+            "--helo=mx.customer.test",
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "an odd address never costs the mail: {stderr}");
+    assert!(
+        stderr.contains("warning: --client-address mx.customer.test is not an IP address"),
+        "{stderr}"
+    );
+
+    let desk = gw.entries("desk").await;
+    let sources: Vec<Value> = desk
+        .iter()
+        .map(|e| e.envelope()["source"].clone())
+        .collect();
+    assert_eq!(sources.len(), 3);
+    assert_eq!(
+        sources[0]["client"],
+        json!({ "address": "203.0.113.7", "helo": "mx.customer.test" })
+    );
+    assert!(sources[1].get("client").is_none(), "{}", sources[1]);
+    assert_eq!(
+        sources[2]["client"],
+        json!({ "helo": "mx.customer.test" }),
+        "the HELO goes without the odd address"
+    );
+}
+
+#[tokio::test]
 async fn message_without_envelope_headers_has_no_sender_and_no_recipients() {
     let gw = Gateway::start("messages_no_envelope").await;
     let response = post(&gw, MESSAGE).send().await.unwrap();

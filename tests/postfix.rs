@@ -3,6 +3,8 @@
 //! pipes mail to the real `intake mailgate` binary, or delivers it over
 //! LMTP into the daemon's `[lmtp]` listener. While the gateway is down the
 //! mail waits in Postfix's queue; once it is back, it arrives exactly once.
+//! Mail submitted over SMTP arrives with the SMTP client Postfix took it
+//! from (`source.client`), by the pipe's flags or by LMTP's XFORWARD.
 
 mod support;
 
@@ -12,6 +14,9 @@ use serde_json::Value;
 use support::envelope::assert_matches_schema;
 use support::postfix::{Delivery, PrivatePostfix, DOMAIN, PATIENCE};
 use support::{free_port, redis_url, Gateway, TOKEN};
+
+/// The name the customer's mail server greets Postfix with.
+const CUSTOMER_HELO: &str = "mx.customer.test";
 
 fn mail(subject: &str) -> Vec<u8> {
     format!(
@@ -83,6 +88,12 @@ async fn postfix_pipes_mail_to_mailgate_onto_the_desk() {
         "both recipients, one pipe run"
     );
     assert_eq!(env["customer"]["mailbox_hash"], "order-77");
+    assert!(
+        env["source"].get("client").is_none(),
+        "a locally submitted mail has no SMTP client (the pipe passes empty \
+         or `unknown`, and mailgate takes that as none): {}",
+        env["source"]
+    );
     assert!(
         env["headers"]
             .as_array()
@@ -189,6 +200,12 @@ async fn postfix_delivers_over_lmtp_into_the_listener() {
     );
     assert_eq!(env["customer"]["mailbox_hash"], "case-5");
     assert!(
+        env["source"].get("client").is_none(),
+        "a locally submitted mail has no SMTP client (XFORWARD says \
+         [UNAVAILABLE]): {}",
+        env["source"]
+    );
+    assert!(
         env["text"]
             .as_str()
             .unwrap()
@@ -235,5 +252,79 @@ async fn postfix_delivers_mail_with_utf8_headers_over_lmtp() {
     assert_eq!(desk[0]["from"]["name"], "José Núñez");
     let log = postfix.log();
     assert!(!log.contains("status=bounced"), "nothing bounced:\n{log}");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn postfix_passes_the_smtp_client_on_over_lmtp_with_xforward() {
+    let shipped = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/postfix/main.cf"),
+    )
+    .unwrap();
+    assert!(
+        shipped.contains("\nlmtp_send_xforward_command = yes\n"),
+        "the shipped main.cf, which this instance runs, turns XFORWARD on"
+    );
+    let lmtp_port = free_port();
+    let gw = Gateway::start_with(
+        "postfix_xforward",
+        &redis_url(),
+        &format!("[lmtp]\nlisten = \"127.0.0.1:{lmtp_port}\"\ndomains = [\"{DOMAIN}\"]\n"),
+    )
+    .await;
+    let postfix = PrivatePostfix::start_with_smtpd(Delivery::Lmtp { port: lmtp_port }, free_port());
+    postfix.submit_smtp(
+        CUSTOMER_HELO,
+        "ann@example.com",
+        &[&format!("support@{DOMAIN}")],
+        &mail("postfix-xforward"),
+    );
+
+    let desk = wait_desk(&gw, 1, &postfix).await;
+    let env = &desk[0];
+    assert_matches_schema("postfix lmtp xforward", env);
+    assert_eq!(env["subject"], "postfix-xforward");
+    assert_eq!(env["source"]["type"], "lmtp");
+    assert_eq!(
+        env["source"]["client"],
+        serde_json::json!({ "address": "127.0.0.1", "helo": CUSTOMER_HELO }),
+        "Postfix's XFORWARD named the SMTP client it took the mail from"
+    );
+    postfix.wait_queue("delivery finished", is_empty);
+    let log = postfix.log();
+    assert!(
+        !log.contains("in reply to XFORWARD"),
+        "every XFORWARD was taken:\n{log}"
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn postfix_passes_the_smtp_client_on_to_mailgate() {
+    let gw = Gateway::start("postfix_pipe_client").await;
+    let postfix = PrivatePostfix::start_with_smtpd(
+        Delivery::Pipe {
+            url: &gw.url,
+            token: TOKEN,
+        },
+        free_port(),
+    );
+    postfix.submit_smtp(
+        CUSTOMER_HELO,
+        "ann@example.com",
+        &[&format!("support@{DOMAIN}")],
+        &mail("postfix-pipe-client"),
+    );
+
+    let desk = wait_desk(&gw, 1, &postfix).await;
+    let env = &desk[0];
+    assert_matches_schema("postfix pipe client", env);
+    assert_eq!(env["source"]["type"], "mailgate");
+    assert_eq!(
+        env["source"]["client"],
+        serde_json::json!({ "address": "127.0.0.1", "helo": CUSTOMER_HELO }),
+        "master.cf's --client-address=${{client_address}} --helo=${{client_helo}}"
+    );
+    postfix.wait_queue("delivery finished", is_empty);
     gw.stop().await;
 }

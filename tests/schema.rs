@@ -229,7 +229,7 @@ fn every_source_variant_and_optional_field_matches_the_schema() {
                 ip: "::1".into(),
                 client: Some(SmtpClient {
                     address: Some("2001:db8::7".into()),
-                    helo: Some("mx.example.com".into()),
+                    helo: Some("mx.customer.test".into()),
                 }),
             },
         ),
@@ -252,6 +252,15 @@ fn every_source_variant_and_optional_field_matches_the_schema() {
                     address: Some("203.0.113.7".into()),
                     helo: None,
                 }),
+            },
+        ),
+        (
+            Channel::Email,
+            Source::Lmtp {
+                sender: String::new(),
+                recipients: vec!["support@shop.test".into()],
+                ip: "127.0.0.1".into(),
+                client: None,
             },
         ),
         (

@@ -7,3 +7,4 @@ pub mod http;
 pub mod imap;
 pub mod lmtp;
 pub mod offload;
+pub mod smtp_client;

@@ -1,13 +1,17 @@
 //! A private Postfix for tests: its own config and queue directories under
 //! a temp dir, started with `postfix -c DIR start` and stopped when
-//! dropped. It never listens on the network (mail goes in with
-//! `sendmail -C DIR`), looks nothing up in DNS, and sends nothing out:
-//! only the support domain's transport delivers. Its main.cf and master.cf
-//! are the shipped examples in deploy/postfix/, with this machine's paths.
+//! dropped. Mail goes in with `sendmail -C DIR`, or (started with
+//! [`PrivatePostfix::start_with_smtpd`]) over SMTP to an smtpd on a
+//! loopback port, as from a customer's mail server; it looks nothing up in
+//! DNS and sends nothing out: only the support domain's transport
+//! delivers. Its main.cf and master.cf are the shipped examples in
+//! deploy/postfix/, with this machine's paths.
 //!
 //! Needs Postfix installed and the unprivileged user `intake-pipe` for the
 //! pipe transport; deploy/dev/test sets up both.
 
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -34,11 +38,23 @@ pub enum Delivery<'a> {
 pub struct PrivatePostfix {
     dir: tempfile::TempDir,
     running: bool,
+    /// The loopback port of its smtpd, when it has one.
+    smtp_port: Option<u16>,
 }
 
 impl PrivatePostfix {
     /// Writes the configuration and starts the instance.
     pub fn start(delivery: Delivery<'_>) -> PrivatePostfix {
+        PrivatePostfix::start_listening(delivery, None)
+    }
+
+    /// [`PrivatePostfix::start`] with an smtpd on `127.0.0.1:smtp_port`
+    /// too, for [`PrivatePostfix::submit_smtp`].
+    pub fn start_with_smtpd(delivery: Delivery<'_>, smtp_port: u16) -> PrivatePostfix {
+        PrivatePostfix::start_listening(delivery, Some(smtp_port))
+    }
+
+    fn start_listening(delivery: Delivery<'_>, smtp_port: Option<u16>) -> PrivatePostfix {
         assert!(
             Path::new("/usr/sbin/postfix").exists(),
             "Postfix is not installed: run deploy/dev/test, which installs it"
@@ -65,6 +81,13 @@ impl PrivatePostfix {
             &format!("texthash:{}", transport_file.display()),
         ));
         let mut master_cf = String::from(BASE_MASTER_CF);
+        if let Some(port) = smtp_port {
+            // Loopback is in mynetworks: the support domain is a relay
+            // domain anyway, and nothing else is delivered.
+            master_cf.push_str(&format!(
+                "127.0.0.1:{port} inet n       -       n       -       -       smtpd\n"
+            ));
+        }
         let transport = match delivery {
             Delivery::Pipe { url, token } => {
                 let token_file = root.join("mailgate.token");
@@ -96,6 +119,7 @@ impl PrivatePostfix {
         let mut postfix = PrivatePostfix {
             dir,
             running: false,
+            smtp_port,
         };
         let out = postfix.postfix("start");
         assert!(
@@ -133,6 +157,85 @@ impl PrivatePostfix {
             "sendmail failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+    }
+
+    /// Hands a message to the instance's smtpd over SMTP from 127.0.0.1,
+    /// greeting with `EHLO helo`, as a customer's mail server would; the
+    /// message (LF or CRLF line ends) is dot-stuffed here. Panics unless
+    /// every step is answered 2xx/3xx.
+    pub fn submit_smtp(&self, helo: &str, sender: &str, recipients: &[&str], message: &[u8]) {
+        let port = self
+            .smtp_port
+            .expect("start the instance with start_with_smtpd to submit over SMTP");
+        let deadline = Instant::now() + PATIENCE;
+        let stream = loop {
+            match TcpStream::connect(("127.0.0.1", port)) {
+                Ok(stream) => break stream,
+                Err(e) => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "Postfix's smtpd on port {port} did not come up: {e}\nlog:\n{}",
+                        self.log()
+                    );
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        };
+        stream.set_read_timeout(Some(PATIENCE)).expect("timeout");
+        let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+        let mut writer = stream;
+        let mut step = |line: Option<&[u8]>, want: u16, what: &str| {
+            if let Some(line) = line {
+                writer.write_all(line).expect("write to smtpd");
+            }
+            let mut reply = String::new();
+            loop {
+                let mut text = String::new();
+                let n = reader.read_line(&mut text).expect("read from smtpd");
+                assert!(
+                    n > 0,
+                    "smtpd closed during {what}:\n{reply}\nlog:\n{}",
+                    self.log()
+                );
+                reply.push_str(&text);
+                if text.as_bytes().get(3) != Some(&b'-') {
+                    break;
+                }
+            }
+            assert!(
+                reply.starts_with(&want.to_string()),
+                "smtpd answered {what} with {reply:?}, not {want}\nlog:\n{}",
+                self.log()
+            );
+        };
+        step(None, 220, "the connection");
+        step(Some(format!("EHLO {helo}\r\n").as_bytes()), 250, "EHLO");
+        step(
+            Some(format!("MAIL FROM:<{sender}>\r\n").as_bytes()),
+            250,
+            "MAIL",
+        );
+        for rcpt in recipients {
+            step(
+                Some(format!("RCPT TO:<{rcpt}>\r\n").as_bytes()),
+                250,
+                "RCPT",
+            );
+        }
+        step(Some(b"DATA\r\n"), 354, "DATA");
+        let mut data = Vec::new();
+        let message = message.strip_suffix(b"\n").unwrap_or(message);
+        for line in message.split(|&b| b == b'\n') {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            if line.starts_with(b".") {
+                data.push(b'.');
+            }
+            data.extend_from_slice(line);
+            data.extend_from_slice(b"\r\n");
+        }
+        data.extend_from_slice(b".\r\n");
+        step(Some(&data), 250, "the message");
+        step(Some(b"QUIT\r\n"), 221, "QUIT");
     }
 
     /// `postqueue -p`: what is in the queue and why.

@@ -3,6 +3,7 @@
 //! zero `--timeout`) is refused here, as a usage error (exit 64), before
 //! anything is read: it would not start working on a retry.
 
+use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -11,6 +12,7 @@ use std::time::Duration;
 use http::uri::{PathAndQuery, Scheme};
 use http::{HeaderValue, Uri};
 
+use super::client::ClientHeaders;
 use crate::units::ByteSize;
 
 /// The environment variable that carries the token when `--token-file` is
@@ -56,6 +58,21 @@ pub struct MailgateArgs {
     #[arg(long, value_name = "ADDR", num_args = 1.., value_parser = envelope_address)]
     pub recipient: Vec<HeaderValue>,
 
+    /// The IP address of the SMTP client the mail server took the mail
+    /// from (Postfix `--client-address=${client_address}`), which SPF
+    /// checks; sent as `X-Intake-Client-Address`. Empty or `unknown` (no
+    /// client: local submission) is no client; anything else that is no IP
+    /// address is left out with a warning, never an error.
+    #[arg(long, value_name = "ADDR", value_parser = clap::value_parser!(OsString))]
+    pub client_address: Option<OsString>,
+
+    /// The name that SMTP client gave in HELO / EHLO (Postfix
+    /// `--helo=${client_helo}`); sent as `X-Intake-Client-Helo`. Empty or
+    /// `unknown` is none; a name over 255 bytes, not UTF-8 or with control
+    /// characters is left out with a warning.
+    #[arg(long, value_name = "NAME", value_parser = clap::value_parser!(OsString))]
+    pub helo: Option<OsString>,
+
     /// More envelope recipients as trailing arguments, after `--` (Exim's
     /// `$pipe_addresses`, which Exim expands to one argument per address);
     /// sent after the `--recipient` ones.
@@ -91,6 +108,15 @@ impl MailgateArgs {
         }
         let value = std::env::var_os(self.sender_env.as_ref()?)?;
         envelope_address(value.to_str()?).ok()
+    }
+
+    /// The SMTP client headers of `--client-address` and `--helo`, and a
+    /// warning for each value left out.
+    pub fn client_headers(&self) -> ClientHeaders {
+        ClientHeaders::of(
+            self.client_address.as_deref().map(OsStr::new),
+            self.helo.as_deref().map(OsStr::new),
+        )
     }
 
     /// Every envelope recipient: the `--recipient` ones, then the trailing
@@ -303,6 +329,47 @@ mod tests {
             Cli::try_parse_from(["mailgate", "--url=http://x", "--", "bad\raddr"]).is_err(),
             "a trailing address is checked as a flagged one is"
         );
+    }
+
+    #[test]
+    fn client_flags_take_any_value_and_never_fail() {
+        use clap::Parser as _;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: MailgateArgs,
+        }
+        let parse = |flags: &[&str]| {
+            let mut argv = vec!["mailgate", "--url=http://127.0.0.1:8080"];
+            argv.extend_from_slice(flags);
+            Cli::try_parse_from(argv)
+                .unwrap_or_else(|e| panic!("{flags:?}: {e}"))
+                .args
+                .client_headers()
+        };
+        let given = parse(&["--client-address=203.0.113.7", "--helo=mx.customer.test"]);
+        assert_eq!(given.address.unwrap(), "203.0.113.7");
+        assert_eq!(given.helo.unwrap(), "mx.customer.test");
+        let spaced = parse(&["--client-address", "2001:db8::7", "--helo", "mx"]);
+        assert_eq!(spaced.address.unwrap(), "2001:db8::7");
+        // What Postfix's pipe passes for a locally submitted mail.
+        assert_eq!(
+            parse(&["--client-address=", "--helo="]),
+            ClientHeaders::default()
+        );
+        assert_eq!(
+            parse(&["--client-address=unknown", "--helo=unknown"]),
+            ClientHeaders::default()
+        );
+        let odd = parse(&["--client-address=-not-an-ip", "--helo=-dash.example"]);
+        assert_eq!(odd.address, None);
+        assert_eq!(
+            odd.helo.unwrap(),
+            "-dash.example",
+            "a dash after = is a value"
+        );
+        assert_eq!(odd.warnings.len(), 1, "{:?}", odd.warnings);
+        assert_eq!(parse(&[]), ClientHeaders::default());
     }
 
     #[test]

@@ -22,6 +22,7 @@ use tokio::time::Instant;
 
 use super::answer::GatewayAnswer;
 use super::args::{GatewayUrl, MailgateArgs};
+use super::client::{ClientHeaders, CLIENT_ADDRESS, CLIENT_HELO};
 use super::error::MailgateError;
 use super::token::Token;
 
@@ -64,6 +65,7 @@ pub(super) fn tls_connector(
 /// The POST to the gateway. The body is the stdin bytes as read, not a copy.
 pub(super) fn build_request(
     args: &MailgateArgs,
+    client: &ClientHeaders,
     token: &Token,
     message: Bytes,
 ) -> Request<Full<Bytes>> {
@@ -85,6 +87,12 @@ pub(super) fn build_request(
     }
     for recipient in args.all_recipients() {
         headers.append(ENVELOPE_RECIPIENT, recipient.clone());
+    }
+    if let Some(address) = &client.address {
+        headers.insert(CLIENT_ADDRESS, address.clone());
+    }
+    if let Some(helo) = &client.helo {
+        headers.insert(CLIENT_HELO, helo.clone());
     }
     request
 }

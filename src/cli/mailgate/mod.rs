@@ -23,14 +23,19 @@
 //! | 403, 422 (infected) | 77 EX_NOPERM | `5.7.1 refused by policy: ...` |
 //! | bad arguments, including a `--url` that is not http(s) | 64 EX_USAGE | (clap's message, from `main.rs`) |
 //!
-//! A Postfix `master.cf` entry (the `=` form keeps an empty bounce sender,
-//! and makes Postfix repeat `--recipient=` once per recipient):
+//! A Postfix `master.cf` entry (the `=` form keeps an empty bounce sender
+//! and an empty client, and makes Postfix repeat `--recipient=` once per
+//! recipient):
 //!
 //! ```text
 //! intake  unix  -  n  n  -  10  pipe
 //!   user=intake argv=/usr/bin/intake mailgate --url http://127.0.0.1:8080
 //!   --token-file /etc/intake/mailgate.token --sender=${sender} --recipient=${recipient}
+//!   --client-address=${client_address} --helo=${client_helo}
 //! ```
+//!
+//! `--client-address` and `--helo` (the SMTP client, for SPF) never fail a
+//! run: a value that cannot be sent is left out with a warning (`client`).
 //!
 //! Exim's `pipe` transport: the sender from its `SENDER` variable (on the
 //! command line it is tainted), `$pipe_addresses` after `--` gives the
@@ -42,7 +47,8 @@
 //!   --token-file /etc/intake/mailgate.token --sender-env SENDER -- $pipe_addresses
 //! ```
 //!
-//! The work is split by step: `args` (the command line), `stdin` (the
+//! The work is split by step: `args` (the command line), `client` (the
+//! SMTP client flags as headers), `stdin` (the
 //! message, within `--max-size`, without an mbox `From ` line), `token`
 //! (the credential), `exchange` (the one HTTP request, bounded by
 //! `--timeout`), `answer` (what the
@@ -51,6 +57,7 @@
 
 mod answer;
 mod args;
+mod client;
 mod disposition;
 mod error;
 mod exchange;
@@ -67,6 +74,7 @@ pub use disposition::{Disposition, Outcome};
 pub use error::MailgateError;
 
 use crate::cli::exit::Exit;
+use client::ClientHeaders;
 use disposition::consequence;
 use exchange::{build_request, deliver, tls_connector};
 use stdin::{read_message, without_mbox_from_line, Message};
@@ -75,7 +83,8 @@ use token::load_token;
 /// Runs `intake mailgate` and turns its outcome into the process exit code,
 /// after printing the status line (stdout) and the reason (stderr).
 pub fn main(args: MailgateArgs) -> Exit {
-    let outcome = run(&args);
+    let client = args.client_headers();
+    let outcome = run(&args, &client);
     let disposition = outcome.disposition();
     // A closed stdout or stderr must not change the exit code: the mail
     // server decides on the code, the lines only explain it.
@@ -89,12 +98,17 @@ pub fn main(args: MailgateArgs) -> Exit {
             disposition.exit.code()
         );
     }
+    // After the status line, never before: Postfix's pipe reads stdout and
+    // stderr as one stream and takes the status from its first line.
+    for warning in &client.warnings {
+        let _ = writeln!(io::stderr().lock(), "intake mailgate: warning: {warning}");
+    }
     disposition.exit
 }
 
 /// Does the work in a fixed order; each step can end the run early with
 /// its outcome.
-fn run(args: &MailgateArgs) -> Outcome {
+fn run(args: &MailgateArgs, client: &ClientHeaders) -> Outcome {
     // 1. Take the whole message off stdin first, whatever happens next: a
     //    mail server whose write fails with a broken pipe may log a
     //    misleading error, and the size verdict must not need the network.
@@ -123,7 +137,7 @@ fn run(args: &MailgateArgs) -> Outcome {
             Err(err) => return Outcome::Failed(err),
         },
     };
-    let request = build_request(args, &token, message);
+    let request = build_request(args, client, &token, message);
 
     // 3. The exchange, bounded as a whole by --timeout. A single-threaded
     //    runtime is plenty for one request and starts fast.

@@ -2,23 +2,31 @@
 //! `intake mailgate` (or any client holding the bearer token).
 //!
 //! The envelope sender and recipients, which only the mail server knows,
-//! come in `X-Intake-Envelope-Sender` and `X-Intake-Envelope-Recipient`.
+//! come in `X-Intake-Envelope-Sender` and `X-Intake-Envelope-Recipient`;
+//! the SMTP client it took the mail from (for SPF) in
+//! `X-Intake-Client-Address` and `X-Intake-Client-Helo`. Only a holder of
+//! the bearer token gets that far, so only a trusted mail server can say
+//! who the client was; its values are checked as LMTP's XFORWARD is
+//! (src/sources/smtp_client.rs): over 255 bytes is 400, an address that is
+//! no IP address or a HELO that is no text is left out.
 
 use std::net::SocketAddr;
 
-use http::{header, Method, Request, Response, StatusCode};
+use http::{header, HeaderMap, Method, Request, Response, StatusCode};
 use hyper::body::Body as HttpBody;
 
 use super::forms::header_str;
 use super::respond::{json_response, ApiError, Body};
 use super::{read_body, AppState};
-use crate::envelope::Source;
+use crate::envelope::{SmtpClient, Source};
 use crate::parse::ParseOptions;
 use crate::route::{Answer, Refusal};
 use crate::submission::{Payload, Submission};
 
 pub const SENDER_HEADER: &str = "x-intake-envelope-sender";
 pub const RECIPIENT_HEADER: &str = "x-intake-envelope-recipient";
+pub const CLIENT_ADDRESS_HEADER: &str = "x-intake-client-address";
+pub const CLIENT_HELO_HEADER: &str = "x-intake-client-helo";
 
 pub async fn handle<B>(
     state: &AppState,
@@ -54,6 +62,8 @@ where
     }
     let (http::request::Parts { headers, .. }, body) = request.into_parts();
     let client_key = super::idempotency::from_header(&headers, "messages")?;
+    // Checked before the body is read: a refusal costs no upload.
+    let client = smtp_client(&headers)?;
     let limit = state.messages.max_size.bytes();
     // Mail with the token counts against the memory budget too: it is
     // exempt from the per-IP cap, so nothing else bounds it. Held through
@@ -102,7 +112,7 @@ where
             sender,
             recipients,
             ip: ip.to_string(),
-            client: None,
+            client,
         };
         let mut submission = Submission::new(source, Payload::Mail(raw));
         submission.idempotency_key = Some(key);
@@ -127,4 +137,25 @@ where
         Answer::Refused(Refusal::Infected { signatures }) => Err(ApiError::Infected { signatures }),
         Answer::Refused(Refusal::Policy) => Err(ApiError::Refused),
     }
+}
+
+/// The SMTP client of `X-Intake-Client-Address` and `X-Intake-Client-Helo`;
+/// `None` when neither says anything usable.
+fn smtp_client(headers: &HeaderMap) -> Result<Option<SmtpClient>, ApiError> {
+    use crate::sources::smtp_client::{address, client, helo, MAX_VALUE};
+    let too_long = |name: &'static str| {
+        ApiError::BadHeader(format!(
+            "the {name} header is over {MAX_VALUE} bytes; send at most {MAX_VALUE}, or leave it out"
+        ))
+    };
+    let value = |name: &str| headers.get(name).map(|v| v.as_bytes().trim_ascii());
+    let ip = match value(CLIENT_ADDRESS_HEADER) {
+        Some(v) => address(v).map_err(|_| too_long("X-Intake-Client-Address"))?,
+        None => None,
+    };
+    let name = match value(CLIENT_HELO_HEADER) {
+        Some(v) => helo(v).map_err(|_| too_long("X-Intake-Client-Helo"))?,
+        None => None,
+    };
+    Ok(client(ip, name))
 }

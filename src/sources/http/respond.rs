@@ -43,6 +43,10 @@ pub enum ApiError {
     InvalidFields(Vec<FieldProblem>),
     #[error("the body cannot be read: {0}")]
     BadRequest(String),
+    /// A request header that cannot be taken as sent; the text names it
+    /// and says what to send.
+    #[error("{0}")]
+    BadHeader(String),
     #[error("a valid bearer token is required")]
     Unauthorized,
     #[error("the request took too long")]
@@ -96,7 +100,9 @@ impl ApiError {
             ApiError::OriginNotAllowed(_) | ApiError::Refused => StatusCode::FORBIDDEN,
             ApiError::UnsupportedType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::TooLarge { .. } | ApiError::TooMany(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::InvalidFields(_) | ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::InvalidFields(_) | ApiError::BadRequest(_) | ApiError::BadHeader(_) => {
+                StatusCode::BAD_REQUEST
+            }
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Timeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -117,7 +123,7 @@ impl ApiError {
             ApiError::TooLarge { .. } => "too_large",
             ApiError::TooMany(_) => "too_many_parts",
             ApiError::InvalidFields(_) => "invalid_fields",
-            ApiError::BadRequest(_) => "bad_request",
+            ApiError::BadRequest(_) | ApiError::BadHeader(_) => "bad_request",
             ApiError::Unauthorized => "unauthorized",
             ApiError::Timeout => "timeout",
             ApiError::Unavailable { .. } => "unavailable",

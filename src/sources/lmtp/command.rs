@@ -28,6 +28,11 @@ pub enum Command {
     Quit,
     Vrfy,
     Help,
+    /// Postfix's XFORWARD; `args` is everything after the verb, read by
+    /// `xforward.rs` once the session knows the client may send it.
+    Xforward {
+        args: String,
+    },
     /// A command this server knows but does not offer (STARTTLS, BDAT,
     /// AUTH, ...).
     NotImplemented,
@@ -57,6 +62,9 @@ pub fn parse(line: &[u8]) -> Result<Command, Reply> {
         "NOOP" => Ok(Command::Noop),
         "VRFY" => Ok(Command::Vrfy),
         "HELP" => Ok(Command::Help),
+        "XFORWARD" => Ok(Command::Xforward {
+            args: rest.to_owned(),
+        }),
         "STARTTLS" | "BDAT" | "AUTH" | "EXPN" | "TURN" | "ETRN" => Ok(Command::NotImplemented),
         _ => Err(Reply::new(500, "5.5.2", "command not recognized")),
     }
@@ -238,6 +246,17 @@ mod tests {
         assert_eq!(code("DATA now"), (501, "5.5.4"));
         assert_eq!(ok("VRFY bob"), Command::Vrfy);
         assert_eq!(ok("STARTTLS"), Command::NotImplemented);
+        assert_eq!(
+            ok("xforward ADDR=192.0.2.1  HELO=mx.example "),
+            Command::Xforward {
+                args: "ADDR=192.0.2.1  HELO=mx.example".into()
+            }
+        );
+        assert_eq!(
+            ok("XFORWARD"),
+            Command::Xforward { args: "".into() },
+            "refused by the session (501), after it checked who sends it"
+        );
         assert_eq!(code("XYZZY"), (500, "5.5.2"));
         assert_eq!(code(""), (500, "5.5.2"));
         assert_eq!(parse(b"\xff\xfe").unwrap_err().code, 500);

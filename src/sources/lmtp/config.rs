@@ -1,8 +1,9 @@
 //! `[lmtp]`: the LMTP listener a mail server delivers into (RFC 2033).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
+use ipnet::IpNet;
 use serde::Deserialize;
 
 use crate::units::{ByteSize, HumanDuration};
@@ -66,6 +67,14 @@ pub struct LmtpConfig {
     /// The time a message has before `min_data_rate` applies.
     #[serde(default = "default_data_rate_grace")]
     pub data_rate_grace: HumanDuration,
+    /// Networks whose mail servers may tell, with `XFORWARD` (Postfix's
+    /// `lmtp_send_xforward_command = yes`), which SMTP client they took a
+    /// mail from; the LHLO answer offers it only to them, and anyone else
+    /// who sends it gets 550 5.7.0. SPF trusts that address: a client
+    /// outside these networks could name any address and pass. Loopback
+    /// by default; empty turns XFORWARD off.
+    #[serde(default = "default_xforward_from")]
+    pub xforward_from: Vec<IpNet>,
 }
 
 impl LmtpConfig {
@@ -79,6 +88,14 @@ impl LmtpConfig {
             return false;
         };
         self.domains.iter().any(|d| d.eq_ignore_ascii_case(domain))
+    }
+
+    /// Whether a client at `peer` may send XFORWARD (`xforward_from`). An
+    /// IPv4 client of a dual-stack listener (`::ffff:127.0.0.1`) is
+    /// checked as the IPv4 address it is.
+    pub fn trusts_xforward(&self, peer: IpAddr) -> bool {
+        let peer = peer.to_canonical();
+        self.xforward_from.iter().any(|net| net.contains(&peer))
     }
 }
 
@@ -161,6 +178,12 @@ fn default_min_data_rate() -> ByteSize {
 fn default_data_rate_grace() -> HumanDuration {
     HumanDuration(Duration::from_secs(30))
 }
+fn default_xforward_from() -> Vec<IpNet> {
+    vec![
+        IpNet::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8).expect("a valid prefix"),
+        IpNet::from(IpAddr::V6(Ipv6Addr::LOCALHOST)),
+    ]
+}
 
 #[cfg(test)]
 mod tests {
@@ -219,6 +242,37 @@ mod tests {
         assert!(!c.accepts("support@other.example"));
         assert!(!c.accepts("support"));
         assert!(c.accepts("Postmaster"));
+    }
+
+    #[test]
+    fn xforward_is_trusted_from_loopback_by_default_and_can_be_off() {
+        let c = config(&[]);
+        for peer in ["127.0.0.1", "127.8.9.10", "::1", "::ffff:127.0.0.1"] {
+            assert!(c.trusts_xforward(peer.parse().unwrap()), "{peer}");
+        }
+        for peer in ["192.0.2.1", "::ffff:192.0.2.1", "2001:db8::1"] {
+            assert!(!c.trusts_xforward(peer.parse().unwrap()), "{peer}");
+        }
+        let mx: LmtpConfig = toml::from_str(
+            "listen = \"[::]:2424\"\nxforward_from = [\"192.0.2.0/24\", \"2001:db8::/32\"]",
+        )
+        .unwrap();
+        assert!(mx.trusts_xforward("192.0.2.25".parse().unwrap()));
+        assert!(mx.trusts_xforward("::ffff:192.0.2.25".parse().unwrap()));
+        assert!(mx.trusts_xforward("2001:db8::25".parse().unwrap()));
+        assert!(
+            !mx.trusts_xforward("127.0.0.1".parse().unwrap()),
+            "the list replaces loopback"
+        );
+        let off: LmtpConfig =
+            toml::from_str("listen = \"127.0.0.1:1\"\nxforward_from = []").unwrap();
+        assert!(!off.trusts_xforward("127.0.0.1".parse().unwrap()));
+        let err = toml::from_str::<LmtpConfig>(
+            "listen = \"127.0.0.1:1\"\nxforward_from = [\"localhost\"]",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("xforward_from"), "{err}");
     }
 
     #[test]

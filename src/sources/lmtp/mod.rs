@@ -11,6 +11,7 @@
 //! | `config.rs` | the `[lmtp]` section |
 //! | `wire.rs` | bytes to command lines and to the message (CRLF only, dot-unstuffing, limits) |
 //! | `command.rs` | command lines to commands |
+//! | `xforward.rs` | Postfix's `XFORWARD`: the SMTP client behind the mail server |
 //! | `session.rs` | one connection's conversation |
 //! | `reply.rs` | replies, and the mapping from pipeline outcome to reply |
 
@@ -19,6 +20,7 @@ pub mod config;
 mod reply;
 mod session;
 mod wire;
+mod xforward;
 
 use std::future::Future;
 use std::sync::Arc;

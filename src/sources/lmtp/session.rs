@@ -7,6 +7,8 @@
 //! The session tells the connection registry its phase (waiting for a
 //! command, DATA, storing); a session the registry sheds to make room is
 //! told 421 and closed, except while its message is being stored.
+//! XFORWARD is offered and taken only from `lmtp.xforward_from`; what it
+//! says belongs to the transaction that follows and goes with it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use super::command::{self, Command};
 use super::reply::{self, Reply, Verdict};
 use super::wire::{self, Data, Line};
+use super::xforward::{self, Forwarded};
 use super::Shared;
 use crate::budget::Metered;
 use crate::envelope::Source;
@@ -28,7 +31,9 @@ use crate::parse::ParseOptions;
 use crate::sources::connections::{Conn, Counted, Phase, Slot};
 use crate::submission::{Payload, Submission};
 use crate::telemetry::events::emit;
-use crate::telemetry::events::lmtp::{CommandError, Message, MessageHandled, Recipient, TimedOut};
+use crate::telemetry::events::lmtp::{
+    CommandError, Message, MessageHandled, Recipient, TimedOut, XforwardRefused,
+};
 
 /// The longest command line (RFC 5321 4.5.3.1.4 says 512 with CRLF; MAIL
 /// parameters may extend it, RFC 1869, so some room above).
@@ -61,6 +66,8 @@ struct Transaction {
     size: Option<u64>,
     /// The recipients accepted so far, in order.
     recipients: Vec<String>,
+    /// What XFORWARD said about the SMTP client, before MAIL.
+    client: Forwarded,
 }
 
 /// What to do after a command.
@@ -78,6 +85,8 @@ pub struct Session<'a> {
     writer: BufWriter<WriteHalf<'a>>,
     /// LHLO seen: MAIL is allowed.
     greeted: bool,
+    /// The peer is in `lmtp.xforward_from`: XFORWARD is offered and taken.
+    xforward: bool,
     transaction: Transaction,
     errors: u32,
 }
@@ -99,6 +108,7 @@ pub async fn run(
         conn,
         writer: BufWriter::new(write),
         greeted: false,
+        xforward: shared.config.trusts_xforward(peer.ip()),
         transaction: Transaction::default(),
         errors: 0,
     };
@@ -194,17 +204,18 @@ impl Session<'_> {
             Command::Lhlo => {
                 self.greeted = true;
                 self.transaction = Transaction::default();
-                Reply::multiline(
-                    250,
-                    vec![
-                        config.hostname.clone(),
-                        "PIPELINING".into(),
-                        "ENHANCEDSTATUSCODES".into(),
-                        "8BITMIME".into(),
-                        "SMTPUTF8".into(),
-                        format!("SIZE {}", config.max_size.bytes()),
-                    ],
-                )
+                let mut lines = vec![
+                    config.hostname.clone(),
+                    "PIPELINING".into(),
+                    "ENHANCEDSTATUSCODES".into(),
+                    "8BITMIME".into(),
+                    "SMTPUTF8".into(),
+                    format!("SIZE {}", config.max_size.bytes()),
+                ];
+                if self.xforward {
+                    lines.push(xforward::announcement());
+                }
+                Reply::multiline(250, lines)
             }
             Command::SmtpGreeting => {
                 return self
@@ -293,6 +304,7 @@ impl Session<'_> {
                 "2.0.0",
                 "LHLO MAIL RCPT DATA RSET NOOP QUIT VRFY (RFC 2033)",
             ),
+            Command::Xforward { args } => return self.xforward(&args).await,
             Command::NotImplemented => {
                 return self
                     .refuse(Reply::new(502, "5.5.1", "command not implemented"))
@@ -301,6 +313,46 @@ impl Session<'_> {
         };
         self.send(&reply).await?;
         Ok(Next::Continue)
+    }
+
+    /// XFORWARD: refused to a peer outside `lmtp.xforward_from` (550,
+    /// before its arguments are even read: a forged client address is
+    /// what SPF would believe), and after MAIL (503: the client of a
+    /// transaction is said before it starts, as Postfix's smtpd wants).
+    async fn xforward(&mut self, args: &str) -> std::io::Result<Next> {
+        let peer = self.peer.ip().to_canonical();
+        if !self.xforward {
+            emit(XforwardRefused { peer });
+            return self
+                .refuse(Reply::new(
+                    550,
+                    "5.7.0",
+                    format!("XFORWARD not allowed from {peer}"),
+                ))
+                .await;
+        }
+        if !self.greeted {
+            return self
+                .refuse(Reply::new(503, "5.5.1", "send LHLO first"))
+                .await;
+        }
+        if self.transaction.sender.is_some() {
+            return self
+                .refuse(Reply::new(
+                    503,
+                    "5.5.1",
+                    "XFORWARD comes before MAIL; RSET first",
+                ))
+                .await;
+        }
+        match self.transaction.client.with(args) {
+            Ok(client) => {
+                self.transaction.client = client;
+                self.send(&Reply::new(250, "2.0.0", "ok")).await?;
+                Ok(Next::Continue)
+            }
+            Err(refusal) => self.refuse(refusal).await,
+        }
     }
 
     /// DATA: 354, the message, then one reply per accepted recipient.
@@ -445,7 +497,7 @@ impl Session<'_> {
             sender: transaction.sender.clone().unwrap_or_default(),
             recipients: transaction.recipients.clone(),
             ip: self.peer.ip().to_string(),
-            client: None,
+            client: transaction.client.client(),
         };
         let size = message.len();
         let options = ParseOptions {

@@ -1,7 +1,7 @@
 //! Events of the LMTP listener: connections, recipients, messages and the
 //! limits that closed a session.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use super::{log_now, Event};
@@ -88,5 +88,21 @@ pub struct CommandError;
 impl Event for CommandError {
     fn emit(self) {
         metrics::counter!("intake_lmtp_command_errors_total").increment(1);
+    }
+}
+
+/// An XFORWARD from a peer outside `lmtp.xforward_from`, refused 550: a
+/// mail server missing from the list (its mail loses the client SPF
+/// checks) or someone trying to pass as another client. Counted as a
+/// command error; logged here, at most once a minute per kind.
+pub struct XforwardRefused {
+    pub peer: IpAddr,
+}
+
+impl Event for XforwardRefused {
+    fn emit(self) {
+        if let Some(suppressed) = log_now("lmtp-xforward-refused") {
+            tracing::warn!(peer = %self.peer, suppressed, "LMTP XFORWARD refused: the peer is not in lmtp.xforward_from");
+        }
     }
 }
