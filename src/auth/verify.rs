@@ -89,11 +89,15 @@ impl Verifier {
         let helo = smtp.helo.as_deref().unwrap_or_default();
         let spf = async {
             let ip = smtp.client?;
+            // The MAIL FROM identity, which DMARC aligns; the HELO
+            // identity only for a bounce, which has none (RFC 7208 2.4).
             let params = match (mail_from.is_empty(), helo.is_empty()) {
-                (false, false) => SpfParameters::verify(ip, helo, &self.host, mail_from),
-                (false, true) => {
-                    SpfParameters::verify_mail_from(ip, "unknown", &self.host, mail_from)
-                }
+                (false, _) => SpfParameters::verify_mail_from(
+                    ip,
+                    if helo.is_empty() { "unknown" } else { helo },
+                    &self.host,
+                    mail_from,
+                ),
                 (true, false) => SpfParameters::verify_ehlo(ip, helo, &self.host),
                 (true, true) => return None,
             };
@@ -126,6 +130,10 @@ impl Verifier {
             ))
             .await;
 
+        eprintln!(
+            "DBG dkim {:?}",
+            dkim.iter().map(|o| o.result()).collect::<Vec<_>>()
+        );
         let dkim_checks = dkim
             .iter()
             .map(|out| DkimCheck {
@@ -185,6 +193,12 @@ fn arc_check(arc: &mail_auth::ArcOutput<'_>) -> Option<ArcCheck> {
 fn dkim_result(result: &DkimResult) -> AuthResult {
     match result {
         DkimResult::Pass => AuthResult::Pass,
+        // A body that no longer matches its signed hash is a signature
+        // that does not verify: `fail` (RFC 6376 6.1.3), though mail-auth
+        // files it as neutral.
+        DkimResult::Neutral(mail_auth::Error::Dkim(
+            mail_auth::dkim::DkimError::FailedBodyHashMatch,
+        )) => AuthResult::Fail,
         DkimResult::Neutral(_) => AuthResult::Neutral,
         DkimResult::Fail(_) => AuthResult::Fail,
         DkimResult::PermError(_) => AuthResult::Permerror,
