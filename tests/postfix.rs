@@ -266,16 +266,20 @@ async fn postfix_passes_the_smtp_client_on_over_lmtp_with_xforward() {
         "the shipped main.cf, which this instance runs, turns XFORWARD on"
     );
     let lmtp_port = free_port();
+    // SPF against the dev DNS, where customer.test allows 127.0.0.1.
+    let dns = std::env::var("INTAKE_TEST_DNS").unwrap_or_else(|_| "127.0.0.1:15353".into());
     let gw = Gateway::start_with(
         "postfix_xforward",
         &redis_url(),
-        &format!("[lmtp]\nlisten = \"127.0.0.1:{lmtp_port}\"\ndomains = [\"{DOMAIN}\"]\n"),
+        &format!(
+            "[lmtp]\nlisten = \"127.0.0.1:{lmtp_port}\"\ndomains = [\"{DOMAIN}\"]\n\n[auth]\nnameservers = [\"{dns}\"]\n"
+        ),
     )
     .await;
     let postfix = PrivatePostfix::start_with_smtpd(Delivery::Lmtp { port: lmtp_port }, free_port());
     postfix.submit_smtp(
         CUSTOMER_HELO,
-        "ann@example.com",
+        "ann@customer.test",
         &[&format!("support@{DOMAIN}")],
         &mail("postfix-xforward"),
     );
@@ -289,6 +293,16 @@ async fn postfix_passes_the_smtp_client_on_over_lmtp_with_xforward() {
         env["source"]["client"],
         serde_json::json!({ "address": "127.0.0.1", "helo": CUSTOMER_HELO }),
         "Postfix's XFORWARD named the SMTP client it took the mail from"
+    );
+    assert_eq!(
+        env["auth"]["spf"],
+        serde_json::json!({
+            "result": "pass",
+            "domain": "customer.test",
+            "client_address": "127.0.0.1",
+            "helo": CUSTOMER_HELO,
+        }),
+        "that client is what SPF checked"
     );
     postfix.wait_queue("delivery finished", is_empty);
     let log = postfix.log();
