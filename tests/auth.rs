@@ -600,3 +600,140 @@ async fn a_forged_flood_in_a_customers_name_leaves_their_own_next_mail_on_the_de
     assert_eq!(ids.len(), 201);
     gw.stop().await;
 }
+
+/// Runs the intake binary with `args` and `stdin`; its exit code and output.
+async fn intake(args: Vec<String>, stdin: String) -> (i32, String) {
+    tokio::task::spawn_blocking(move || {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_intake"))
+            .args(&args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write as _;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn rules_explain_shows_the_verdicts_and_the_rule_they_trigger() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("intake.toml");
+    // Only [auth] is read: the rest of a gateway config may name secrets
+    // this machine does not have.
+    std::fs::write(
+        &config,
+        format!(
+            "[redis]\nurl = \"redis://nowhere:1\"\n[messages]\ntoken = {{ file = \"/no/such/file\" }}\n{}",
+            auth_config(&dns(), "")
+        ),
+    )
+    .unwrap();
+    let rules = repo().join("rules").display().to_string();
+    let args = |client: &str| {
+        vec![
+            "rules".to_string(),
+            "explain".into(),
+            "--rules".into(),
+            rules.clone(),
+            "--config".into(),
+            config.display().to_string(),
+            "--envelope-sender".into(),
+            "ann@customer.test".into(),
+            format!("--client-address={client}"),
+        ]
+    };
+    let forged = mail("ann@customer.test", "Pay now", "Urgent");
+    let (code, out) = intake(args("203.0.113.9"), forged).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("dmarc           fail customer.test policy reject"),
+        "{out}"
+    );
+    assert!(out.contains("aligned_from    false"), "{out}");
+    assert!(
+        out.contains("result: quarantine by dmarc-fail-enforced"),
+        "{out}"
+    );
+
+    let signed = sign(&mail("ann@customer.test", "My order", "Where is it?"), &[]).await;
+    let (code, out) = intake(args("127.0.0.1"), signed).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("dkim            pass d=customer.test s=dev"),
+        "{out}"
+    );
+    assert!(out.contains("aligned_from    true"), "{out}");
+    assert!(
+        out.contains("key    verified_sender=ann@customer.test\n"),
+        "{out}"
+    );
+    assert!(!out.contains("dmarc-fail-enforced"), "{out}");
+
+    // Without --config nothing is checked, and explain says so.
+    let (_, out) = intake(
+        vec![
+            "rules".into(),
+            "explain".into(),
+            "--rules".into(),
+            rules.clone(),
+        ],
+        mail("ann@customer.test", "x", "y"),
+    )
+    .await;
+    assert!(out.contains("not checked (give --config"), "{out}");
+
+    // Replay offline reads only the recorded trusted headers.
+    let archive = dir.path().join("archive");
+    std::fs::create_dir_all(&archive).unwrap();
+    std::fs::write(
+        archive.join("1.eml"),
+        format!(
+            "Authentication-Results: mx.shop.test; dmarc=fail policy.dmarc=reject header.from=customer.test\r\n{}",
+            mail("ann@customer.test", "Forged", "Pay")
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        archive.join("2.eml"),
+        format!(
+            "Authentication-Results: mx.shop.test; dkim=pass header.d=customer.test; dmarc=pass header.from=customer.test\r\n{}",
+            mail("ann@customer.test", "Real", "Hello")
+        ),
+    )
+    .unwrap();
+    let (code, out) = intake(
+        vec![
+            "replay".into(),
+            "--rules".into(),
+            rules,
+            "--config".into(),
+            config.display().to_string(),
+            "--recorded-auth".into(),
+            archive.display().to_string(),
+        ],
+        String::new(),
+    )
+    .await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("dmarc=fail                      1"), "{out}");
+    assert!(out.contains("dmarc=pass                      1"), "{out}");
+    assert!(out.contains("quarantined           1"), "{out}");
+}

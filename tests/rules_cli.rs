@@ -88,7 +88,8 @@ fn explain_shows_matching_rules_keys_and_the_normalized_sender() {
         "normalized: {stdout}"
     );
     assert!(
-        stdout.contains("one-customer-mail") && stdout.contains("key    sender=ann@example.com"),
+        stdout.contains("one-customer-mail")
+            && stdout.contains("key    verified_sender=ann@example.com"),
         "{stdout}"
     );
     assert!(
@@ -292,7 +293,10 @@ fn explain_lists_every_identity_with_its_origins_and_key_and_a_bucket_per_key() 
         .nth(1)
         .and_then(|rest| rest.split("\n  domain-flood ").next())
         .unwrap_or_else(|| panic!("one-customer-mail is explained: {stdout}"));
-    for key in ["sender=decoy@x.example", "sender=bounce@mailer.example"] {
+    for key in [
+        "verified_sender=decoy@x.example",
+        "verified_sender=bounce@mailer.example",
+    ] {
         assert!(
             rule.contains(&format!("    key    {key}\n    bucket ")),
             "a key and a bucket for each identity ({key}): {stdout}"

@@ -113,6 +113,29 @@ impl crate::validate::Validate for AuthConfig {
     }
 }
 
+impl AuthConfig {
+    /// The `[auth]` table of a gateway config file, checked; `None` when
+    /// the file has none. Only that table is read, so `intake rules
+    /// explain` and `intake replay` need none of the file's secrets.
+    pub fn from_gateway_config(path: &std::path::Path) -> Result<Option<AuthConfig>, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let mut table: toml::Table =
+            toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        let Some(auth) = table.remove("auth") else {
+            return Ok(None);
+        };
+        let config: AuthConfig = auth
+            .try_into()
+            .map_err(|e| format!("{}: [auth]: {e}", path.display()))?;
+        let problems = crate::validate::problems_of(&config, "auth");
+        if !problems.is_empty() {
+            return Err(format!("{}: {}", path.display(), problems.join("; ")));
+        }
+        Ok(Some(config))
+    }
+}
+
 fn is_hostname(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 253

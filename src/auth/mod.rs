@@ -48,16 +48,6 @@ impl std::fmt::Debug for Authenticator {
     }
 }
 
-/// How a mail's own verification may be replaced, for `intake replay`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// As configured.
-    Configured,
-    /// Trusted `Authentication-Results` headers only: no DNS (replaying an
-    /// archive offline).
-    RecordedOnly,
-}
-
 impl Authenticator {
     pub fn new(config: AuthConfig) -> Result<Authenticator, SetupError> {
         let verifier = config.verify.then(|| Verifier::new(&config)).transpose()?;
@@ -74,6 +64,69 @@ impl Authenticator {
 
     pub fn config(&self) -> &AuthConfig {
         &self.config
+    }
+
+    /// The verdicts as lines for people (`intake rules explain`).
+    pub fn describe(auth: &Auth) -> Vec<(&'static str, String)> {
+        let or_dash = |v: Option<&str>| v.unwrap_or("-").to_string();
+        let mut lines = vec![(
+            "from",
+            match (&auth.from, &auth.authserv_id) {
+                (AuthOrigin::Verified, _) => "verified here".to_string(),
+                (AuthOrigin::TrustedHeader, Some(id)) => format!("trusted header of {id}"),
+                (AuthOrigin::TrustedHeader, None) => "no trusted header".to_string(),
+            },
+        )];
+        if auth.dkim.is_empty() {
+            lines.push(("dkim", "none (no signature)".into()));
+        }
+        for d in &auth.dkim {
+            lines.push((
+                "dkim",
+                format!(
+                    "{} d={} s={}",
+                    d.result,
+                    or_dash(d.domain.as_deref()),
+                    or_dash(d.selector.as_deref())
+                ),
+            ));
+        }
+        lines.push((
+            "spf",
+            auth.spf.as_ref().map_or("not checked".into(), |s| {
+                format!(
+                    "{} {} (client {}, helo {})",
+                    s.result,
+                    or_dash(s.domain.as_deref()),
+                    or_dash(s.client_address.as_deref()),
+                    or_dash(s.helo.as_deref())
+                )
+            }),
+        ));
+        lines.push((
+            "dmarc",
+            auth.dmarc.as_ref().map_or("not checked".into(), |d| {
+                format!(
+                    "{} {} policy {}",
+                    d.result,
+                    or_dash(d.domain.as_deref()),
+                    d.policy.map_or("-", |p| p.name())
+                )
+            }),
+        ));
+        if let Some(arc) = &auth.arc {
+            lines.push((
+                "arc",
+                format!("{} sealer {}", arc.result, or_dash(arc.sealer.as_deref())),
+            ));
+        }
+        lines.push(("aligned_from", auth.aligned_from.to_string()));
+        lines.push(("auth_domain", or_dash(auth.authenticated_domain.as_deref())));
+        lines.push(("own_domain", auth.own_domain.to_string()));
+        for note in &auth.notes {
+            lines.push(("note", note.clone()));
+        }
+        lines
     }
 
     /// Fills `envelope.auth` of a mail from its `raw` bytes, and puts

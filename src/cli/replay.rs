@@ -37,6 +37,18 @@ pub struct ReplayArgs {
     /// How many of the most throttled senders to list.
     #[arg(long, default_value_t = 10)]
     top: usize,
+    /// The gateway's config file: with an `[auth]` table each mail is
+    /// checked as the gateway would (DKIM, SPF by the trusted `Received:`
+    /// header, DMARC, ARC, against its DNS) and the rules see the
+    /// verdicts.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// With --config: no DNS; only the trusted `Authentication-Results`
+    /// headers the mails carry (`auth.trusted_authserv_ids`), so an
+    /// archive replays offline. DKIM keys change and records come and go:
+    /// a month-old mail checked today may not verify as it did.
+    #[arg(long, requires = "config")]
+    recorded_auth: bool,
 }
 
 /// Counts per rule.
@@ -53,6 +65,25 @@ pub fn main(args: ReplayArgs) -> Exit {
         Ok(set) => set,
         Err(e) => return fail(Exit::Failure, format!("the rules do not load:\n{e}")),
     };
+    let auth = match args
+        .config
+        .as_deref()
+        .map(crate::auth::AuthConfig::from_gateway_config)
+        .transpose()
+    {
+        Ok(config) => config.flatten(),
+        Err(e) => return fail(Exit::Config, e),
+    };
+    let auth = match auth.map(crate::auth::Authenticator::new).transpose() {
+        Ok(a) => a.map(|a| {
+            if args.recorded_auth {
+                a.recorded_only()
+            } else {
+                a
+            }
+        }),
+        Err(e) => return fail(Exit::Config, e),
+    };
     let messages = match read_archive(&args.archive) {
         Ok(m) => m,
         Err(e) => return fail(Exit::NoInput, format!("{}: {e}", args.archive.display())),
@@ -61,7 +92,7 @@ pub fn main(args: ReplayArgs) -> Exit {
         .enable_all()
         .build()
         .expect("runtime");
-    let report = runtime.block_on(replay(set, messages));
+    let report = runtime.block_on(replay(set, messages, auth));
     print!("{}", report.render(&args.archive, args.top));
     Exit::Ok
 }
@@ -77,9 +108,16 @@ pub struct Report {
     throttled: HashMap<String, u64>,
     /// Items folded by dedupe, by kind.
     dedupe: BTreeMap<String, u64>,
+    /// Authentication verdicts (`dmarc=fail`, `aligned_from=true`), with
+    /// --config.
+    auth: BTreeMap<String, u64>,
 }
 
-async fn replay(set: RuleSet, raws: Vec<Bytes>) -> Report {
+async fn replay(
+    set: RuleSet,
+    raws: Vec<Bytes>,
+    auth: Option<crate::auth::Authenticator>,
+) -> Report {
     // Parse, then order by the messages' own dates: rates are about time.
     let mut messages = Vec::with_capacity(raws.len());
     let mut unreadable = 0;
@@ -135,6 +173,7 @@ async fn replay(set: RuleSet, raws: Vec<Bytes>) -> Report {
         rules: Vec::new(),
         throttled: HashMap::new(),
         dedupe: BTreeMap::new(),
+        auth: BTreeMap::new(),
     };
     let mut elapsed = Duration::ZERO;
     let start = report.first;
@@ -146,6 +185,24 @@ async fn replay(set: RuleSet, raws: Vec<Bytes>) -> Report {
             if at > elapsed {
                 clock.advance(at - elapsed);
                 elapsed = at;
+            }
+        }
+        if let Some(auth) = &auth {
+            let raw = message
+                .scan_targets
+                .iter()
+                .find(|t| t.whole_message)
+                .map(|t| t.data.clone())
+                .unwrap_or_default();
+            auth.authenticate(&mut message.envelope, &raw).await;
+            if let Some(verdicts) = &message.envelope.auth {
+                let dmarc = verdicts.dmarc.as_ref().map_or("none", |d| d.result.name());
+                for key in [
+                    format!("dmarc={dmarc}"),
+                    format!("aligned_from={}", verdicts.aligned_from),
+                ] {
+                    *report.auth.entry(key).or_default() += 1;
+                }
             }
         }
         let sender = Facts::of(&message.envelope)
@@ -272,6 +329,12 @@ impl Report {
             );
         }
         let _ = writeln!(out, "(* shadow: counted, not done; `over` = past its quota, `acted` = its action was the verdict)");
+        if !self.auth.is_empty() {
+            let _ = writeln!(out, "\n{:<24} {:>8}", "authentication", "items");
+            for (verdict, n) in &self.auth {
+                let _ = writeln!(out, "{verdict:<24} {n:>8}");
+            }
+        }
         let mut throttled: Vec<(&String, &u64)> = self.throttled.iter().collect();
         throttled.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
         if !throttled.is_empty() {

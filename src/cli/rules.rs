@@ -32,7 +32,7 @@ pub enum RulesCommand {
     /// Which rules an item would match, their keys and buckets, and the
     /// resulting action. Without --sender, --ip or --form, reads a raw
     /// message on stdin.
-    Explain(ExplainArgs),
+    Explain(Box<ExplainArgs>),
 }
 
 #[derive(Args)]
@@ -62,12 +62,24 @@ pub struct ExplainArgs {
     /// The gateway's `redis.prefix`.
     #[arg(long, default_value = "intake")]
     prefix: String,
+    /// The gateway's config file: with an `[auth]` table the mail is
+    /// checked (DKIM, SPF, DMARC, ARC, against its DNS) and the rules see
+    /// the verdicts, as the gateway's would.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// The SMTP client the mail came from, for SPF (what XFORWARD or
+    /// mailgate's --client-address would say).
+    #[arg(long, value_name = "ADDR")]
+    client_address: Option<String>,
+    /// That client's HELO name, for SPF.
+    #[arg(long, value_name = "NAME")]
+    helo: Option<String>,
 }
 
 pub fn main(command: RulesCommand) -> Exit {
     match command {
         RulesCommand::Check { dir } => check(&dir),
-        RulesCommand::Explain(args) => explain(args),
+        RulesCommand::Explain(args) => explain(*args),
     }
 }
 
@@ -153,7 +165,12 @@ fn message(args: &ExplainArgs) -> Result<Message, String> {
             sender: args.envelope_sender.clone(),
             recipients: args.mailbox.iter().cloned().collect(),
             ip,
-            client: None,
+            client: (args.client_address.is_some() || args.helo.is_some()).then(|| {
+                crate::envelope::SmtpClient {
+                    address: args.client_address.clone(),
+                    helo: args.helo.clone(),
+                }
+            }),
         },
         Payload::Mail(Bytes::from(raw)),
     );
@@ -172,7 +189,16 @@ fn explain(args: ExplainArgs) -> Exit {
         Ok(set) => set,
         Err(e) => return fail(Exit::Failure, format!("the rules do not load:\n{e}")),
     };
-    let message = match message(&args) {
+    let auth = match args
+        .config
+        .as_deref()
+        .map(crate::auth::AuthConfig::from_gateway_config)
+        .transpose()
+    {
+        Ok(config) => config.flatten(),
+        Err(e) => return fail(Exit::Config, e),
+    };
+    let mut message = match message(&args) {
         Ok(m) => m,
         Err(e) => return fail(Exit::NoInput, e),
     };
@@ -201,6 +227,19 @@ fn explain(args: ExplainArgs) -> Exit {
             None => None,
         };
         let guard = Guard::new(set.clone(), None, store, LimiterClock::Live);
+        if let Some(config) = auth {
+            let authenticator = match crate::auth::Authenticator::new(config) {
+                Ok(a) => a,
+                Err(e) => return fail(Exit::Config, e),
+            };
+            let raw = message
+                .scan_targets
+                .iter()
+                .find(|t| t.whole_message)
+                .map(|t| t.data.clone())
+                .unwrap_or_default();
+            authenticator.authenticate(&mut message.envelope, &raw).await;
+        }
         let facts = Facts::of(&message.envelope);
         println!("item:");
         println!("  channel         {:?}", facts.channel);
@@ -237,6 +276,18 @@ fn explain(args: ExplainArgs) -> Exit {
             }
         );
         println!("  auto_submitted  {}", facts.auto_submitted);
+        match &message.envelope.auth {
+            Some(auth) => {
+                println!("\nauthentication:");
+                for (what, text) in crate::auth::Authenticator::describe(auth) {
+                    println!("  {what:<15} {text}");
+                }
+            }
+            None if message.envelope.channel == crate::envelope::Channel::Email => {
+                println!("\nauthentication:  not checked (give --config with an [auth] table)")
+            }
+            None => {}
+        }
         if let Some(list) = set.block.iter().find(|l| l.blocks(&facts)) {
             println!(
                 "\nblock list {}: refused (forms 403; mail kept in suppressed)",
@@ -271,9 +322,10 @@ fn explain(args: ExplainArgs) -> Exit {
                 },
                 rule.quota_text(),
             );
+            // A rule without a quota acts on every item it matches.
+            let mut over = rule.quota.is_none();
             // One bucket per identity; the rule acts when any is over.
-            let mut over = false;
-            for key in rule.keys_of(&facts) {
+            for key in rule.keys_of(&facts).into_iter().filter(|_| rule.quota.is_some()) {
                 let state = match guard.limiters().peek(rule, &key).await {
                     Ok(Some(s)) => match s.retry_after {
                         Some(t) => {

@@ -84,11 +84,17 @@ fn check_set(set: &RuleSet) {
             set.rules[..i].iter().all(|r| r.name != rule.name),
             "names are unique"
         );
-        assert!(!rule.key.is_empty() && rule.burst >= 1 && rule.max_keys >= 1);
+        assert!(rule.max_keys >= 1);
         assert!(rule.ipv4_prefix <= 32 && rule.ipv6_prefix <= 128);
-        assert!(rule.rate.count >= 1 && !rule.rate.per.is_zero());
-        // A rate reads back from how it is shown (`intake rules explain`).
-        assert_eq!(Rate::parse(&rule.rate.to_string()), Ok(rule.rate));
+        // A rule counts by a key and a quota, or acts on every item with
+        // neither.
+        assert_eq!(rule.key.is_empty(), rule.quota.is_none());
+        if let Some(quota) = rule.quota {
+            assert!(quota.burst >= 1);
+            assert!(quota.rate.count >= 1 && !quota.rate.per.is_zero());
+            // A rate reads back from how it is shown (`intake rules explain`).
+            assert_eq!(Rate::parse(&quota.rate.to_string()), Ok(quota.rate));
+        }
         assert!(!rule.quota_text().is_empty());
     }
     for list in set.allow.iter().chain(&set.block) {
