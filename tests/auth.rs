@@ -737,3 +737,33 @@ async fn rules_explain_shows_the_verdicts_and_the_rule_they_trigger() {
     assert!(out.contains("dmarc=pass                      1"), "{out}");
     assert!(out.contains("quarantined           1"), "{out}");
 }
+
+#[tokio::test]
+async fn checks_that_outlast_the_deadline_are_temperror_and_the_mail_is_stored() {
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    // Each query would wait 5 x 200ms; the mail's checks get 300ms.
+    let config = auth_config(&silent.local_addr().unwrap().to_string(), "").replace(
+        "timeout = \"500ms\"\nattempts = 1",
+        "timeout = \"200ms\"\nattempts = 5\ndeadline = \"300ms\"",
+    );
+    assert!(config.contains("deadline"));
+    let gw = Gateway::start_with("auth_deadline", &redis_url(), &config).await;
+    let id = post(
+        &gw,
+        &mail("ann@customer.test", "Slow DNS", "hi"),
+        "ann@customer.test",
+        Some("127.0.0.1"),
+    )
+    .await;
+    let (stream, envelope) = stored(&gw, &id).await;
+    let auth = auth_of(&envelope);
+    assert_eq!(auth["spf"]["result"], "temperror", "{auth}");
+    assert_eq!(auth["dmarc"]["result"], "temperror");
+    assert!(
+        auth["notes"].to_string().contains("auth.deadline"),
+        "{auth}"
+    );
+    assert_eq!(stream, "desk");
+    drop(silent);
+    gw.stop().await;
+}

@@ -33,6 +33,11 @@ pub struct AuthConfig {
     /// How often a query is sent before it is given up.
     #[serde(default = "default_attempts")]
     pub attempts: usize,
+    /// The most all of one mail's checks may take together: a mail naming
+    /// domains whose DNS is slow (a flood of forged senders, each a new
+    /// domain) is `temperror` past it, never a session held for minutes.
+    #[serde(default = "default_deadline")]
+    pub deadline: HumanDuration,
     /// Most DNS answers kept (each for its TTL); bounds the cache's memory.
     #[serde(default = "default_cache_entries")]
     pub cache_entries: u64,
@@ -86,6 +91,11 @@ impl crate::validate::Validate for AuthConfig {
         let timeout = self.timeout.0;
         if timeout < Duration::from_millis(50) || timeout > Duration::from_secs(30) {
             problems.push(format!("{at}.timeout: must be between 50ms and 30s"));
+        }
+        if self.deadline.0 < timeout || self.deadline.0 > Duration::from_secs(60) {
+            problems.push(format!(
+                "{at}.deadline: must be between {at}.timeout and 60s"
+            ));
         }
         if !(1..=5).contains(&self.attempts) {
             problems.push(format!("{at}.attempts: must be between 1 and 5"));
@@ -156,6 +166,10 @@ fn yes() -> bool {
 
 fn default_timeout() -> HumanDuration {
     HumanDuration(Duration::from_secs(2))
+}
+
+fn default_deadline() -> HumanDuration {
+    HumanDuration(Duration::from_secs(5))
 }
 
 fn default_attempts() -> usize {

@@ -178,7 +178,15 @@ impl Authenticator {
             &config.trusted_authserv_ids,
         );
         let own = match &self.verifier {
-            Some(verifier) => Some(verifier.verify(raw, &smtp_of(envelope, config)).await),
+            Some(verifier) => {
+                let smtp = smtp_of(envelope, config);
+                let checks = verifier.verify(raw, &smtp);
+                Some(
+                    tokio::time::timeout(config.deadline.0, checks)
+                        .await
+                        .unwrap_or_else(|_| past_deadline(&smtp, config)),
+                )
+            }
             None => None,
         };
         let mut auth = match (own, trusted, config.prefer) {
@@ -200,6 +208,30 @@ impl Authenticator {
         };
         settle(&mut auth, from_domain.as_deref(), config);
         auth
+    }
+}
+
+/// The verdicts of a mail whose checks ran past `auth.deadline`: not
+/// known, so `temperror`, as DNS that does not answer.
+fn past_deadline(smtp: &Smtp, config: &AuthConfig) -> Auth {
+    Auth {
+        spf: smtp.client.map(|ip| SpfCheck {
+            result: AuthResult::Temperror,
+            domain: None,
+            client_address: Some(ip.to_string()),
+            helo: smtp.helo.clone(),
+        }),
+        dmarc: Some(DmarcCheck {
+            result: AuthResult::Temperror,
+            domain: None,
+            policy: None,
+        }),
+        from: AuthOrigin::Verified,
+        notes: vec![format!(
+            "the checks took longer than auth.deadline ({})",
+            humantime::format_duration(config.deadline.0)
+        )],
+        ..Auth::default()
     }
 }
 
