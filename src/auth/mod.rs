@@ -54,6 +54,15 @@ impl Authenticator {
         Ok(Authenticator { config, verifier })
     }
 
+    /// The `[auth]` of a gateway config file, ready to check mail; `None`
+    /// when the file has no such table (`intake rules explain --config`,
+    /// `intake replay --config`).
+    pub fn from_gateway_config(path: &std::path::Path) -> Result<Option<Authenticator>, String> {
+        AuthConfig::from_gateway_config(path)?
+            .map(|config| Authenticator::new(config).map_err(|e| e.to_string()))
+            .transpose()
+    }
+
     /// The same settings without DNS: recorded headers only.
     pub fn recorded_only(&self) -> Authenticator {
         Authenticator {
@@ -127,6 +136,20 @@ impl Authenticator {
             lines.push(("note", note.clone()));
         }
         lines
+    }
+
+    /// [`Authenticator::authenticate`] for a parsed mail, from the raw
+    /// bytes it keeps for the scanner.
+    pub async fn authenticate_message(&self, message: &mut crate::parse::Message) {
+        let Some(raw) = message
+            .scan_targets
+            .iter()
+            .find(|t| t.whole_message)
+            .map(|t| t.data.clone())
+        else {
+            return;
+        };
+        self.authenticate(&mut message.envelope, &raw).await;
     }
 
     /// Fills `envelope.auth` of a mail from its `raw` bytes, and puts

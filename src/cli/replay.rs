@@ -68,14 +68,10 @@ pub fn main(args: ReplayArgs) -> Exit {
     let auth = match args
         .config
         .as_deref()
-        .map(crate::auth::AuthConfig::from_gateway_config)
+        .map(crate::auth::Authenticator::from_gateway_config)
         .transpose()
     {
-        Ok(config) => config.flatten(),
-        Err(e) => return fail(Exit::Config, e),
-    };
-    let auth = match auth.map(crate::auth::Authenticator::new).transpose() {
-        Ok(a) => a.map(|a| {
+        Ok(auth) => auth.flatten().map(|a| {
             if args.recorded_auth {
                 a.recorded_only()
             } else {
@@ -188,13 +184,7 @@ async fn replay(
             }
         }
         if let Some(auth) = &auth {
-            let raw = message
-                .scan_targets
-                .iter()
-                .find(|t| t.whole_message)
-                .map(|t| t.data.clone())
-                .unwrap_or_default();
-            auth.authenticate(&mut message.envelope, &raw).await;
+            auth.authenticate_message(&mut message).await;
             if let Some(verdicts) = &message.envelope.auth {
                 let dmarc = verdicts.dmarc.as_ref().map_or("none", |d| d.result.name());
                 for key in [

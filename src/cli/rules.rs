@@ -192,10 +192,10 @@ fn explain(args: ExplainArgs) -> Exit {
     let auth = match args
         .config
         .as_deref()
-        .map(crate::auth::AuthConfig::from_gateway_config)
+        .map(crate::auth::Authenticator::from_gateway_config)
         .transpose()
     {
-        Ok(config) => config.flatten(),
+        Ok(auth) => auth.flatten(),
         Err(e) => return fail(Exit::Config, e),
     };
     let mut message = match message(&args) {
@@ -227,18 +227,8 @@ fn explain(args: ExplainArgs) -> Exit {
             None => None,
         };
         let guard = Guard::new(set.clone(), None, store, LimiterClock::Live);
-        if let Some(config) = auth {
-            let authenticator = match crate::auth::Authenticator::new(config) {
-                Ok(a) => a,
-                Err(e) => return fail(Exit::Config, e),
-            };
-            let raw = message
-                .scan_targets
-                .iter()
-                .find(|t| t.whole_message)
-                .map(|t| t.data.clone())
-                .unwrap_or_default();
-            authenticator.authenticate(&mut message.envelope, &raw).await;
+        if let Some(auth) = &auth {
+            auth.authenticate_message(&mut message).await;
         }
         let facts = Facts::of(&message.envelope);
         println!("item:");

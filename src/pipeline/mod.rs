@@ -204,10 +204,7 @@ impl Pipeline {
         //     customer from a forgery in their name (DNS, so off the parse
         //     thread; never a reason to refuse).
         if let Some(auth) = &self.auth {
-            if let Some(raw) = message.scan_targets.iter().find(|t| t.whole_message) {
-                let raw = raw.data.clone();
-                auth.authenticate(&mut message.envelope, &raw).await;
-            }
+            auth.authenticate_message(&mut message).await;
         }
 
         // 2. Guard: cheap checks first, so a flood never costs a scan. Mail
