@@ -72,6 +72,9 @@ pub struct Config {
     /// The memory budget for bodies in flight (forms, raw mail, LMTP).
     #[serde(default)]
     pub memory: crate::budget::MemoryConfig,
+    /// Acknowledgements to customers through an SMTP relay; off without it.
+    #[serde(default)]
+    pub acknowledge: Option<crate::acknowledge::AcknowledgeConfig>,
     /// Delivery workers handing the desk to its tool, as `[[delivery]]`
     /// tables.
     #[serde(default, rename = "delivery")]
@@ -142,6 +145,9 @@ impl Config {
         for delivery in &mut self.deliveries {
             delivery.resolve_paths(base);
         }
+        if let Some(acknowledge) = &mut self.acknowledge {
+            acknowledge.resolve_paths(base);
+        }
         for secret in [
             &mut self.redis.password,
             &mut self.messages.token,
@@ -183,6 +189,9 @@ impl Config {
         }
         if let Some(auth) = &self.auth {
             auth.validate("auth", &mut problems);
+        }
+        if let Some(acknowledge) = &self.acknowledge {
+            acknowledge.validate("acknowledge", &mut problems);
         }
         self.rules.validate("rules", &mut problems);
         self.mime.validate("mime", &mut problems);

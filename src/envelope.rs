@@ -180,6 +180,10 @@ pub enum Source {
         origin: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         referer: Option<String>,
+        /// The browser's `Accept-Language`, which picks the language of
+        /// the acknowledgement.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        accept_language: Option<String>,
     },
 }
 

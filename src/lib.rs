@@ -6,6 +6,7 @@
 //! [`verdict`] (what a stage decided). [`pipeline`] shows the stages in
 //! their fixed order.
 
+pub mod acknowledge;
 pub mod admin;
 pub mod auth;
 pub mod backpressure;

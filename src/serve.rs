@@ -44,6 +44,13 @@ pub fn main(config_path: &Path) -> Exit {
             return Exit::Config;
         }
     }
+    // So are acknowledgement templates with a mistake: file and line.
+    if let Some(section) = &config.acknowledge {
+        if let Err(e) = crate::acknowledge::Acknowledger::new(section, config.auth.is_some()) {
+            eprintln!("intake: acknowledge.templates: the templates do not load:\n{e}");
+            return Exit::Config;
+        }
+    }
     init_tracing(&config);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
@@ -144,6 +151,7 @@ pub async fn run_on(
     let redis_connection = sink.connection();
     let redis_connection_for_watch = sink.connection();
     let redis_connection_for_delivery = sink.connection();
+    let redis_connection_for_acknowledge = sink.connection();
     let redis_connection_for_admin = sink.connection();
     let delivery_status = crate::delivery::Registry::default();
     let backpressure = Arc::new(crate::backpressure::Backpressure::default());
@@ -280,6 +288,34 @@ pub async fn run_on(
         stop.clone(),
     )
     .map_err(anyhow::Error::msg)?;
+    // Acknowledgements read the desk in a group of their own; a template
+    // with a mistake stops the start here, with its file and line.
+    let acknowledgements = match &config.acknowledge {
+        Some(section) => {
+            let acknowledger =
+                crate::acknowledge::Acknowledger::new(section, config.auth.is_some())
+                    .map_err(anyhow::Error::msg)
+                    .context("acknowledge.templates")?;
+            let tickets = config
+                .deliveries
+                .iter()
+                .filter(|d| d.target == crate::delivery::config::TargetKind::Rt)
+                .map(|d| crate::delivery::store::Keys::new(&config.redis.prefix, &d.name))
+                .collect();
+            crate::acknowledge::spawn(
+                Arc::new(acknowledger),
+                redis_connection_for_acknowledge,
+                &config.redis.prefix,
+                &crate::delivery::consumer_name(),
+                tickets,
+                stop.clone(),
+            )
+            .await
+            .map_err(anyhow::Error::msg)
+            .context("acknowledge.relay")?
+        }
+        None => Vec::new(),
+    };
     let rules_watch = tokio::spawn(
         guard
             .clone()
@@ -356,6 +392,9 @@ pub async fn run_on(
     }
     for delivery in deliveries {
         let _ = delivery.await;
+    }
+    for task in acknowledgements {
+        let _ = task.await;
     }
     let _ = rules_watch.await;
     let _ = backpressure_watch.await;

@@ -42,6 +42,20 @@ pub enum RootsError {
     NoSystemBundle,
 }
 
+/// The PEM file [`load`] would read: `ca_file` when given, else the
+/// first system bundle found; for clients that take PEM bytes (lettre).
+pub fn bundle_path(ca_file: Option<&Path>) -> Result<PathBuf, RootsError> {
+    if let Some(path) = ca_file {
+        return Ok(path.to_owned());
+    }
+    std::env::var_os("SSL_CERT_FILE")
+        .map(PathBuf::from)
+        .into_iter()
+        .chain(SYSTEM_CA_BUNDLES.iter().map(PathBuf::from))
+        .find(|p| p.is_file())
+        .ok_or(RootsError::NoSystemBundle)
+}
+
 /// The certificates of `ca_file` alone when given, else the system bundle
 /// (`SSL_CERT_FILE` first, as OpenSSL does).
 pub fn load(ca_file: Option<&Path>) -> Result<RootCertStore, RootsError> {

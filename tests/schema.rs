@@ -271,6 +271,7 @@ fn every_source_variant_and_optional_field_matches_the_schema() {
                 user_agent: Some("Mozilla/5.0".into()),
                 origin: Some("https://shop.test".into()),
                 referer: Some("https://shop.test/contact".into()),
+                accept_language: None,
             },
         ),
     ];

@@ -130,10 +130,6 @@ impl Verifier {
             ))
             .await;
 
-        eprintln!(
-            "DBG dkim {:?}",
-            dkim.iter().map(|o| o.result()).collect::<Vec<_>>()
-        );
         let dkim_checks = dkim
             .iter()
             .map(|out| DkimCheck {

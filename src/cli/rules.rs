@@ -138,6 +138,7 @@ fn message(args: &ExplainArgs) -> Result<Message, String> {
                 user_agent: None,
                 origin: None,
                 referer: None,
+                accept_language: None,
             },
             Payload::Form(post),
         );
@@ -196,6 +197,15 @@ fn explain(args: ExplainArgs) -> Exit {
         .transpose()
     {
         Ok(auth) => auth.flatten(),
+        Err(e) => return fail(Exit::Config, e),
+    };
+    let acknowledger = match args
+        .config
+        .as_deref()
+        .map(crate::acknowledge::Acknowledger::from_gateway_config)
+        .transpose()
+    {
+        Ok(a) => a.flatten(),
         Err(e) => return fail(Exit::Config, e),
     };
     let mut message = match message(&args) {
@@ -283,6 +293,7 @@ fn explain(args: ExplainArgs) -> Exit {
                 "\nblock list {}: refused (forms 403; mail kept in suppressed)",
                 list.name
             );
+            acknowledgement(acknowledger.as_ref(), &message.envelope, Some("it is refused"));
             return Exit::Ok;
         }
         if let Some(list) = set.allow.iter().find(|l| l.allows(&facts)) {
@@ -290,6 +301,7 @@ fn explain(args: ExplainArgs) -> Exit {
                 "\nallow list {}: no rate limits, no collapse; goes to the desk",
                 list.name
             );
+            acknowledgement(acknowledger.as_ref(), &message.envelope, None);
             return Exit::Ok;
         }
         println!("\nrules:");
@@ -347,6 +359,43 @@ fn explain(args: ExplainArgs) -> Exit {
             ),
             None => println!("\nresult: passes to the desk (unless it duplicates an earlier item)"),
         }
+        let off_desk = strongest.and_then(|rule| match rule.action {
+            crate::guard::rules::Action::Tag => None,
+            crate::guard::rules::Action::Collapse => Some("it is collapsed into an earlier item"),
+            crate::guard::rules::Action::Quarantine => Some("it goes to quarantine"),
+            crate::guard::rules::Action::Reject => Some("it is refused"),
+        });
+        acknowledgement(acknowledger.as_ref(), &message.envelope, off_desk);
         Exit::Ok
     })
+}
+
+/// What the gateway's `[acknowledge]` would do with this item once on the
+/// desk; `off_desk`: why it would not reach the desk at all.
+fn acknowledgement(
+    acknowledger: Option<&crate::acknowledge::Acknowledger>,
+    envelope: &crate::envelope::Envelope,
+    off_desk: Option<&str>,
+) {
+    let Some(acknowledger) = acknowledger else {
+        println!("\nacknowledgement: not configured (give --config with an [acknowledge] table)");
+        return;
+    };
+    if let Some(why) = off_desk {
+        println!("\nacknowledgement: would not acknowledge, because {why}");
+        return;
+    }
+    match acknowledger.decide("message", envelope) {
+        crate::acknowledge::Decision::Send(plan) => println!(
+            "\nacknowledgement: would acknowledge in {} to {} (unless it had one within acknowledge.window, which only the gateway's Redis knows{})",
+            plan.language,
+            plan.to,
+            if plan.network.is_some() { ", or its network's forms had theirs" } else { "" }
+        ),
+        crate::acknowledge::Decision::Skip(skip) => println!(
+            "\nacknowledgement: would not acknowledge, because {} ({})",
+            skip.because(),
+            skip.reason()
+        ),
+    }
 }

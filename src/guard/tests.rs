@@ -19,6 +19,7 @@ pub fn form_envelope(email: &str, ip: &str) -> Envelope {
             user_agent: None,
             origin: None,
             referer: None,
+            accept_language: None,
         },
         customer: Customer {
             email: Some(email.into()),

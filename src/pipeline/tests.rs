@@ -123,6 +123,7 @@ async fn a_retried_refusal_is_judged_again_and_audited_once() {
             user_agent: None,
             origin: None,
             referer: None,
+            accept_language: None,
         };
         let mut submission = Submission::new(source, Payload::Form(fields));
         submission.idempotency_key = Some(IdempotencyKey::named(format!("form:contact:{text}")));

@@ -77,6 +77,12 @@ pub const METRICS: &[Metric] = &[
         "Payment card numbers masked before storing ([privacy] redact_cards)",
     ),
     metric(
+        "intake_acknowledgements_total",
+        Kind::Counter,
+        None,
+        "Acknowledgements to customers, by result (queued, skipped, sent, refused, duplicate, retry) and, for skipped, the reason (window, auto_submitted, list, null_sender, role_address, unauthenticated, ...)",
+    ),
+    metric(
         "intake_auth_results_total",
         Kind::Counter,
         None,

@@ -123,6 +123,7 @@ where
         user_agent: header_str(&headers, header::USER_AGENT).map(str::to_string),
         origin: header_str(&headers, header::ORIGIN).map(str::to_string),
         referer: header_str(&headers, header::REFERER).map(str::to_string),
+        accept_language: header_str(&headers, header::ACCEPT_LANGUAGE).map(str::to_string),
     };
     let mut submission = Submission::new(source, Payload::Form(post));
     submission.idempotency_key = Some(key);

@@ -8,6 +8,7 @@
 //! types: telemetry sits below every stage. The metrics they record are
 //! described once, in [`super::catalogue`].
 
+pub mod acknowledge;
 pub mod auth;
 pub mod delivery;
 pub mod guard;

@@ -130,6 +130,7 @@ fn check_form(kind: BodyKind, body: Bytes) {
         user_agent: None,
         origin: None,
         referer: None,
+        accept_language: None,
     };
     let submission = Submission::new(source, Payload::Form(post));
     let fields = form.fields();

@@ -171,6 +171,7 @@ fn samples() -> &'static [Message] {
                 user_agent: None,
                 origin: None,
                 referer: None,
+                accept_language: None,
             },
             Payload::Form(post),
         );
