@@ -8,13 +8,10 @@
 mod support;
 
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use serde_json::Value;
 use support::envelope::assert_matches_schema;
 use support::{client, free_port, redis_url, Entry, Gateway, TOKEN};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
 
 fn repo() -> std::path::PathBuf {
     std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -378,52 +375,7 @@ async fn dns_that_does_not_answer_is_temperror_and_the_mail_is_stored() {
 
 /// One LMTP transaction with XFORWARD, on a raw connection.
 async fn lmtp_deliver(port: u16, xforward: &str, sender: &str, raw: &str) -> String {
-    let stream = loop {
-        match TcpStream::connect(("127.0.0.1", port)).await {
-            Ok(s) => break s,
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    };
-    let (read, mut write) = stream.into_split();
-    let mut read = BufReader::new(read);
-    async fn reply(read: &mut BufReader<tokio::net::tcp::OwnedReadHalf>) -> String {
-        let mut all = String::new();
-        loop {
-            let mut line = String::new();
-            read.read_line(&mut line).await.unwrap();
-            all.push_str(&line);
-            if line.len() < 4 || line.as_bytes()[3] == b' ' {
-                return all;
-            }
-        }
-    }
-    reply(&mut read).await;
-    let dot_stuffed = raw.replace("\r\n.", "\r\n..");
-    for command in [
-        "LHLO mx.shop.test".to_string(),
-        format!("XFORWARD {xforward}"),
-        format!("MAIL FROM:<{sender}>"),
-        "RCPT TO:<support@shop.test>".to_string(),
-        "DATA".to_string(),
-    ] {
-        write
-            .write_all(format!("{command}\r\n").as_bytes())
-            .await
-            .unwrap();
-        let answer = reply(&mut read).await;
-        assert!(
-            answer.starts_with('2') || answer.starts_with('3'),
-            "{command}: {answer}"
-        );
-    }
-    write
-        .write_all(format!("{dot_stuffed}.\r\n").as_bytes())
-        .await
-        .unwrap();
-    let answer = reply(&mut read).await;
-    assert!(answer.starts_with("250"), "DATA: {answer}");
-    write.write_all(b"QUIT\r\n").await.unwrap();
-    answer
+    support::lmtp::deliver(port, Some(xforward), sender, raw).await
 }
 
 #[tokio::test]

@@ -308,3 +308,77 @@ fn explain_lists_every_identity_with_its_origins_and_key_and_a_bucket_per_key() 
         "one key per identity: {rule}"
     );
 }
+
+/// A gateway config with `[acknowledge]` (relay never contacted here) and
+/// the shipped templates.
+fn acknowledge_config(dir: &Path, templates: &Path, extra: &str) -> std::path::PathBuf {
+    let config = dir.join("intake.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[redis]\nurl = \"redis://127.0.0.1:1\"\n[acknowledge]\nfrom = \"Soporte <support@shop.test>\"\ntemplates = \"{}\"\n{extra}\n[acknowledge.relay]\nhost = \"127.0.0.1\"\nport = 1\ntls = \"none\"\n",
+            templates.display()
+        ),
+    )
+    .unwrap();
+    config
+}
+
+#[test]
+fn serve_refuses_a_bad_acknowledgement_template_with_its_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let templates = dir.path().join("acknowledge");
+    std::fs::create_dir(&templates).unwrap();
+    std::fs::write(
+        templates.join("es.txt"),
+        "Subject: Re: {{subject}}\n\nHola {{nombre}}:\nSu referencia es {{receipt}}.\n",
+    )
+    .unwrap();
+    let config = acknowledge_config(dir.path(), &templates, "");
+    let out = intake(&["serve", "--config", &config.display().to_string()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "EX_CONFIG: {stderr}");
+    assert!(
+        stderr.contains("es.txt:3:") && stderr.contains("unknown variable `nombre`"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn explain_says_whether_a_mail_would_be_acknowledged_and_why_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let shipped_templates = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/acknowledge");
+    let config = acknowledge_config(dir.path(), &shipped_templates, "");
+    let explain = |mail: &str| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_intake"))
+            .args(["rules", "explain", "--rules", &shipped(), "--config"])
+            .arg(&config)
+            .arg("--envelope-sender=ann@customer.test")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write as _;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(mail.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let person = explain("From: Ann <ann@customer.test>\r\nSubject: Hola\r\nMessage-ID: <p1@customer.test>\r\n\r\nHola\r\n");
+    assert!(
+        person.contains("acknowledgement: would acknowledge in es to ann@customer.test"),
+        "{person}"
+    );
+    let list = explain("From: Ann <ann@customer.test>\r\nSubject: Boletin\r\nList-Id: <news.customer.test>\r\nMessage-ID: <p2@customer.test>\r\n\r\nOfertas\r\n");
+    assert!(
+        list.contains("acknowledgement: would not acknowledge, because it is mailing-list mail (List-Id) (list)"),
+        "{list}"
+    );
+    let robot = explain("From: noreply@customer.test\r\nSubject: Aviso\r\nMessage-ID: <p3@customer.test>\r\n\r\nx\r\n");
+    assert!(robot.contains("(role_address)"), "{robot}");
+}

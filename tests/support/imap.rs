@@ -217,11 +217,19 @@ pub struct GatewayProcess {
 
 impl GatewayProcess {
     pub fn start(config: &Path, log: &Path) -> GatewayProcess {
+        GatewayProcess::start_as(config, log, "intake-test")
+    }
+
+    /// Like [`GatewayProcess::start`], as consumer `consumer`
+    /// (`INTAKE_CONSUMER`): two replicas need two names, and a restarted
+    /// replica its old one to take back its pending entries at once.
+    pub fn start_as(config: &Path, log: &Path, consumer: &str) -> GatewayProcess {
         let file = std::fs::File::create(log).expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_intake"))
             .args(["serve", "--config"])
             .arg(config)
             .env("RUST_LOG", "intake=info")
+            .env("INTAKE_CONSUMER", consumer)
             .stdout(Stdio::null())
             .stderr(file)
             .spawn()
