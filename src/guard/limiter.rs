@@ -17,6 +17,7 @@ use crate::telemetry::events::emit;
 use crate::telemetry::events::guard::{FastPath, KeysOverflowed, RuleKeys};
 use std::collections::HashMap;
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -74,6 +75,12 @@ pub struct LocalLimiter {
     rule: String,
     inner: Keyed2,
     max_keys: usize,
+    /// Keys tracked when last counted, and checks since: each check adds
+    /// at most one key, so their sum bounds the keys tracked now, and the
+    /// limiter only counts (a read lock on every shard of its map, a few
+    /// per cent of a decision) when that bound reaches `max_keys`.
+    counted: AtomicUsize,
+    checks_since_counted: AtomicUsize,
 }
 
 impl LocalLimiter {
@@ -92,11 +99,27 @@ impl LocalLimiter {
             rule: rule.to_string(),
             inner,
             max_keys,
+            counted: AtomicUsize::new(0),
+            checks_since_counted: AtomicUsize::new(0),
         }
     }
 
+    /// Whether the limiter may be tracking `max_keys` keys: exact when the
+    /// bound says it could be (checks racing with the count may each add
+    /// one key more than counted: the cap is a memory bound, not a quota).
+    fn may_be_full(&self) -> bool {
+        let since = self.checks_since_counted.fetch_add(1, Ordering::Relaxed);
+        if self.counted.load(Ordering::Relaxed).saturating_add(since) < self.max_keys {
+            return false;
+        }
+        let len = self.len();
+        self.counted.store(len, Ordering::Relaxed);
+        self.checks_since_counted.store(0, Ordering::Relaxed);
+        len >= self.max_keys
+    }
+
     pub fn check(&self, key: &str) -> Decision {
-        let key = if self.len() >= self.max_keys {
+        let key = if self.may_be_full() {
             self.housekeep();
             if self.len() >= self.max_keys {
                 emit(KeysOverflowed { rule: &self.rule });
@@ -150,7 +173,10 @@ impl LocalLimiter {
                 l.shrink_to_fit();
             }
         }
-        self.len()
+        let len = self.len();
+        self.counted.store(len, Ordering::Relaxed);
+        self.checks_since_counted.store(0, Ordering::Relaxed);
+        len
     }
 }
 
