@@ -108,18 +108,26 @@ impl Guard {
                 }
             }
             // 5. Every rule that matches counts the item, in the bucket of
-            //    each identity it carries; a rule is past its quota when
-            //    any of them is, and the strongest action of those past
-            //    their quota wins.
+            //    each identity it carries (all at once: one Redis call for
+            //    every cluster bucket); a rule is past its quota when any
+            //    of them is, and the strongest action of those past their
+            //    quota wins.
             let mut hits: Vec<Hit<'_>> = Vec::new();
-            for rule in &set.rules {
-                if !rule.matcher.matches(&facts) {
-                    continue;
-                }
+            let matching: Vec<&rules::Rule> = set
+                .rules
+                .iter()
+                .filter(|rule| rule.matcher.matches(&facts))
+                .collect();
+            let keys: Vec<Vec<String>> = matching.iter().map(|r| r.keys_of(&facts)).collect();
+            let asks: Vec<(&rules::Rule, &[String])> = matching
+                .iter()
+                .zip(&keys)
+                .map(|(rule, keys)| (*rule, keys.as_slice()))
+                .collect();
+            let decisions = self.inner.limiters.check_rules(&asks).await?;
+            for (rule, decision) in matching.into_iter().zip(decisions) {
                 matched.push(rule.name.clone());
                 emit(RuleMatched { rule: &rule.name });
-                let keys = rule.keys_of(&facts);
-                let decision = self.inner.limiters.check_all(rule, &keys).await?;
                 outcomes.push(RuleOutcome {
                     rule: rule.name.clone(),
                     over: decision != Decision::Allowed,

@@ -9,17 +9,17 @@
 //! one Redis round trip per emission interval, not one per item.
 //!
 //! An item with several identities has several keys per rule
-//! ([`Limiters::check_all`]): every bucket is charged, and the item is
+//! ([`Limiters::check_rules`]): every bucket is charged, and the item is
 //! past the rule's quota when any of them is, so rotating one address
 //! does not reset the others.
 
 use crate::telemetry::events::emit;
-use crate::telemetry::events::guard::{FastPath, KeysOverflowed, RuleKeys};
+use crate::telemetry::events::guard::{KeysOverflowed, RuleKeys};
 use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use governor::clock::{Clock as _, DefaultClock, FakeRelativeClock};
 use governor::state::keyed::DefaultKeyedStateStore;
@@ -29,6 +29,9 @@ use super::error::GuardError;
 use super::rules::format::{Rate, Scope};
 use super::rules::types::{Quota as RuleQuota, Rule};
 use super::store::RedisStore;
+
+mod cluster;
+use cluster::{Bucket, ClusterLimiter};
 
 /// What a limiter decided for one item.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -201,126 +204,6 @@ fn quota(rate: Rate, burst: u32) -> Quota {
         .allow_burst(NonZeroU32::new(burst.max(1)).expect("burst is at least 1"))
 }
 
-/// GCRA in Redis, atomic per bucket, on the server's clock so replicas
-/// agree. KEYS[1] bucket; ARGV[1] emission interval in microseconds,
-/// ARGV[2] burst, ARGV[3] "1" to look without counting.
-/// Returns {allowed 0|1, retry after in ms, items that would pass now}.
-const GCRA: &str = r#"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local interval = tonumber(ARGV[1])
-local tolerance = interval * (tonumber(ARGV[2]) - 1)
-local tat = tonumber(redis.call('GET', KEYS[1]) or now)
-if tat < now then tat = now end
-local allow_at = tat - tolerance
-if now < allow_at then
-  return {0, math.ceil((allow_at - now) / 1000), 0}
-end
-local remaining = math.floor((now + tolerance - tat) / interval) + 1
-if ARGV[3] == '1' then return {1, 0, remaining} end
-local new_tat = tat + interval
-redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1)
-return {1, 0, remaining - 1}
-"#;
-
-/// Most refusals remembered by the fast path before expired ones are
-/// dropped (and, if still full, all of them: the bucket in Redis stays
-/// right, the cache only saves round trips).
-const FAST_PATH_CAP: usize = 100_000;
-
-/// `cluster` limiters: GCRA in Redis behind a local cache of refusals.
-pub struct ClusterLimiter {
-    store: RedisStore,
-    script: redis::Script,
-    /// `rule \0 key` to the instant its bucket admits again.
-    refused_until: Mutex<HashMap<String, Instant>>,
-}
-
-impl ClusterLimiter {
-    pub fn new(store: RedisStore) -> Self {
-        ClusterLimiter {
-            store,
-            script: redis::Script::new(GCRA),
-            refused_until: Mutex::new(HashMap::new()),
-        }
-    }
-
-    fn bucket(&self, rule: &Rule, key: &str) -> String {
-        // The hash tag is the bucket's own digest: one bucket, one slot.
-        let digest = super::store::short_digest(key.as_bytes());
-        format!("{}:rl:{}:{{{digest}}}", self.store.prefix(), rule.name)
-    }
-
-    pub async fn check(&self, rule: &Rule, key: &str) -> Result<Decision, GuardError> {
-        let cache_key = format!("{}\u{0}{key}", rule.name);
-        let now = Instant::now();
-        if let Some(until) = self
-            .refused_until
-            .lock()
-            .expect("cache lock")
-            .get(&cache_key)
-        {
-            if *until > now {
-                emit(FastPath { rule: &rule.name });
-                return Ok(Decision::Limited {
-                    retry_after: *until - now,
-                });
-            }
-        }
-        let (allowed, retry_ms, _) = self.invoke(rule, key, false).await?;
-        if allowed == 1 {
-            return Ok(Decision::Allowed);
-        }
-        let retry_after = Duration::from_millis(retry_ms.max(1) as u64);
-        let mut cache = self.refused_until.lock().expect("cache lock");
-        if cache.len() >= FAST_PATH_CAP {
-            cache.retain(|_, until| *until > now);
-            if cache.len() >= FAST_PATH_CAP {
-                cache.clear();
-            }
-        }
-        cache.insert(cache_key, now + retry_after);
-        Ok(Decision::Limited { retry_after })
-    }
-
-    pub async fn peek(&self, rule: &Rule, key: &str) -> Result<BucketState, GuardError> {
-        let (allowed, retry_ms, remaining) = self.invoke(rule, key, true).await?;
-        Ok(BucketState {
-            remaining: remaining.max(0) as u64,
-            retry_after: (allowed == 0).then(|| Duration::from_millis(retry_ms.max(0) as u64)),
-        })
-    }
-
-    async fn invoke(
-        &self,
-        rule: &Rule,
-        key: &str,
-        peek: bool,
-    ) -> Result<(i64, i64, i64), GuardError> {
-        let Some(quota) = rule.quota else {
-            return Ok((0, 0, 0));
-        };
-        let mut invocation = self.script.prepare_invoke();
-        invocation
-            .key(self.bucket(rule, key))
-            .arg(quota.rate.interval().as_micros().max(1) as u64)
-            .arg(quota.burst)
-            .arg(if peek { "1" } else { "0" });
-        let mut connection = self.store.connection();
-        self.store
-            .bounded(invocation.invoke_async(&mut connection))
-            .await
-    }
-
-    fn housekeep(&self) {
-        let now = Instant::now();
-        self.refused_until
-            .lock()
-            .expect("cache lock")
-            .retain(|_, until| *until > now);
-    }
-}
-
 /// A rule's limiter with the quota it was built for.
 type LocalEntry = (Rate, u32, usize, Arc<LocalLimiter>);
 
@@ -348,36 +231,78 @@ impl Limiters {
             .await
     }
 
-    /// Counts one item against `rule`'s bucket for each of `keys` (one per
-    /// identity the item carries): every bucket is charged, even once one
-    /// is found over, so a rotated address never spares the fixed one.
-    /// Past the quota when any bucket is; the item may come again when the
-    /// last of those admits. Cluster buckets are asked at the same time.
+    /// [`Limiters::check_rules`] for one rule.
     pub async fn check_all(&self, rule: &Rule, keys: &[String]) -> Result<Decision, GuardError> {
-        // A rule without a quota counts nothing: every item it matches is
-        // past it, and waiting does not change that.
-        let Some(quota) = rule.quota else {
-            return Ok(Decision::Limited {
-                retry_after: Duration::ZERO,
-            });
-        };
-        let decisions: Vec<Decision> = match (&self.cluster, rule.scope) {
-            (Some(cluster), Scope::Cluster) => {
-                futures_util::future::try_join_all(keys.iter().map(|k| cluster.check(rule, k)))
-                    .await?
-            }
-            _ => {
+        let decisions = self.check_rules(&[(rule, keys)]).await?;
+        Ok(decisions[0])
+    }
+
+    /// Counts one item against each rule's bucket for each of its keys
+    /// (one per identity the item carries): every bucket is charged, even
+    /// once one is found over, so a rotated address never spares the fixed
+    /// one. A rule is past its quota when any of its buckets is; the item
+    /// may come again when the last of those admits. A decision per rule,
+    /// in order; the cluster buckets of all of them in one Redis call.
+    pub async fn check_rules(
+        &self,
+        rules: &[(&Rule, &[String])],
+    ) -> Result<Vec<Decision>, GuardError> {
+        let mut decisions: Vec<Decision> = Vec::with_capacity(rules.len());
+        // Cluster buckets, and the rule each belongs to.
+        let mut buckets: Vec<Bucket<'_>> = Vec::new();
+        let mut owners: Vec<usize> = Vec::new();
+        for (at, (rule, keys)) in rules.iter().enumerate() {
+            // A rule without a quota counts nothing: every item it matches
+            // is past it, and waiting does not change that.
+            let Some(quota) = rule.quota else {
+                decisions.push(Decision::Limited {
+                    retry_after: Duration::ZERO,
+                });
+                continue;
+            };
+            if self.cluster.is_some() && rule.scope == Scope::Cluster {
+                for key in keys.iter() {
+                    buckets.push(Bucket {
+                        rule: &rule.name,
+                        key,
+                        quota,
+                    });
+                    owners.push(at);
+                }
+                // Stricter below, once Redis has answered for its buckets
+                // (none when the item has no key for it: nothing limits).
+                decisions.push(Decision::Allowed);
+            } else {
                 let local = self.local(rule, quota);
-                keys.iter().map(|k| local.check(k)).collect()
+                let each: Vec<Decision> = keys.iter().map(|k| local.check(k)).collect();
+                decisions.push(strictest(&each));
             }
-        };
-        Ok(strictest(&decisions))
+        }
+        if let Some(cluster) = self.cluster.as_ref().filter(|_| !buckets.is_empty()) {
+            for (owner, decision) in owners.into_iter().zip(cluster.check(&buckets).await?) {
+                decisions[owner] = strictest(&[decisions[owner], decision]);
+            }
+        }
+        Ok(decisions)
     }
 
     /// The bucket's state without counting, when it is in Redis.
     pub async fn peek(&self, rule: &Rule, key: &str) -> Result<Option<BucketState>, GuardError> {
         match (&self.cluster, rule.scope) {
-            (Some(cluster), Scope::Cluster) => cluster.peek(rule, key).await.map(Some),
+            (Some(cluster), Scope::Cluster) => match rule.quota {
+                Some(quota) => cluster
+                    .peek(Bucket {
+                        rule: &rule.name,
+                        key,
+                        quota,
+                    })
+                    .await
+                    .map(Some),
+                None => Ok(Some(BucketState {
+                    remaining: 0,
+                    retry_after: Some(Duration::ZERO),
+                })),
+            },
             _ => Ok(None),
         }
     }

@@ -34,6 +34,12 @@ impl RedisStore {
         self.timeout
     }
 
+    /// Whether keys are spread over a Redis Cluster: a script's keys must
+    /// then share one slot.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.connection, RedisConnection::Cluster(_))
+    }
+
     pub fn connection(&self) -> RedisConnection {
         self.connection.clone()
     }
