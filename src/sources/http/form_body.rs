@@ -296,6 +296,27 @@ fn multipart_problem(error: &multer::Error) -> &'static str {
     }
 }
 
+/// A part's content, without a copy when it comes in one piece. It does
+/// here: the whole body is in multer's buffer, so a part is a slice of it.
+/// `Field::bytes` would copy it into a buffer of its own, a third copy of
+/// a large file beside the body and multer's (a 50 MB post peaked at 146 MB
+/// beyond idle instead of 98 MB in about half the runs).
+async fn field_bytes(mut field: multer::Field<'_>) -> Result<Bytes, multer::Error> {
+    let Some(first) = field.chunk().await? else {
+        return Ok(Bytes::new());
+    };
+    let Some(second) = field.chunk().await? else {
+        return Ok(first);
+    };
+    let mut all = bytes::BytesMut::with_capacity(first.len() + second.len());
+    all.extend_from_slice(&first);
+    all.extend_from_slice(&second);
+    while let Some(more) = field.chunk().await? {
+        all.extend_from_slice(&more);
+    }
+    Ok(all.freeze())
+}
+
 async fn decode_multipart(
     post: &mut FormPost,
     body: Bytes,
@@ -336,7 +357,7 @@ async fn decode_multipart(
             // A file input left empty is sent with an empty filename and no
             // content: nothing was uploaded.
             Some(filename) => {
-                let data = field.bytes().await.map_err(malformed)?;
+                let data = field_bytes(field).await.map_err(malformed)?;
                 if filename.is_empty() && data.is_empty() {
                     continue;
                 }
@@ -354,7 +375,7 @@ async fn decode_multipart(
                 });
             }
             None => {
-                let data = field.bytes().await.map_err(malformed)?;
+                let data = field_bytes(field).await.map_err(malformed)?;
                 let value = decode_text(&data).into_owned();
                 add_field(post, form, name, value)?;
             }
