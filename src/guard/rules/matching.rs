@@ -4,6 +4,7 @@
 //! identity" (matches, block lists) and "every identity, exactly" (allow
 //! lists) are decided.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
@@ -228,33 +229,44 @@ impl Rule {
     }
 
     fn key_for(&self, facts: &Facts<'_>, who: Who<'_>) -> String {
-        let mut key = String::new();
+        // Borrowed where the facts hold the value already: a key is built
+        // per rule, identity and item, and a copy of each part showed in
+        // the rule benchmark's profile.
+        let mut key = String::with_capacity(48);
         for (i, part) in self.key.iter().enumerate() {
             if i > 0 {
                 key.push('|');
             }
             key.push_str(part.name());
             key.push('=');
-            let value = match (part, who) {
+            let value: Option<Cow<'_, str>> = match (part, who) {
                 (KeyPart::Sender | KeyPart::SenderDomain, Who::Many) => {
-                    Some(MANY_IDENTITIES_KEY.to_string())
+                    Some(Cow::Borrowed(MANY_IDENTITIES_KEY))
                 }
-                (KeyPart::Sender, Who::One(id)) => Some(id.key.clone()),
-                (KeyPart::SenderDomain, Who::One(id)) => Some(id.key_domain().to_string()),
+                (KeyPart::Sender, Who::One(id)) => Some(Cow::Borrowed(id.key.as_str())),
+                (KeyPart::SenderDomain, Who::One(id)) => Some(Cow::Borrowed(id.key_domain())),
                 (KeyPart::Sender | KeyPart::SenderDomain, Who::Nobody) => None,
-                (KeyPart::Ip, _) => facts.ip.map(|ip| ip.to_string()),
-                (KeyPart::IpPrefix, _) => facts.ip.map(|ip| self.prefix_of(ip).to_string()),
-                (KeyPart::Form, _) => facts.form.map(str::to_string),
-                (KeyPart::Mailbox, _) => facts.mailboxes.first().map(|m| m.to_lowercase()),
-                (KeyPart::Global, _) => Some("*".into()),
-                (KeyPart::VerifiedSender, Who::Many) => Some(MANY_IDENTITIES_KEY.to_string()),
-                (KeyPart::VerifiedSender, Who::One(id)) => {
-                    Some(facts.verified_key(&id.key, self.ipv4_prefix, self.ipv6_prefix))
-                }
+                (KeyPart::Ip, _) => facts.ip.map(|ip| Cow::Owned(ip.to_string())),
+                (KeyPart::IpPrefix, _) => facts
+                    .ip
+                    .map(|ip| Cow::Owned(self.prefix_of(ip).to_string())),
+                (KeyPart::Form, _) => facts.form.map(Cow::Borrowed),
+                (KeyPart::Mailbox, _) => facts
+                    .mailboxes
+                    .first()
+                    .map(|m| Cow::Owned(m.to_lowercase())),
+                (KeyPart::Global, _) => Some(Cow::Borrowed("*")),
+                (KeyPart::VerifiedSender, Who::Many) => Some(Cow::Borrowed(MANY_IDENTITIES_KEY)),
+                (KeyPart::VerifiedSender, Who::One(id)) => Some(Cow::Owned(facts.verified_key(
+                    &id.key,
+                    self.ipv4_prefix,
+                    self.ipv6_prefix,
+                ))),
                 (KeyPart::VerifiedSender, Who::Nobody) => None,
-                (KeyPart::AuthenticatedDomain, _) => {
-                    facts.auth.and_then(|a| a.authenticated_domain.clone())
-                }
+                (KeyPart::AuthenticatedDomain, _) => facts
+                    .auth
+                    .and_then(|a| a.authenticated_domain.as_deref())
+                    .map(Cow::Borrowed),
             };
             key.push_str(value.as_deref().unwrap_or("-"));
         }
