@@ -15,42 +15,14 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Semaphore;
 
-/// Mixed into every mail's bytes: `BENCH_MAIL_SEED` (any text; empty when
-/// unset). clamd caches the digests of clean files and answers a file it
-/// has seen at once, so each contender of a comparison, and each run, is
-/// given mails of its own.
-fn seed() -> u64 {
-    use std::hash::{Hash, Hasher};
-    // `DefaultHasher::new()` has fixed keys: the same text, the same seed.
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    std::env::var("BENCH_MAIL_SEED")
-        .unwrap_or_default()
-        .hash(&mut hasher);
-    hasher.finish()
-}
+#[path = "sample_mail.rs"]
+mod sample_mail;
 
 fn mail(i: usize, seed: u64) -> Vec<u8> {
-    // xorshift: random-looking, so clamd cannot shortcut, yet repeatable.
-    // Never zero: xorshift would stay there.
-    let mut state = (0x9E37_79B9_7F4A_7C15u64 ^ seed ^ (i as u64 + 1)) | 1;
-    let attachment: Vec<u8> = (0..50_000)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect();
-    let encoded = base64::engine::general_purpose::STANDARD.encode(&attachment);
-    let mut text = String::new();
-    while text.len() < 10_000 {
-        text.push_str("Hello, the parcel for order 4711 arrived damaged; photo attached. ");
-        text.push_str("Could you send a replacement or refund it, please?\r\n");
-    }
+    let text = sample_mail::text();
     let mut out = format!(
         "From: Customer {i} <c{i}@customers.example>\r\nTo: support@shop.test\r\n\
          Subject: Damaged parcel {i}\r\nMessage-ID: <scan-{i}@customers.example>\r\n\
@@ -59,10 +31,7 @@ fn mail(i: usize, seed: u64) -> Vec<u8> {
          --b\r\nContent-Type: image/jpeg; name=\"photo.jpg\"\r\n\
          Content-Transfer-Encoding: base64\r\nContent-Disposition: attachment; filename=\"photo.jpg\"\r\n\r\n"
     );
-    for line in encoded.as_bytes().chunks(76) {
-        out.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
-        out.push_str("\r\n");
-    }
+    out.push_str(&sample_mail::attachment_lines(i, seed));
     out.push_str("--b--\r\n");
     out.into_bytes()
 }
@@ -95,7 +64,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         [_, _, n, c] | [_, _, _, n, c] => (n.parse()?, c.parse()?),
         _ => return Err(usage.into()),
     };
-    let mails: Arc<Vec<Vec<u8>>> = Arc::new((0..n).map(|i| mail(i, seed())).collect());
+    let mails: Arc<Vec<Vec<u8>>> = Arc::new((0..n).map(|i| mail(i, sample_mail::seed())).collect());
     let bytes: usize = mails.iter().map(Vec::len).sum();
     let limit = Arc::new(Semaphore::new(concurrency));
     let mut tasks = tokio::task::JoinSet::new();

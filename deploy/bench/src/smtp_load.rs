@@ -20,10 +20,12 @@
 
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
+
+#[path = "sample_mail.rs"]
+mod sample_mail;
 
 const USAGE: &str = "usage: smtp_load smtp|lmtp HOST:PORT N CONCURRENCY";
 /// The longest wait for one reply: a server past this is stuck, not slow.
@@ -31,39 +33,9 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(120);
 /// Refusals printed one by one; past this only the count.
 const PRINTED_REFUSALS: usize = 20;
 
-/// Mixed into every mail's bytes: `BENCH_MAIL_SEED` (any text; empty when
-/// unset). clamd caches the digests of clean files and answers a file it
-/// has seen at once, so each contender of a comparison, and each run, is
-/// given mails of its own.
-fn seed() -> u64 {
-    use std::hash::{Hash, Hasher};
-    // `DefaultHasher::new()` has fixed keys: the same text, the same seed.
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    std::env::var("BENCH_MAIL_SEED")
-        .unwrap_or_default()
-        .hash(&mut hasher);
-    hasher.finish()
-}
-
 /// Mail `i`: the shape of `mail_scan.rs`'s, from customer `i`.
 fn mail(i: usize, seed: u64) -> Vec<u8> {
-    // xorshift: random-looking, so clamd cannot shortcut, yet repeatable.
-    // Never zero: xorshift would stay there.
-    let mut state = (0x9E37_79B9_7F4A_7C15u64 ^ seed ^ (i as u64 + 1)) | 1;
-    let attachment: Vec<u8> = (0..50_000)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect();
-    let encoded = base64::engine::general_purpose::STANDARD.encode(&attachment);
-    let mut text = String::new();
-    while text.len() < 10_000 {
-        text.push_str("Hello, the parcel for order 4711 arrived damaged; photo attached. ");
-        text.push_str("Could you send a replacement or refund it, please?\r\n");
-    }
+    let text = sample_mail::text();
     let mut out = format!(
         "From: Customer {i} <{sender}>\r\nTo: support@shop.test\r\n\
          Subject: Damaged parcel {i}\r\nMessage-ID: <load-{i}@customers.example>\r\n\
@@ -74,10 +46,7 @@ fn mail(i: usize, seed: u64) -> Vec<u8> {
          Content-Transfer-Encoding: base64\r\nContent-Disposition: attachment; filename=\"photo.jpg\"\r\n\r\n",
         sender = sender(i)
     );
-    for line in encoded.as_bytes().chunks(76) {
-        out.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
-        out.push_str("\r\n");
-    }
+    out.push_str(&sample_mail::attachment_lines(i, seed));
     out.push_str("--b--\r\n");
     out.into_bytes()
 }
@@ -329,7 +298,7 @@ async fn run() -> Result<(), String> {
 
     // Every mail made (and stuffed) before the clock starts.
     let mut shares: Vec<Vec<(usize, Vec<u8>)>> = (0..concurrency).map(|_| Vec::new()).collect();
-    let seed = seed();
+    let seed = sample_mail::seed();
     for i in 0..n {
         shares[i % concurrency].push((i, dot_stuffed(&mail(i, seed))));
     }
