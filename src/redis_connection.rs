@@ -125,6 +125,12 @@ impl RedisConnection {
         ))
     }
 
+    /// Whether keys are spread over a Redis Cluster: one script's or one
+    /// pipeline's keys must then share a slot.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, RedisConnection::Cluster(_))
+    }
+
     /// `INFO <section>` of the server that holds `key`: on a cluster, the
     /// primary of its slot (the node whose memory decides whether a write
     /// to `key` succeeds), not a merge of every node.

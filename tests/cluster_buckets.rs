@@ -130,8 +130,8 @@ async fn one_customer_four_items(limiters: &Limiters) {
     // A cluster rule for which the item has no key limits nothing.
     let decisions = limiters
         .check_rules(&[
-            (sender, &[]),
-            (network, &keys(&["ip_prefix=198.51.100.0/24"])),
+            (sender, keys(&[])),
+            (network, keys(&["ip_prefix=198.51.100.0/24"])),
         ])
         .await
         .unwrap();

@@ -113,19 +113,14 @@ impl Guard {
             //    of them is, and the strongest action of those past their
             //    quota wins.
             let mut hits: Vec<Hit<'_>> = Vec::new();
-            let matching: Vec<&rules::Rule> = set
+            let asks: Vec<(&rules::Rule, Vec<String>)> = set
                 .rules
                 .iter()
                 .filter(|rule| rule.matcher.matches(&facts))
-                .collect();
-            let keys: Vec<Vec<String>> = matching.iter().map(|r| r.keys_of(&facts)).collect();
-            let asks: Vec<(&rules::Rule, &[String])> = matching
-                .iter()
-                .zip(&keys)
-                .map(|(rule, keys)| (*rule, keys.as_slice()))
+                .map(|rule| (rule, rule.keys_of(&facts)))
                 .collect();
             let decisions = self.inner.limiters.check_rules(&asks).await?;
-            for (rule, decision) in matching.into_iter().zip(decisions) {
+            for ((rule, _), decision) in asks.iter().zip(decisions) {
                 matched.push(rule.name.clone());
                 emit(RuleMatched { rule: &rule.name });
                 outcomes.push(RuleOutcome {

@@ -115,10 +115,15 @@ impl LocalLimiter {
         if self.counted.load(Ordering::Relaxed).saturating_add(since) < self.max_keys {
             return false;
         }
+        self.recount() >= self.max_keys
+    }
+
+    /// Counts the keys tracked and starts the bound of `may_be_full` over.
+    fn recount(&self) -> usize {
         let len = self.len();
         self.counted.store(len, Ordering::Relaxed);
         self.checks_since_counted.store(0, Ordering::Relaxed);
-        len >= self.max_keys
+        len
     }
 
     pub fn check(&self, key: &str) -> Decision {
@@ -176,10 +181,7 @@ impl LocalLimiter {
                 l.shrink_to_fit();
             }
         }
-        let len = self.len();
-        self.counted.store(len, Ordering::Relaxed);
-        self.checks_since_counted.store(0, Ordering::Relaxed);
-        len
+        self.recount()
     }
 }
 
@@ -224,28 +226,16 @@ impl Limiters {
         }
     }
 
-    /// Counts one item against `rule`'s bucket for `key`. Cluster rules
-    /// run locally when there is no Redis (replay, explain).
-    pub async fn check(&self, rule: &Rule, key: &str) -> Result<Decision, GuardError> {
-        self.check_all(rule, std::slice::from_ref(&key.to_string()))
-            .await
-    }
-
-    /// [`Limiters::check_rules`] for one rule.
-    pub async fn check_all(&self, rule: &Rule, keys: &[String]) -> Result<Decision, GuardError> {
-        let decisions = self.check_rules(&[(rule, keys)]).await?;
-        Ok(decisions[0])
-    }
-
     /// Counts one item against each rule's bucket for each of its keys
     /// (one per identity the item carries): every bucket is charged, even
     /// once one is found over, so a rotated address never spares the fixed
     /// one. A rule is past its quota when any of its buckets is; the item
     /// may come again when the last of those admits. A decision per rule,
     /// in order; the cluster buckets of all of them in one Redis call.
-    pub async fn check_rules(
+    /// Cluster rules run locally when there is no Redis (replay, explain).
+    pub async fn check_rules<K: AsRef<[String]>>(
         &self,
-        rules: &[(&Rule, &[String])],
+        rules: &[(&Rule, K)],
     ) -> Result<Vec<Decision>, GuardError> {
         let mut decisions: Vec<Decision> = Vec::with_capacity(rules.len());
         // Cluster buckets, and the rule each belongs to.
@@ -261,7 +251,7 @@ impl Limiters {
                 continue;
             };
             if self.cluster.is_some() && rule.scope == Scope::Cluster {
-                for key in keys.iter() {
+                for key in keys.as_ref() {
                     buckets.push(Bucket {
                         rule: &rule.name,
                         key,
@@ -274,7 +264,7 @@ impl Limiters {
                 decisions.push(Decision::Allowed);
             } else {
                 let local = self.local(rule, quota);
-                let each: Vec<Decision> = keys.iter().map(|k| local.check(k)).collect();
+                let each: Vec<Decision> = keys.as_ref().iter().map(|k| local.check(k)).collect();
                 decisions.push(strictest(&each));
             }
         }
@@ -423,6 +413,11 @@ mod tests {
         set.rules[0].clone()
     }
 
+    /// One rule's decision for one item.
+    async fn check_all(limiters: &Limiters, rule: &Rule, keys: &[String]) -> Decision {
+        limiters.check_rules(&[(rule, keys)]).await.unwrap()[0]
+    }
+
     #[tokio::test]
     async fn every_key_is_charged_and_any_over_quota_limits_the_item() {
         let clock = FakeRelativeClock::default();
@@ -434,12 +429,12 @@ mod tests {
             |rotating: usize| vec![format!("sender=new{rotating}"), "sender=fixed".to_string()];
         for i in 0..2 {
             assert_eq!(
-                limiters.check_all(&rule, &keys(i)).await.unwrap(),
+                check_all(&limiters, &rule, &keys(i)).await,
                 Decision::Allowed,
                 "item {i} is within the fixed key's burst"
             );
         }
-        let third = limiters.check_all(&rule, &keys(2)).await.unwrap();
+        let third = check_all(&limiters, &rule, &keys(2)).await;
         assert_eq!(
             third,
             Decision::Limited {
@@ -449,17 +444,11 @@ mod tests {
         );
         // The fresh key was charged all the same: it has one item left.
         assert_eq!(
-            limiters
-                .check_all(&rule, &["sender=new2".to_string()])
-                .await
-                .unwrap(),
+            check_all(&limiters, &rule, &["sender=new2".to_string()]).await,
             Decision::Allowed
         );
         assert!(matches!(
-            limiters
-                .check_all(&rule, &["sender=new2".to_string()])
-                .await
-                .unwrap(),
+            check_all(&limiters, &rule, &["sender=new2".to_string()]).await,
             Decision::Limited { .. }
         ));
         assert_eq!(strictest(&[]), Decision::Allowed, "no key, no limit");

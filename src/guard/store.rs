@@ -34,10 +34,9 @@ impl RedisStore {
         self.timeout
     }
 
-    /// Whether keys are spread over a Redis Cluster: a script's keys must
-    /// then share one slot.
+    /// Whether keys are spread over a Redis Cluster.
     pub fn is_cluster(&self) -> bool {
-        matches!(self.connection, RedisConnection::Cluster(_))
+        self.connection.is_cluster()
     }
 
     pub fn connection(&self) -> RedisConnection {

@@ -364,7 +364,7 @@ impl Sink for RedisSink {
 
     fn seen_many<'a>(&'a self, keys: &'a [String]) -> SinkFuture<'a, Vec<Option<Seen>>> {
         Box::pin(async move {
-            if matches!(self.connection, RedisConnection::Cluster(_)) {
+            if self.connection.is_cluster() {
                 // A cluster: each key's MGET on its own (a pipeline cannot
                 // span slots), all at once.
                 let asks = keys.iter().map(|key| self.seen(key));

@@ -64,7 +64,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         [_, _, n, c] | [_, _, _, n, c] => (n.parse()?, c.parse()?),
         _ => return Err(usage.into()),
     };
-    let mails: Arc<Vec<Vec<u8>>> = Arc::new((0..n).map(|i| mail(i, sample_mail::seed())).collect());
+    let seed = sample_mail::seed();
+    let mails: Arc<Vec<Vec<u8>>> = Arc::new((0..n).map(|i| mail(i, seed)).collect());
     let bytes: usize = mails.iter().map(Vec::len).sum();
     let limit = Arc::new(Semaphore::new(concurrency));
     let mut tasks = tokio::task::JoinSet::new();
